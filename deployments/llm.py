@@ -1,0 +1,178 @@
+"""The vLLM replicas: built by ray.serve.llm, wrapped behind a small engine protocol.
+
+`build_llm_config` turns our settings into an `LLMConfig`; `ServeLLMEngine` is what the orchestrator calls.
+It is the one place that decodes what the LLMServer handle yields (lists of `data: {json}\\n\\n` strings,
+several per item when batched, or `ErrorResponse` objects), so no other code depends on that format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm import LLMConfig
+
+from serve_app.errors import EngineError, InvalidRequest, ServiceUnavailable
+from serve_app.models import Usage
+from serve_app.settings import Settings
+
+
+def build_llm_config(settings: Settings, model_source: str) -> LLMConfig:
+    engine_kwargs: dict[str, Any] = {
+        "dtype": settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "enforce_eager": settings.enforce_eager,
+        "seed": settings.seed,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+    }
+    if settings.quantization:
+        engine_kwargs["quantization"] = settings.quantization
+    if settings.kv_cache_memory_bytes:
+        engine_kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
+    if settings.accelerator == "gpu":
+        engine_kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    engine_kwargs.update(settings.engine_kwargs)
+
+    deployment_config: dict[str, Any] = {
+        "autoscaling_config": {
+            "min_replicas": settings.llm_min_replicas,
+            "initial_replicas": max(1, settings.llm_min_replicas),
+            "max_replicas": settings.llm_max_replicas,
+            "target_ongoing_requests": settings.llm_target_ongoing_requests,
+        },
+        "max_ongoing_requests": settings.llm_max_ongoing_requests,
+    }
+    extra: dict[str, Any] = {}
+    if settings.accelerator == "cpu":
+        extra["accelerator_config"] = {"kind": "cpu"}
+    elif settings.accelerator_type:
+        extra["accelerator_type"] = settings.accelerator_type
+    return LLMConfig(
+        model_loading_config={"model_id": settings.model_name, "model_source": model_source},
+        engine_kwargs=engine_kwargs,
+        deployment_config=deployment_config,
+        experimental_configs={"stream_batching_interval_ms": settings.stream_batching_interval_ms},
+        **extra,
+    )
+
+
+@dataclass(frozen=True)
+class EngineDelta:
+    """One step of a generation: new text, and on the last steps the finish reason and usage."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class Engine(Protocol):
+    """What the orchestrator needs from a model provider."""
+
+    def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[list[EngineDelta]]: ...
+
+    async def check_health(self) -> None: ...
+
+
+# Replica death or overload between us and the engine: the request may succeed if retried.
+_UNAVAILABLE = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    BackPressureError,
+    DeploymentUnavailableError,
+)
+
+
+def raise_engine_error(error: dict[str, Any]) -> None:
+    """Map an engine error body ({message, type, param, code}) to our typed errors."""
+    message = str(error.get("message") or "engine error")
+    code = error.get("code")
+    if code in (400, "400") or error.get("type") in ("BadRequestError", "invalid_request_error"):
+        param = error.get("param") or ("messages" if "context length" in message else None)
+        raise InvalidRequest(message, param=param)
+    raise EngineError(message)
+
+
+def decode_sse_items(item: Any) -> list[EngineDelta]:
+    """Decode one item yielded by the LLMServer stream into deltas (an item may hold many frames)."""
+    deltas: list[EngineDelta] = []
+    for part in item if isinstance(item, list) else [item]:
+        error = getattr(part, "error", None)
+        if error is not None:  # an ErrorResponse object
+            raise_engine_error(error.model_dump() if hasattr(error, "model_dump") else dict(error))
+        if not isinstance(part, str):
+            raise EngineError(f"unexpected engine stream item {type(part).__name__}")
+        for frame in part.split("\n\n"):
+            frame = frame.strip()
+            if not frame.startswith("data:"):
+                continue
+            data = frame[5:].strip()
+            if data == "[DONE]":
+                continue
+            payload = json.loads(data)
+            if "error" in payload:
+                raise_engine_error(payload["error"])
+            usage = Usage(**payload["usage"]) if payload.get("usage") else None
+            text, finish = "", None
+            for choice in payload.get("choices") or []:
+                text += (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+            if text or finish or usage:
+                deltas.append(EngineDelta(text=text, finish_reason=finish, usage=usage))
+    return deltas
+
+
+class ServeLLMEngine:
+    """Engine over a ray.serve.llm `LLMServer` deployment handle."""
+
+    def __init__(self, handle: DeploymentHandle, model_id: str):
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True)
+        self._model_id = model_id
+
+    async def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[list[EngineDelta]]:
+        # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        fields = {k: v for k, v in params.__dict__.items() if v is not None}
+        request = ChatCompletionRequest(
+            model=self._model_id,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            request_id=request_id,
+            **fields,
+        )
+        try:
+            async for item in self._stream_handle.chat.remote(request):
+                deltas = decode_sse_items(item)
+                if deltas:
+                    yield deltas
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
+
+    async def check_health(self) -> None:
+        try:
+            await self._handle.check_health.remote()
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc

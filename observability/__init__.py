@@ -1,0 +1,1 @@
+"""Metrics: per-request records to W&B (offline by default), batched off the request path."""

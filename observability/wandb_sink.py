@@ -1,0 +1,108 @@
+"""Per-request records to W&B, batched in a background thread so the request path only enqueues.
+
+`wandb.init` (≈0.7 s, starts wandb-core) also happens in that thread, never on a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsSink:
+    def __init__(
+        self,
+        *,
+        mode: str,
+        project: str,
+        directory: Path,
+        run_name: str,
+        group: str,
+        flush_interval_s: float = 2.0,
+        config: dict[str, Any] | None = None,
+    ):
+        self._mode = mode
+        self._init_kwargs = dict(
+            project=project, dir=str(directory), name=run_name, group=group, mode=mode, config=config or {}
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        self._interval = flush_interval_s
+        self._records: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._flush_requests: queue.SimpleQueue[threading.Event] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._run = None
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        if mode != "disabled":
+            self._thread = threading.Thread(target=self._loop, name="wandb-sink", daemon=True)
+            self._thread.start()
+
+    @property
+    def run_dir(self) -> str | None:
+        return getattr(self._run, "dir", None)
+
+    def record(self, values: dict[str, Any]) -> None:
+        """Enqueue one request's record; never blocks, never raises."""
+        if self._thread is not None:
+            self._records.put(values)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Log everything queued so far; True when the background thread confirmed it."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._flush_requests.put(done)
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    # --- background thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        import wandb
+
+        try:
+            self._run = wandb.init(
+                **self._init_kwargs,
+                settings=wandb.Settings(
+                    silent=True, console="off", x_disable_stats=True, x_disable_meta=True
+                ),
+            )
+        except Exception:  # metrics must never take the service down
+            logger.exception("wandb.init failed; request metrics will not be recorded")
+            return
+        while not self._stop.is_set():
+            waiter = None
+            try:
+                waiter = self._flush_requests.get(timeout=self._interval)
+            except queue.Empty:
+                pass
+            self._drain()
+            if waiter is not None:
+                waiter.set()
+        self._drain()
+        self._run.finish()
+
+    def _drain(self) -> None:
+        batch = []
+        while True:
+            try:
+                batch.append(self._records.get_nowait())
+            except queue.Empty:
+                break
+        for values in batch:
+            self._count += 1
+            try:
+                self._run.log(values)
+            except Exception:
+                logger.exception("wandb log failed")
+        if batch:
+            self._run.summary["requests"] = self._count

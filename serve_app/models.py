@@ -1,0 +1,211 @@
+"""Typed request/response models: the contract for HTTP (OpenAI-compatible JSON) and Python handle callers.
+
+Our extensions to the OpenAI schema (`conversation_id`, `rag`, `citations`) travel as extra body fields
+and are echoed in responses, so the stock `openai` SDK works unchanged (`extra_body=`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ChatMessage(BaseModel):
+    """One chat message. Content parts (lists of {type: text}) are flattened to text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str = Field(..., max_length=1_000_000)
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _flatten_parts(cls, value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            texts = []
+            for part in value:
+                if (
+                    not isinstance(part, dict)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
+                    raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+                texts.append(part["text"])
+            return "".join(texts)
+        return value
+
+
+class RagOptions(BaseModel):
+    """Retrieval options for one request. `rag: false` in the body turns retrieval off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    collection: str | None = Field(None, description="Chroma collection; default from settings.")
+    top_k: int | None = Field(None, ge=1, le=50)
+    min_score: float | None = Field(None, ge=-1, le=1)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI chat completion request plus our extensions. Unknown OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
+    user: str | None = None
+    # --- extensions -------------------------------------------------------------------------------
+    conversation_id: str | None = Field(None, description="Stored turns are prepended; the turn is saved.")
+    rag: RagOptions | None = None
+    request_id: str | None = Field(None, description="Set by the ingress from x-request-id.")
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _rag_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        return value
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _conversation_id(cls, value: str | None) -> str | None:
+        if value is not None and not CONVERSATION_ID_RE.match(value):
+            raise ValueError(
+                "conversation_id must be 1-128 characters of [A-Za-z0-9._:-], starting alphanumeric"
+            )
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    @model_validator(mode="after")
+    def _one_max_tokens(self) -> ChatRequest:
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Citation(BaseModel):
+    """A retrieved chunk that went into the prompt."""
+
+    source: str
+    chunk_id: str
+    score: float
+    text: str | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None = None
+
+
+class ChatResponse(BaseModel):
+    """OpenAI `chat.completion` plus `conversation_id` and `citations`."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    conversation_id: str | None = None
+    citations: list[Citation] = Field(default_factory=list)
+
+
+class Delta(BaseModel):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class ChatChunk(BaseModel):
+    """OpenAI `chat.completion.chunk`. The first chunk carries `conversation_id` and `citations`;
+    the usage-only chunk has no choices (as OpenAI's `include_usage` does)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+    conversation_id: str | None = None
+    citations: list[Citation] | None = None
+
+
+class ConversationMessages(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    messages: list[ChatMessage]
+
+
+class IngestDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(..., min_length=1, max_length=1024)
+    text: str = Field(..., max_length=20_000_000)
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    collection: str | None = None
+    documents: list[IngestDocument] = Field(..., min_length=1, max_length=1000)
+
+
+class IngestResult(BaseModel):
+    source: str
+    status: Literal["added", "replaced", "unchanged", "empty"]
+    chunks: int
+
+
+class IngestResponse(BaseModel):
+    object: Literal["list"] = "list"
+    collection: str
+    data: list[IngestResult]

