@@ -46,9 +46,7 @@ def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
         return exc.status, exc.to_error_body()
     logger.error("request %s failed: %r", request_id, exc, exc_info=exc)
     message = f"internal server error (request id {request_id})" if request_id else "internal server error"
-    return 500, {
-        "error": {"message": message, "type": "internal_error", "param": None, "code": "internal_error"}
-    }
+    return 500, {"error": {"message": message, "type": "internal_error", "param": None, "code": "internal_error"}}
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
@@ -84,9 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             message, code = "the request body is not valid JSON", "invalid_json"
         else:
-            message = "; ".join(
-                f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5]
-            )
+            message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
             code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
         return JSONResponse(body, status_code=400)

@@ -110,9 +110,7 @@ class Ingress:
         # output (unknown model, context too long, engine down) get their real status code.
         first = await stream.__anext__()
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(
-            sse_frames(first, stream, request_id), media_type="text/event-stream", headers=headers
-        )
+        return StreamingResponse(sse_frames(first, stream, request_id), media_type="text/event-stream", headers=headers)
 
     @app.get("/v1/models")
     async def http_models(self) -> dict:
@@ -126,7 +124,9 @@ class Ingress:
             raise NotFound(f"model {model_id!r} does not exist", param="model")
         return self._model_card()
 
-    @app.get("/v1/conversations/{conversation_id}", response_model=ConversationMessages)
+    @app.get(
+        "/v1/conversations/{conversation_id}", response_model=ConversationMessages, response_model_exclude_none=True
+    )
     async def http_conversation(self, conversation_id: str) -> ConversationMessages:
         return await self._orchestrator.conversation.remote(conversation_id)
 

@@ -105,9 +105,11 @@ def raise_engine_error(error: dict[str, Any]) -> None:
     """Map an engine error body ({message, type, param, code}) to our typed errors."""
     message = str(error.get("message") or "engine error")
     code = error.get("code")
+    if "context length" in message or error.get("param") == "input_tokens":
+        # vLLM names the param `input_tokens`; OpenAI clients expect this shape.
+        raise InvalidRequest(message, param="messages", code="context_length_exceeded")
     if code in (400, "400") or error.get("type") in ("BadRequestError", "invalid_request_error"):
-        param = error.get("param") or ("messages" if "context length" in message else None)
-        raise InvalidRequest(message, param=param)
+        raise InvalidRequest(message, param=error.get("param"))
     raise EngineError(message)
 
 

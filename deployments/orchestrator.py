@@ -56,9 +56,7 @@ class Orchestrator:
         self._engine: Engine = ServeLLMEngine(llm, settings.model_name)
         self._retriever = retriever
         self._redis = async_redis(settings.redis_url)
-        self._conversations = ConversationStore(
-            self._redis, settings.redis_prefix, settings.conversation_ttl_s
-        )
+        self._conversations = ConversationStore(self._redis, settings.redis_prefix, settings.conversation_ttl_s)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
         self._metrics = MetricsSink(
             mode=settings.resolved_wandb_mode(),
@@ -94,9 +92,7 @@ class Orchestrator:
             id=head.id,
             created=head.created,
             model=head.model,
-            choices=[
-                Choice(message=ChatMessage(role="assistant", content="".join(text)), finish_reason=finish)
-            ],
+            choices=[Choice(message=ChatMessage(role="assistant", content="".join(text)), finish_reason=finish)],
             usage=usage,
             conversation_id=request.conversation_id,
             citations=head.citations or [],
@@ -156,9 +152,7 @@ class Orchestrator:
     async def _run(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         timing = _Timing()
         if request.model != self._settings.model_name:
-            raise NotFound(
-                f"model {request.model!r} does not exist; try {self._settings.model_name!r}", param="model"
-            )
+            raise NotFound(f"model {request.model!r} does not exist; try {self._settings.model_name!r}", param="model")
         max_tokens = self._max_tokens(request)
         request_id = request.request_id or new_id("req")
         conversation_id = request.conversation_id
@@ -220,9 +214,7 @@ class Orchestrator:
                         out.append(
                             chunk(
                                 choices=[
-                                    ChunkChoice(
-                                        delta=Delta(content=d.text or None), finish_reason=d.finish_reason
-                                    )
+                                    ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
                                 ]
                             )
                         )

@@ -56,9 +56,7 @@ def build_prompt(
         last_user = max((i for i, m in enumerate(turn) if m.role == "user"), default=None)
         if last_user is not None:
             original = turn[last_user]
-            turn[last_user] = original.model_copy(
-                update={"content": augment_question(original.content, citations)}
-            )
+            turn[last_user] = original.model_copy(update={"content": augment_question(original.content, citations)})
     budget = (max_model_len - max_tokens) * CHARS_PER_TOKEN - _chars(system) - _chars(turn)
     kept = trim_history(history, max(0, budget))
     out = []

@@ -20,22 +20,16 @@ class Retriever:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._embedder = Embedder()
-        client = make_client(
-            path=None if settings.chroma_url else settings.chroma_path, url=settings.chroma_url
-        )
+        client = make_client(path=None if settings.chroma_url else settings.chroma_path, url=settings.chroma_url)
         self._store = ChunkStore(client)
         self._write_lock = asyncio.Lock()
 
-    async def retrieve(
-        self, query: str, collection: str | None, top_k: int, min_score: float
-    ) -> list[Citation]:
+    async def retrieve(self, query: str, collection: str | None, top_k: int, min_score: float) -> list[Citation]:
         """Chunks at least `min_score` similar to `query`. A collection named explicitly must exist;
         the default one may not yet (a fresh install has ingested nothing)."""
         name = validate_collection_name(collection or self._settings.rag_collection)
         if collection and not await asyncio.to_thread(self._store.has_collection, name):
-            raise NotFound(
-                f"RAG collection {name!r} does not exist; ingest documents first", param="rag.collection"
-            )
+            raise NotFound(f"RAG collection {name!r} does not exist; ingest documents first", param="rag.collection")
         hits = await asyncio.to_thread(self._search, query, name, top_k)
         return [
             Citation(source=h.source, chunk_id=h.chunk_id, score=round(h.score, 4), text=h.text)

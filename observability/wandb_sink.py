@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -72,19 +73,15 @@ class MetricsSink:
         try:
             self._run = wandb.init(
                 **self._init_kwargs,
-                settings=wandb.Settings(
-                    silent=True, console="off", x_disable_stats=True, x_disable_meta=True
-                ),
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
             )
         except Exception:  # metrics must never take the service down
             logger.exception("wandb.init failed; request metrics will not be recorded")
             return
         while not self._stop.is_set():
             waiter = None
-            try:
+            with contextlib.suppress(queue.Empty):
                 waiter = self._flush_requests.get(timeout=self._interval)
-            except queue.Empty:
-                pass
             self._drain()
             if waiter is not None:
                 waiter.set()

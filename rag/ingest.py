@@ -42,9 +42,9 @@ def ingest_document(
     if stored == doc_hash:
         return IngestResult(source=document.source, status="unchanged", chunks=0)
     chunks = chunk_text(document.text, chunk_chars, overlap_chars)
-    if not chunks:
+    if not chunks:  # an emptied file: its old chunks must not keep answering
+        if stored is not None:
+            store.delete_document(collection, document.source)
         return IngestResult(source=document.source, status="empty", chunks=0)
     store.replace_document(collection, document.source, doc_hash, chunks, embedder.embed(chunks))
-    return IngestResult(
-        source=document.source, status="added" if stored is None else "replaced", chunks=len(chunks)
-    )
+    return IngestResult(source=document.source, status="added" if stored is None else "replaced", chunks=len(chunks))

@@ -113,6 +113,11 @@ class ChunkStore:
             )
         col.delete(where={"$and": [{"source": source}, {"doc_hash": {"$ne": doc_hash}}]})
 
+    def delete_document(self, collection: str, source: str) -> None:
+        col = self._collection(collection, create=False)
+        if col is not None:
+            col.delete(where={"source": source})
+
     def count(self, collection: str) -> int:
         col = self._collection(collection, create=False)
         return col.count() if col is not None else 0
@@ -132,7 +137,5 @@ class ChunkStore:
             result["distances"][0],
             strict=True,
         ):
-            hits.append(
-                Hit(chunk_id=chunk_id, source=str(meta["source"]), text=text, score=1.0 - float(distance))
-            )
+            hits.append(Hit(chunk_id=chunk_id, source=str(meta["source"]), text=text, score=1.0 - float(distance)))
         return hits

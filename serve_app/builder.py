@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ray.serve import Application
+from typing import TYPE_CHECKING, Any
 
 from serve_app.settings import Settings
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
@@ -32,9 +33,7 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     light = {"num_cpus": settings.light_num_cpus}
 
     llm = build_llm_deployment(build_llm_config(settings, model_source), name_prefix="LLM:")
-    retriever = Retriever.options(num_replicas=settings.retriever_replicas, ray_actor_options=light).bind(
-        shipped
-    )
+    retriever = Retriever.options(num_replicas=settings.retriever_replicas, ray_actor_options=light).bind(shipped)
     orchestrator = Orchestrator.options(
         num_replicas=settings.orchestrator_replicas, ray_actor_options=light, max_ongoing_requests=1000
     ).bind(shipped, llm, retriever)

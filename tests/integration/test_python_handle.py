@@ -1,0 +1,53 @@
+"""Python callers in the same Ray cluster: typed methods on the app handle, no HTTP."""
+
+import uuid
+
+import pytest
+from ray import serve
+
+from serve_app import ChatChunk, ChatRequest, ChatResponse
+from tests.integration.conftest import MODEL
+
+pytestmark = pytest.mark.integration
+
+
+def request(**extra):
+    return ChatRequest(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=30,
+        **extra,
+    )
+
+
+def test_whole_answer_through_the_handle(stack):
+    handle = serve.get_app_handle(stack.settings.app_name)
+    response = handle.chat.remote(request()).result(timeout_s=120)
+    assert isinstance(response, ChatResponse)
+    assert "Paris" in response.choices[0].message.content
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_streamed_answer_through_the_handle(stack):
+    handle = serve.get_app_handle(stack.settings.app_name).options(stream=True)
+    chunks = list(handle.chat_stream.remote(request()))
+    assert all(isinstance(c, ChatChunk) for c in chunks)
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_conversation_through_the_handle_is_the_same_as_over_http(stack, http):
+    handle = serve.get_app_handle(stack.settings.app_name)
+    cid = f"py-{uuid.uuid4().hex}"
+    handle.chat.remote(request(conversation_id=cid, rag=False)).result(timeout_s=120)
+    messages = handle.get_conversation.remote(cid).result(timeout_s=30).messages
+    assert len(messages) == 2
+    assert http.get(f"/v1/conversations/{cid}").json()["messages"][1]["content"] == messages[1].content
+
+
+def test_typed_errors_reach_python_callers(stack):
+    from serve_app.errors import NotFound
+
+    handle = serve.get_app_handle(stack.settings.app_name)
+    with pytest.raises(NotFound):
+        handle.chat.remote(request().model_copy(update={"model": "nope"})).result(timeout_s=60)

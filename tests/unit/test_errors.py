@@ -1,0 +1,43 @@
+import pickle
+
+from ray.exceptions import RayTaskError
+
+from deployments.http_errors import error_body, sse_error_frame, unwrap
+from serve_app.errors import InvalidRequest, NotFound
+
+
+def test_typed_errors_map_to_openai_bodies():
+    status, body = error_body(InvalidRequest("bad max_tokens", param="max_tokens"), "rid")
+    assert status == 400
+    assert body == {
+        "error": {
+            "message": "bad max_tokens",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "invalid_value",
+        }
+    }
+
+
+def test_unknown_errors_are_500_with_the_request_id():
+    status, body = error_body(RuntimeError("secret internals"), "req-123")
+    assert status == 500
+    assert "req-123" in body["error"]["message"] and "secret" not in body["error"]["message"]
+    assert isinstance(body["error"]["code"], str)
+
+
+def test_errors_survive_pickling_with_their_param():
+    err = pickle.loads(pickle.dumps(NotFound("no model", param="model")))
+    assert isinstance(err, NotFound) and err.param == "model"
+
+
+def test_ray_wrapped_errors_are_unwrapped():
+    cause = NotFound("no such conversation", param="conversation_id")
+    wrapped = RayTaskError("fn", "traceback", cause).as_instanceof_cause()
+    assert unwrap(wrapped) is cause
+    assert error_body(wrapped, None)[0] == 404
+
+
+def test_stream_error_frame_is_an_sse_event():
+    text = sse_error_frame(InvalidRequest("x"), None)
+    assert text.startswith('data: {"error": ') and text.endswith("\n\n")

@@ -1,0 +1,24 @@
+"""The W&B sink really writes an offline run that can be read back (no network)."""
+
+from observability.wandb_reader import history_rows, offline_run_files
+from observability.wandb_sink import MetricsSink
+
+
+def test_records_reach_the_offline_run(tmp_path):
+    sink = MetricsSink(mode="offline", project="t", directory=tmp_path, run_name="r", group="g", flush_interval_s=0.2)
+    for i in range(3):
+        sink.record({"ttft_s": 0.1 * (i + 1), "completion_tokens": i + 1})
+    assert sink.flush()
+    sink.close()
+    [run_file] = offline_run_files(tmp_path)
+    rows = history_rows(run_file)
+    assert [r["completion_tokens"] for r in rows] == [1, 2, 3]
+    assert rows[0]["ttft_s"] == 0.1
+
+
+def test_disabled_sink_records_nothing(tmp_path):
+    sink = MetricsSink(mode="disabled", project="t", directory=tmp_path, run_name="r", group="g")
+    sink.record({"x": 1})
+    assert sink.flush()
+    sink.close()
+    assert offline_run_files(tmp_path) == []
