@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http_errors import error_response, install_error_handlers
 from deployments.sse import sse_frames
-from serve_app.errors import AuthenticationFailed
+from serve_app.errors import AuthenticationFailed, InvalidRequest, NotFound
 from serve_app.models import (
     ChatChunk,
     ChatRequest,
@@ -97,7 +98,12 @@ class Ingress:
         updates: dict = {"request_id": request_id}
         if body.conversation_id is None and x_conversation_id:
             updates["conversation_id"] = x_conversation_id
-        chat = ChatRequest.model_validate({**body.model_dump(exclude_unset=True), **updates})
+        try:
+            chat = ChatRequest.model_validate({**body.model_dump(exclude_unset=True), **updates})
+        except ValidationError as exc:  # only the header can be invalid here: the body was validated
+            raise InvalidRequest(
+                f"invalid X-Conversation-Id header: {exc.errors()[0]['msg']}", param="conversation_id"
+            ) from exc
         headers = {}
         if chat.conversation_id:
             headers["x-conversation-id"] = chat.conversation_id
@@ -119,8 +125,6 @@ class Ingress:
     @app.get("/v1/models/{model_id}")
     async def http_model(self, model_id: str) -> dict:
         if model_id != self._settings.model_name:
-            from serve_app.errors import NotFound
-
             raise NotFound(f"model {model_id!r} does not exist", param="model")
         return self._model_card()
 

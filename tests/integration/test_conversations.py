@@ -54,6 +54,15 @@ def test_the_header_works_like_the_body_field(http):
     assert len(stored(http, cid)) == 2
 
 
+def test_an_invalid_header_id_is_400(http):
+    response = http.post(
+        "/v1/chat/completions",
+        headers={"X-Conversation-Id": "bad id!"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "conversation_id"
+
+
 def test_a_stream_commits_once_the_answer_is_complete(openai_client, http):
     cid = f"conv-{uuid.uuid4().hex}"
     stream = openai_client.chat.completions.create(
