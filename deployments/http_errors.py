@@ -11,12 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import LLMServeError
+from serve_app.errors import LLMServeError, QuotaExceeded
 
 logger = logging.getLogger("llmserve.ingress")
 
 _STARLETTE_TYPES = {
     401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
@@ -52,8 +53,12 @@ def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
     status, body = error_body(exc, request_id)
     headers = {}
-    if status in (429, 503):
-        headers["retry-after"] = "1"
+    exc = unwrap(exc)
+    if isinstance(exc, QuotaExceeded):
+        headers["x-should-retry"] = "false"  # the openai SDK would otherwise retry a spent budget
+    elif status in (429, 503):
+        retry_after = getattr(exc, "retry_after_s", None) or 1
+        headers["retry-after"] = str(retry_after)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

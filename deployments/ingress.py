@@ -6,7 +6,6 @@ or SSE. It is the only place that builds HTTP responses.
 
 from __future__ import annotations
 
-import hmac
 import re
 import time
 import uuid
@@ -14,13 +13,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.gateway import MASTER_KID, Gateway, Principal
 from deployments.http_errors import error_response, install_error_handlers
-from deployments.sse import sse_frames
-from serve_app.errors import AuthenticationFailed, InvalidRequest, NotFound
+from deployments.sse import prepend, sse_frames
+from serve_app.errors import InvalidRequest, LLMServeError, NotFound, PayloadTooLarge, PermissionDenied
 from serve_app.models import (
     ChatChunk,
     ChatRequest,
@@ -28,9 +28,11 @@ from serve_app.models import (
     ConversationMessages,
     IngestRequest,
     IngestResponse,
+    StreamOptions,
 )
 from serve_app.settings import Settings
-from state.api_keys import key_hash
+from state.api_keys import KeyLimits
+from state.redis_client import async_redis
 
 app = FastAPI(title="llmserve", version="0.1.0", description="OpenAI-compatible LLM serving on Ray Serve.")
 install_error_handlers(app)
@@ -38,23 +40,30 @@ install_error_handlers(app)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-# NOTE: FastAPI middleware runs in LIFO order of registration; this is the only one, and it must run before
-# body parsing so that an unauthenticated malformed request gets 401, not 400.
+class NewKey(KeyLimits):
+    name: str = Field(..., min_length=1, max_length=200)
+
+
+# NOTE: FastAPI middleware runs in LIFO order of registration; this is the only one. It must run before
+# body parsing, so that an unauthenticated request gets 401 and an oversized one 413 without being read.
 @app.middleware("http")
-async def _request_id_and_auth(request: Request, call_next):
+async def _request_id_size_and_auth(request: Request, call_next):
     incoming = request.headers.get("x-request-id", "")
     request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
     request.state.request_id = request_id
-    if request.url.path.startswith("/v1/") or request.url.path.startswith("/admin/"):
-        expected: str | None = request.app.state.master_key_hash
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return error_response(
-                AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'"), request_id
-            )
-        if expected is None or not hmac.compare_digest(key_hash(token.strip()), expected):
-            return error_response(AuthenticationFailed("incorrect API key provided"), request_id)
+    path = request.url.path
+    if path.startswith("/v1/") or path.startswith("/admin/"):
+        gateway: Gateway = request.app.state.gateway
+        try:
+            request.state.principal = await gateway.authenticate(request.headers.get("authorization", ""))
+            length = request.headers.get("content-length")
+            limit = request.app.state.max_body_bytes
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+            if path.startswith("/admin/") and not request.state.principal.admin:
+                raise PermissionDenied("admin routes need the master key")
+        except LLMServeError as exc:
+            return error_response(exc, request_id)
     # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
     return await call_next(request)
 
@@ -65,7 +74,9 @@ class Ingress:
     def __init__(self, settings: Settings, orchestrator: DeploymentHandle):
         if not settings.master_key_hash():
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
-        app.state.master_key_hash = settings.master_key_hash()
+        self._gateway = Gateway(settings, async_redis(settings.redis_url))
+        app.state.gateway = self._gateway
+        app.state.max_body_bytes = settings.max_body_bytes
         self._settings = settings
         self._orchestrator = orchestrator
         self._stream = orchestrator.options(stream=True)
@@ -107,16 +118,71 @@ class Ingress:
         headers = {}
         if chat.conversation_id:
             headers["x-conversation-id"] = chat.conversation_id
+        principal: Principal = request.state.principal
+        await self._gateway.admit(principal, chat, request_id)
         if not chat.stream:
-            result: ChatResponse = await self._orchestrator.chat.remote(chat)
+            try:
+                result: ChatResponse = await self._orchestrator.chat.remote(chat)
+            except BaseException:
+                self._gateway.settle_later(principal, request_id, 0, 0)
+                raise
+            self._gateway.settle_later(
+                principal, request_id, result.usage.prompt_tokens, result.usage.completion_tokens
+            )
             return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
-        stream = self._stream.chat_stream.remote(chat)
-        # Wait for the first chunk before sending the status line, so that errors raised before any
-        # output (unknown model, context too long, engine down) get their real status code.
-        first = await stream.__anext__()
+        # Usage is always requested internally (settlement needs it) and dropped if the client did not ask.
+        internal = chat.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+        stream = self._stream.chat_stream.remote(internal)
+        try:
+            # Wait for the first chunk before sending the status line, so that errors raised before any
+            # output (unknown model, context too long, engine down) get their real status code.
+            first = await stream.__anext__()
+        except BaseException:
+            self._gateway.settle_later(principal, request_id, 0, 0)
+            raise
+        chunks = self._gateway.settling_stream(principal, chat, request_id, prepend(first, stream), chat.include_usage)
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(sse_frames(first, stream, request_id), media_type="text/event-stream", headers=headers)
+        return StreamingResponse(sse_frames(chunks, request_id), media_type="text/event-stream", headers=headers)
+
+    @app.get("/v1/usage")
+    async def http_usage(self, request: Request) -> dict:
+        """The caller's own usage; with the master key, every key's."""
+        principal: Principal = request.state.principal
+        if not principal.admin:
+            return {
+                "object": "usage",
+                "key_id": principal.kid,
+                "name": principal.name,
+                **await self._gateway.limiter.usage(principal.kid),
+            }
+        rows = [{"key_id": MASTER_KID, "name": "master", **await self._gateway.limiter.usage(MASTER_KID)}]
+        for record in await self._gateway.keys.list():
+            rows.append(
+                {
+                    "key_id": record.key_id,
+                    "name": record.name,
+                    "revoked": record.revoked,
+                    **await self._gateway.limiter.usage(record.key_id),
+                }
+            )
+        return {"object": "list", "data": rows}
+
+    @app.post("/admin/keys")
+    async def http_create_key(self, body: NewKey) -> dict:
+        key, record = await self._gateway.keys.create(body.name, KeyLimits(**body.model_dump(exclude={"name"})))
+        return {"key": key, **record.model_dump()}
+
+    @app.get("/admin/keys")
+    async def http_list_keys(self) -> dict:
+        return {"object": "list", "data": [r.model_dump() for r in await self._gateway.keys.list()]}
+
+    @app.delete("/admin/keys/{key_id_or_name}")
+    async def http_revoke_key(self, key_id_or_name: str) -> dict:
+        revoked = await self._gateway.keys.revoke(key_id_or_name)
+        if not revoked:
+            raise NotFound(f"no API key with id or name {key_id_or_name!r}", param="key_id_or_name")
+        return {"revoked": revoked}
 
     @app.get("/v1/models")
     async def http_models(self) -> dict:

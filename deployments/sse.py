@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from deployments.http_errors import sse_error_frame
 from serve_app.models import ChatChunk
@@ -11,16 +11,19 @@ from serve_app.models import ChatChunk
 logger = logging.getLogger("llmserve.ingress")
 
 
-async def sse_frames(
-    first: Iterable[ChatChunk], rest: AsyncIterator[list[ChatChunk]], request_id: str | None
-) -> AsyncIterator[str]:
-    """`data: {json}\\n\\n` per chunk. Frames that arrived together are written together.
+async def sse_frames(chunks: AsyncIterator[list[ChatChunk]], request_id: str | None) -> AsyncIterator[str]:
+    """`data: {json}\\n\\n` per chunk; frames that arrived together are written together.
     An error after the first chunk becomes an error event (the status line was already sent)."""
-    yield "".join(f"data: {c.model_dump_json(exclude_none=True)}\n\n" for c in first)
     try:
-        async for chunks in rest:
-            yield "".join(f"data: {c.model_dump_json(exclude_none=True)}\n\n" for c in chunks)
+        async for batch in chunks:
+            yield "".join(f"data: {c.model_dump_json(exclude_none=True)}\n\n" for c in batch)
     except Exception as exc:
         logger.warning("stream %s failed after the first chunk: %r", request_id, exc)
         yield sse_error_frame(exc, request_id)
     yield "data: [DONE]\n\n"
+
+
+async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+    yield first
+    async for batch in rest:
+        yield batch

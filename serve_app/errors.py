@@ -12,22 +12,27 @@ class LLMServeError(Exception):
     type: str = "internal_error"
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after_s: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
         if code is not None:
             self.code = code
 
     def __reduce__(self):  # keep param/code across pickling (Ray re-raises remote exceptions)
-        return (_rebuild, (type(self), self.message, self.param, self.code))
+        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
 
     def to_error_body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def _rebuild(cls: type[LLMServeError], message: str, param: str | None, code: str) -> LLMServeError:
-    return cls(message, param=param, code=code)
+def _rebuild(
+    cls: type[LLMServeError], message: str, param: str | None, code: str, retry_after_s: int | None = None
+) -> LLMServeError:
+    return cls(message, param=param, code=code, retry_after_s=retry_after_s)
 
 
 class InvalidRequest(LLMServeError):
@@ -38,12 +43,26 @@ class AuthenticationFailed(LLMServeError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
+class PermissionDenied(LLMServeError):
+    status, type, code = 403, "invalid_request_error", "permission_denied"
+
+
 class NotFound(LLMServeError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
 
 class PayloadTooLarge(LLMServeError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(LLMServeError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class QuotaExceeded(LLMServeError):
+    """The key's budget is spent: retrying will not help (sent with x-should-retry: false)."""
+
+    status, type, code = 429, "insufficient_quota", "insufficient_quota"
 
 
 class ServiceUnavailable(LLMServeError):

@@ -42,6 +42,18 @@ class Settings(BaseSettings):
         None, description="SHA-256 hex of the master key, for configs that must not hold the plaintext."
     )
 
+    # --- gateway ----------------------------------------------------------------------------------
+    max_body_bytes: int = Field(4 * 1024**2, ge=1024, description="Larger request bodies get 413 before parsing.")
+    request_lease_s: float = Field(
+        900.0, gt=0, description="A limit reservation not settled by then is reclaimed (its holder died)."
+    )
+    price_input_per_mtok: float = Field(
+        0.10, ge=0, description="USD per 1M prompt tokens of the served model, for budgets and usage."
+    )
+    price_output_per_mtok: float = Field(
+        0.20, ge=0, description="USD per 1M completion tokens of the served model, for budgets and usage."
+    )
+
     # --- state -------------------------------------------------------------------------------------
     redis_url: str | None = Field(
         None,

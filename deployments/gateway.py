@@ -1,0 +1,135 @@
+"""The ingress's gateway logic, apart from HTTP: who is calling (master key or a Redis API key), whether the
+request is admitted under its key's limits, and settling its real usage and cost afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from serve_app.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
+from serve_app.models import ChatChunk, ChatRequest, Usage
+from serve_app.settings import Settings
+from state.api_keys import KeyLimits, KeyRecord, KeyStore, key_hash
+from state.limits import Limiter
+
+MASTER_KID = "master"
+# Prompt-size estimate for reservations (real usage replaces it at settlement): ~4 characters a token,
+# plus a few template tokens per message.
+_CHARS_PER_TOKEN = 4
+_TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class Principal:
+    kid: str
+    name: str
+    admin: bool
+    limits: KeyLimits
+
+
+class Gateway:
+    def __init__(self, settings: Settings, client: aioredis.Redis):
+        self._settings = settings
+        self._master = settings.master_key_hash()
+        self.keys = KeyStore(client, settings.redis_prefix)
+        self.limiter = Limiter(client, settings.redis_prefix, lease_s=settings.request_lease_s)
+        self._pending: set[asyncio.Task] = set()
+
+    async def authenticate(self, authorization: str) -> Principal:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+        digest = key_hash(token)
+        if self._master and hmac.compare_digest(digest, self._master):
+            return Principal(MASTER_KID, "master", True, KeyLimits())
+        record: KeyRecord | None = await self.keys.lookup(digest)
+        # The lookup is by the digest itself, so the stored digest equals it; no timing leak on the key.
+        if record is None or record.revoked:
+            raise AuthenticationFailed("incorrect API key provided")
+        return Principal(
+            record.key_id, record.name, False, KeyLimits(**record.model_dump(include=set(KeyLimits.model_fields)))
+        )
+
+    def max_tokens(self, request: ChatRequest) -> int:
+        return request.max_tokens or self._settings.default_max_tokens
+
+    def estimate_prompt_tokens(self, request: ChatRequest) -> int:
+        chars = sum(len(m.content) for m in request.messages)
+        return math.ceil(chars / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(request.messages)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        s = self._settings
+        return (prompt_tokens * s.price_input_per_mtok + completion_tokens * s.price_output_per_mtok) / 1e6
+
+    async def admit(self, principal: Principal, request: ChatRequest, request_id: str) -> None:
+        limits = principal.limits
+        if limits.models is not None and request.model not in limits.models:
+            raise PermissionDenied(f"this API key may not use model {request.model!r}", param="model")
+        prompt = self.estimate_prompt_tokens(request)
+        tokens = prompt + self.max_tokens(request)
+        admission = await self.limiter.admit(
+            principal.kid, limits, request_id, tokens, self.cost(prompt, tokens - prompt)
+        )
+        if admission.allowed:
+            return
+        if admission.reason == "budget":
+            raise QuotaExceeded(f"API key {principal.kid} has spent its budget of ${limits.budget_usd:g}")
+        if admission.reason == "tpm_exceeds_limit":
+            raise InvalidRequest(
+                f"this request may use {tokens} tokens, more than this key's {limits.tpm} tokens per minute; "
+                "lower max_tokens or shorten the prompt",
+                param="max_tokens",
+            )
+        what = {"rpm": "requests per minute", "tpm": "tokens per minute", "max_parallel": "parallel requests"}
+        raise RateLimited(
+            f"rate limit reached for API key {principal.kid}: {what.get(admission.reason, admission.reason)}",
+            code="rate_limit_exceeded",
+            retry_after_s=admission.retry_after_s,
+        )
+
+    def settle_later(self, principal: Principal, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Settle in a task of its own: it must happen even when the request's task is being cancelled
+        (client disconnect)."""
+        cost = self.cost(prompt_tokens, completion_tokens)
+        task = asyncio.ensure_future(
+            self.limiter.settle(principal.kid, request_id, prompt_tokens, completion_tokens, cost)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settling_stream(
+        self,
+        principal: Principal,
+        request: ChatRequest,
+        request_id: str,
+        chunks: AsyncIterator[list[ChatChunk]],
+        client_wants_usage: bool,
+    ) -> AsyncIterator[list[ChatChunk]]:
+        """Pass chunks through, take the usage (always requested internally), drop the usage chunk when the
+        client did not ask for it, and settle whatever happens: real usage when the stream completes, an
+        estimate (prompt estimate + deltas seen) when it fails or the client goes away."""
+        usage: Usage | None = None
+        deltas = 0
+        try:
+            async for batch in chunks:
+                out = []
+                for chunk in batch:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                        if not client_wants_usage:
+                            continue
+                    deltas += sum(1 for c in chunk.choices if c.delta.content)
+                    out.append(chunk)
+                if out:
+                    yield out
+        finally:
+            if usage is not None:
+                self.settle_later(principal, request_id, usage.prompt_tokens, usage.completion_tokens)
+            else:
+                self.settle_later(principal, request_id, self.estimate_prompt_tokens(request) if deltas else 0, deltas)
