@@ -9,9 +9,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import LLMServeError, QuotaExceeded
+from serve_app.errors import LLMServeError, QuotaExceeded, ServiceUnavailable
 
 logger = logging.getLogger("llmserve.ingress")
 
@@ -41,8 +42,16 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
+def typed(exc: BaseException) -> BaseException:
+    """Our typed error for `exc` where there is one (unwrapping Ray, converting Serve's back-pressure)."""
     exc = unwrap(exc)
+    if isinstance(exc, BackPressureError):  # a deployment's queue (max_queued_requests) is full
+        return ServiceUnavailable("the server is at capacity; retry shortly", code="overloaded", retry_after_s=1)
+    return exc
+
+
+def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
+    exc = typed(exc)
     if isinstance(exc, LLMServeError):
         return exc.status, exc.to_error_body()
     logger.error("request %s failed: %r", request_id, exc, exc_info=exc)
@@ -53,7 +62,7 @@ def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
     status, body = error_body(exc, request_id)
     headers = {}
-    exc = unwrap(exc)
+    exc = typed(exc)
     if isinstance(exc, QuotaExceeded):
         headers["x-should-retry"] = "false"  # the openai SDK would otherwise retry a spent budget
     elif status in (429, 503):

@@ -41,3 +41,15 @@ def test_ray_wrapped_errors_are_unwrapped():
 def test_stream_error_frame_is_an_sse_event():
     text = sse_error_frame(InvalidRequest("x"), None)
     assert text.startswith('data: {"error": ') and text.endswith("\n\n")
+
+
+def test_a_full_serve_queue_is_a_503_with_retry_after():
+    from ray.serve.exceptions import BackPressureError
+
+    from deployments.http_errors import error_response
+
+    exc = RayTaskError("fn", "traceback", BackPressureError(10, 10)).as_instanceof_cause()
+    status, body = error_body(exc, "rid")
+    assert status == 503 and body["error"]["code"] == "overloaded"
+    response = error_response(BackPressureError(10, 10), "rid")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
