@@ -67,14 +67,14 @@ class Gateway:
         s = self._settings
         return (prompt_tokens * s.price_input_per_mtok + completion_tokens * s.price_output_per_mtok) / 1e6
 
-    async def admit(self, principal: Principal, request: ChatRequest, request_id: str) -> None:
+    async def admit(self, principal: Principal, request: ChatRequest, reservation_id: str) -> None:
         limits = principal.limits
         if limits.models is not None and request.model not in limits.models:
             raise PermissionDenied(f"this API key may not use model {request.model!r}", param="model")
         prompt = self.estimate_prompt_tokens(request)
         tokens = prompt + self.max_tokens(request)
         admission = await self.limiter.admit(
-            principal.kid, limits, request_id, tokens, self.cost(prompt, tokens - prompt)
+            principal.kid, limits, reservation_id, tokens, self.cost(prompt, tokens - prompt)
         )
         if admission.allowed:
             return
@@ -93,12 +93,14 @@ class Gateway:
             retry_after_s=admission.retry_after_s,
         )
 
-    def settle_later(self, principal: Principal, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def settle_later(
+        self, principal: Principal, reservation_id: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         """Settle in a task of its own: it must happen even when the request's task is being cancelled
         (client disconnect)."""
         cost = self.cost(prompt_tokens, completion_tokens)
         task = asyncio.ensure_future(
-            self.limiter.settle(principal.kid, request_id, prompt_tokens, completion_tokens, cost)
+            self.limiter.settle(principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
         )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -107,7 +109,7 @@ class Gateway:
         self,
         principal: Principal,
         request: ChatRequest,
-        request_id: str,
+        reservation_id: str,
         chunks: AsyncIterator[list[ChatChunk]],
         client_wants_usage: bool,
     ) -> AsyncIterator[list[ChatChunk]]:
@@ -130,6 +132,8 @@ class Gateway:
                     yield out
         finally:
             if usage is not None:
-                self.settle_later(principal, request_id, usage.prompt_tokens, usage.completion_tokens)
+                self.settle_later(principal, reservation_id, usage.prompt_tokens, usage.completion_tokens)
             else:
-                self.settle_later(principal, request_id, self.estimate_prompt_tokens(request) if deltas else 0, deltas)
+                self.settle_later(
+                    principal, reservation_id, self.estimate_prompt_tokens(request) if deltas else 0, deltas
+                )

@@ -119,15 +119,18 @@ class Ingress:
         if chat.conversation_id:
             headers["x-conversation-id"] = chat.conversation_id
         principal: Principal = request.state.principal
-        await self._gateway.admit(principal, chat, request_id)
+        # Limits are reserved and settled under an id of our own: the x-request-id is the client's to choose,
+        # and a reused one must neither skip the count nor share a reservation.
+        reservation = uuid.uuid4().hex
+        await self._gateway.admit(principal, chat, reservation)
         if not chat.stream:
             try:
                 result: ChatResponse = await self._orchestrator.chat.remote(chat)
             except BaseException:
-                self._gateway.settle_later(principal, request_id, 0, 0)
+                self._gateway.settle_later(principal, reservation, 0, 0)
                 raise
             self._gateway.settle_later(
-                principal, request_id, result.usage.prompt_tokens, result.usage.completion_tokens
+                principal, reservation, result.usage.prompt_tokens, result.usage.completion_tokens
             )
             return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
@@ -139,9 +142,9 @@ class Ingress:
             # output (unknown model, context too long, engine down) get their real status code.
             first = await stream.__anext__()
         except BaseException:
-            self._gateway.settle_later(principal, request_id, 0, 0)
+            self._gateway.settle_later(principal, reservation, 0, 0)
             raise
-        chunks = self._gateway.settling_stream(principal, chat, request_id, prepend(first, stream), chat.include_usage)
+        chunks = self._gateway.settling_stream(principal, chat, reservation, prepend(first, stream), chat.include_usage)
         headers["cache-control"] = "no-cache"
         return StreamingResponse(sse_frames(chunks, request_id), media_type="text/event-stream", headers=headers)
 

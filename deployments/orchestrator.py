@@ -155,6 +155,9 @@ class Orchestrator:
             raise NotFound(f"model {request.model!r} does not exist; try {self._settings.model_name!r}", param="model")
         max_tokens = self._max_tokens(request)
         request_id = request.request_id or new_id("req")
+        # The request id may be the client's x-request-id, so it only labels (chunk ids, logs). What must be
+        # unique (the engine's request id, the turn's commit key) gets an id of our own.
+        run_id = new_id("run")
         conversation_id = request.conversation_id
         history_task = (
             self._conversations.history(conversation_id, self._settings.history_max_messages)
@@ -193,7 +196,7 @@ class Orchestrator:
         status = "error"
         try:
             first = True
-            async for deltas in self._engine.stream(prompt, params, request_id):
+            async for deltas in self._engine.stream(prompt, params, run_id):
                 out: list[ChatChunk] = []
                 if first:
                     timing.first_token = time.perf_counter()
@@ -221,7 +224,7 @@ class Orchestrator:
                 if finish is not None and conversation_id:
                     # Commit before the last chunks leave: once the client has the whole answer, so does Redis.
                     new_turn = [*request.messages, ChatMessage(role="assistant", content="".join(answer))]
-                    await self._conversations.commit_turn(conversation_id, request_id, new_turn)
+                    await self._conversations.commit_turn(conversation_id, run_id, new_turn)
                     conversation_id = None  # committed once
                 if out:
                     yield out

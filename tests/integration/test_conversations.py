@@ -63,6 +63,24 @@ def test_an_invalid_header_id_is_400(http):
     assert response.status_code == 400 and response.json()["error"]["param"] == "conversation_id"
 
 
+def test_a_reused_x_request_id_does_not_drop_turns(http):
+    cid = f"conv-{uuid.uuid4().hex}"
+    for text in ("First.", "Second."):
+        response = http.post(
+            "/v1/chat/completions",
+            headers={"x-request-id": "fixed-trace-id"},
+            json={
+                "model": MODEL,
+                "conversation_id": cid,
+                "rag": False,
+                "max_tokens": 3,
+                "messages": [{"role": "user", "content": text}],
+            },
+        )
+        assert response.status_code == 200
+    assert [m["content"] for m in stored(http, cid) if m["role"] == "user"] == ["First.", "Second."]
+
+
 def test_a_stream_commits_once_the_answer_is_complete(openai_client, http):
     cid = f"conv-{uuid.uuid4().hex}"
     stream = openai_client.chat.completions.create(

@@ -51,6 +51,22 @@ def test_exactly_rpm_requests_pass_among_concurrent_clients(base_url):
     assert 1 <= int(refused.headers["retry-after"]) <= 60
 
 
+def test_a_reused_x_request_id_is_still_counted(base_url):
+    key = create_key(base_url, "--name", "reuse-team", "--rpm", "1")
+    headers = {"Authorization": f"Bearer {key}", "x-request-id": "same-id-every-time"}
+    body = {"model": MODEL, "messages": HI, "max_tokens": 1, "rag": False}
+    codes = [
+        httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=120).status_code
+        for _ in range(2)
+    ]
+    if codes == [200, 200] or codes[0] == 429:  # the two straddled a minute boundary: try once more
+        codes = [
+            httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=120).status_code
+            for _ in range(2)
+        ]
+    assert codes[1] == 429
+
+
 def test_parallel_limit_and_the_sdk_honours_retry_after(base_url):
     key = create_key(base_url, "--name", "parallel-team", "--max-parallel", "1")
     holder = client_for(base_url, key)
