@@ -60,14 +60,13 @@ def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
+    exc = typed(exc)
     status, body = error_body(exc, request_id)
     headers = {}
-    exc = typed(exc)
     if isinstance(exc, QuotaExceeded):
         headers["x-should-retry"] = "false"  # the openai SDK would otherwise retry a spent budget
     elif status in (429, 503):
-        retry_after = getattr(exc, "retry_after_s", None) or 1
-        headers["retry-after"] = str(retry_after)
+        headers["retry-after"] = str(getattr(exc, "retry_after_s", None) or 1)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

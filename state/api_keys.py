@@ -86,17 +86,11 @@ class KeyStore:
 
     async def revoke(self, key_id_or_name: str) -> list[str]:
         """Revoke by key id, or every key with that name. Returns the revoked key ids."""
-        digest = await self._redis.get(f"{self._p}:apikey-id:{key_id_or_name}")
-        targets = [digest] if digest else [d async for d in self._by_name(key_id_or_name)]
-        revoked = []
-        for target in targets:
-            if await self._redis.exists(self._key(target)):
-                await self._redis.hset(self._key(target), "revoked", "true")
-                revoked.append(target[:12])
-        return revoked
-
-    async def _by_name(self, name: str):
-        for digest in await self._redis.smembers(f"{self._p}:apikeys"):
-            raw = await self._redis.hgetall(self._key(digest))
-            if raw and json.loads(raw["name"]) == name:
-                yield digest
+        if await self._redis.exists(f"{self._p}:apikey-id:{key_id_or_name}"):
+            key_ids = [key_id_or_name]
+        else:
+            key_ids = [r.key_id for r in await self.list() if r.name == key_id_or_name]
+        for key_id in key_ids:
+            digest = await self._redis.get(f"{self._p}:apikey-id:{key_id}")
+            await self._redis.hset(self._key(digest), "revoked", "true")
+        return key_ids

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import redis
 import redis.asyncio as aioredis
 
 
 def async_redis(url: str) -> aioredis.Redis:
     """A pooled asyncio client; replies decoded to str."""
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-
-
-def sync_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True)
 
 
 class EmbeddedRedis:
