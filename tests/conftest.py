@@ -1,7 +1,9 @@
+import contextlib
 import os
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
 REDIS_URL = os.environ.get("LLMSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -16,3 +18,13 @@ def redis_prefix():
     client = redis.Redis.from_url(REDIS_URL)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
+
+
+@contextlib.asynccontextmanager
+async def redis_client():
+    """An asyncio Redis client for one test body, closed afterwards."""
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
