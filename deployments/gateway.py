@@ -1,16 +1,18 @@
 """The ingress's gateway logic, apart from HTTP: who is calling (master key or a Redis API key), whether the
-request is admitted under its key's limits, and settling its real usage and cost afterwards."""
+request is let in (the model's capacity, then its key's limits), and settling its real usage and cost after."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import math
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from deployments.admission import AdmissionGate, Slot, model_capacity
 from serve_app.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
 from serve_app.models import ChatChunk, ChatRequest, Usage
 from serve_app.settings import Settings
@@ -38,6 +40,7 @@ class Gateway:
         self._master = settings.master_key_hash()
         self.keys = KeyStore(client, settings.redis_prefix)
         self.limiter = Limiter(client, settings.redis_prefix, lease_s=settings.request_lease_s)
+        self.admission = AdmissionGate(model_capacity(settings), settings.overload_retry_after_s)
         self._pending: set[asyncio.Task] = set()
 
     async def authenticate(self, authorization: str) -> Principal:
@@ -93,6 +96,20 @@ class Gateway:
             retry_after_s=admission.retry_after_s,
         )
 
+    async def open(self, principal: Principal, request: ChatRequest) -> Ticket:
+        """Let a request in: a place under the model's capacity (503 when full, before any Redis call, so a
+        busy server costs the caller none of its quota), then its key's limits (429)."""
+        slot = self.admission.enter(request.model)
+        # Reserved and settled under an id of our own: the x-request-id is the client's to choose, and a
+        # reused one must neither skip the count nor share a reservation.
+        ticket = Ticket(self, principal, uuid.uuid4().hex, self.estimate_prompt_tokens(request), slot)
+        try:
+            await self.admit(principal, request, ticket.reservation_id)
+        except BaseException:
+            slot.release()  # nothing was reserved
+            raise
+        return ticket
+
     def settle_later(
         self, principal: Principal, reservation_id: str, prompt_tokens: int, completion_tokens: int
     ) -> None:
@@ -105,35 +122,48 @@ class Gateway:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def settling_stream(
-        self,
-        principal: Principal,
-        request: ChatRequest,
-        reservation_id: str,
-        chunks: AsyncIterator[list[ChatChunk]],
-        client_wants_usage: bool,
+
+class Ticket:
+    """An admitted request: its reservation and its admission slot, given back exactly once by `finish()`,
+    whichever path ends the request (answer, error, client gone, a stream that never started)."""
+
+    def __init__(self, gateway: Gateway, principal: Principal, reservation_id: str, prompt_estimate: int, slot: Slot):
+        self.reservation_id = reservation_id
+        self.usage: Usage | None = None  # the real usage, once the engine reported it
+        self.deltas = 0  # content chunks seen, for the estimate when no usage came
+        self._gateway = gateway
+        self._principal = principal
+        self._prompt_estimate = prompt_estimate
+        self._slot = slot
+        self._done = False
+
+    def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._slot.release()
+        if self.usage is not None:
+            prompt, completion = self.usage.prompt_tokens, self.usage.completion_tokens
+        else:  # failed or cut short: what was generated, and the prompt only if the engine started on it
+            prompt, completion = (self._prompt_estimate if self.deltas else 0), self.deltas
+        self._gateway.settle_later(self._principal, self.reservation_id, prompt, completion)
+
+    async def stream(
+        self, chunks: AsyncIterator[list[ChatChunk]], client_wants_usage: bool
     ) -> AsyncIterator[list[ChatChunk]]:
         """Pass chunks through, take the usage (always requested internally), drop the usage chunk when the
-        client did not ask for it, and settle whatever happens: real usage when the stream completes, an
-        estimate (prompt estimate + deltas seen) when it fails or the client goes away."""
-        usage: Usage | None = None
-        deltas = 0
+        client did not ask for it, and finish when the stream ends, fails or is closed."""
         try:
             async for batch in chunks:
                 out = []
                 for chunk in batch:
                     if chunk.usage is not None:
-                        usage = chunk.usage
+                        self.usage = chunk.usage
                         if not client_wants_usage:
                             continue
-                    deltas += sum(1 for c in chunk.choices if c.delta.content)
+                    self.deltas += sum(1 for c in chunk.choices if c.delta.content)
                     out.append(chunk)
                 if out:
                     yield out
         finally:
-            if usage is not None:
-                self.settle_later(principal, reservation_id, usage.prompt_tokens, usage.completion_tokens)
-            else:
-                self.settle_later(
-                    principal, reservation_id, self.estimate_prompt_tokens(request) if deltas else 0, deltas
-                )
+            self.finish()

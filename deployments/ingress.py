@@ -6,21 +6,20 @@ or SSE. It is the only place that builds HTTP responses.
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.gateway import MASTER_KID, Gateway, Principal
-from deployments.http_errors import error_response, install_error_handlers
-from deployments.sse import prepend, sse_frames
-from serve_app.errors import InvalidRequest, LLMServeError, NotFound, PayloadTooLarge, PermissionDenied
+from deployments.http_errors import install_error_handlers
+from deployments.middleware import GatewayMiddleware
+from deployments.sse import SSEResponse, prepend, sse_frames
+from serve_app.errors import InvalidRequest, NotFound
 from serve_app.models import (
     ChatChunk,
     ChatRequest,
@@ -37,35 +36,11 @@ from state.redis_client import async_redis
 app = FastAPI(title="llmserve", version="0.1.0", description="OpenAI-compatible LLM serving on Ray Serve.")
 install_error_handlers(app)
 
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+app.add_middleware(GatewayMiddleware)
 
 
 class NewKey(KeyLimits):
     name: str = Field(..., min_length=1, max_length=200)
-
-
-# NOTE: FastAPI middleware runs in LIFO order of registration; this is the only one. It must run before
-# body parsing, so that an unauthenticated request gets 401 and an oversized one 413 without being read.
-@app.middleware("http")
-async def _request_id_size_and_auth(request: Request, call_next):
-    incoming = request.headers.get("x-request-id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-    request.state.request_id = request_id
-    path = request.url.path
-    if path.startswith("/v1/") or path.startswith("/admin/"):
-        gateway: Gateway = request.app.state.gateway
-        try:
-            request.state.principal = await gateway.authenticate(request.headers.get("authorization", ""))
-            length = request.headers.get("content-length")
-            limit = request.app.state.max_body_bytes
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                raise PayloadTooLarge(f"request body larger than {limit} bytes")
-            if path.startswith("/admin/") and not request.state.principal.admin:
-                raise PermissionDenied("admin routes need the master key")
-        except LLMServeError as exc:
-            return error_response(exc, request_id)
-    # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
-    return await call_next(request)
 
 
 @serve.deployment(name="Ingress")
@@ -118,35 +93,28 @@ class Ingress:
         headers = {}
         if chat.conversation_id:
             headers["x-conversation-id"] = chat.conversation_id
-        principal: Principal = request.state.principal
-        # Limits are reserved and settled under an id of our own: the x-request-id is the client's to choose,
-        # and a reused one must neither skip the count nor share a reservation.
-        reservation = uuid.uuid4().hex
-        await self._gateway.admit(principal, chat, reservation)
+        ticket = await self._gateway.open(request.state.principal, chat)
         if not chat.stream:
             try:
                 result: ChatResponse = await self._orchestrator.chat.remote(chat)
-            except BaseException:
-                self._gateway.settle_later(principal, reservation, 0, 0)
-                raise
-            self._gateway.settle_later(
-                principal, reservation, result.usage.prompt_tokens, result.usage.completion_tokens
-            )
+                ticket.usage = result.usage
+            finally:
+                ticket.finish()
             return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
         # Usage is always requested internally (settlement needs it) and dropped if the client did not ask.
         internal = chat.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
-        stream = self._stream.chat_stream.remote(internal)
         try:
+            stream = self._stream.chat_stream.remote(internal)
             # Wait for the first chunk before sending the status line, so that errors raised before any
             # output (unknown model, context too long, engine down) get their real status code.
             first = await stream.__anext__()
         except BaseException:
-            self._gateway.settle_later(principal, reservation, 0, 0)
+            ticket.finish()
             raise
-        chunks = self._gateway.settling_stream(principal, chat, reservation, prepend(first, stream), chat.include_usage)
+        chunks = ticket.stream(prepend(first, stream), chat.include_usage)
         headers["cache-control"] = "no-cache"
-        return StreamingResponse(sse_frames(chunks, request_id), media_type="text/event-stream", headers=headers)
+        return SSEResponse(sse_frames(chunks, request_id), on_close=ticket.finish, headers=headers)
 
     @app.get("/v1/usage")
     async def http_usage(self, request: Request) -> dict:

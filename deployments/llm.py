@@ -46,6 +46,7 @@ def build_llm_config(settings: Settings, model_source: str) -> LLMConfig:
             "target_ongoing_requests": settings.llm_target_ongoing_requests,
         },
         "max_ongoing_requests": settings.llm_max_ongoing_requests,
+        "max_queued_requests": settings.llm_max_queued_requests,
     }
     extra: dict[str, Any] = {}
     if settings.accelerator == "cpu":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from deployments.http_errors import sse_error_frame
 from serve_app.models import ChatChunk
@@ -27,3 +30,21 @@ async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) 
     yield first
     async for batch in rest:
         yield batch
+
+
+class SSEResponse(StreamingResponse):
+    """A text/event-stream response that calls `on_close` however it ends: completed, failed, the client gone,
+    or never started (a disconnect before the first byte leaves the body generator unstarted, so its own
+    `finally` would never run)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], headers: dict[str, str]):
+        super().__init__(content, headers=headers, media_type=self.media_type)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()

@@ -17,10 +17,7 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     # Imported here so that `import serve_app` stays light (the CLI's --help must not load vLLM).
     from ray.serve.llm import build_llm_deployment
 
-    from deployments.ingress import Ingress
     from deployments.llm import build_llm_config
-    from deployments.orchestrator import Orchestrator
-    from deployments.retriever import Retriever
     from serve_app.model_prep import resolve_model_source
 
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
@@ -29,10 +26,19 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     if not settings.master_key_hash():
         raise ValueError("no master key: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
     model_source = resolve_model_source(settings.model, settings.model_cache_dir, progress=print)
+    llm = build_llm_deployment(build_llm_config(settings, model_source), name_prefix="LLM:")
+    return compose(settings, llm)
+
+
+def compose(settings: Settings, llm: Application) -> Application:
+    """Ingress -> Orchestrator -> (Retriever, `llm`): the graph in front of any engine deployment with the
+    handle interface of ray.serve.llm's LLMServer (benchmarks put a fake engine there)."""
+    from deployments.ingress import Ingress
+    from deployments.orchestrator import Orchestrator
+    from deployments.retriever import Retriever
+
     shipped = settings.for_deployments()  # replicas get the key's hash, never the key
     light = {"num_cpus": settings.light_num_cpus}
-
-    llm = build_llm_deployment(build_llm_config(settings, model_source), name_prefix="LLM:")
     retriever = Retriever.options(num_replicas=settings.retriever_replicas, ray_actor_options=light).bind(shipped)
     orchestrator = Orchestrator.options(
         num_replicas=settings.orchestrator_replicas, ray_actor_options=light, max_ongoing_requests=1000

@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from serve_app.settings import Settings
 from state.api_keys import new_key
 from state.redis_client import EmbeddedRedis
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 # Ray schedules by logical CPUs: the vLLM placement group takes one, so on a 2-core machine the light
 # deployments only fit beside it when Ray believes there are more (they mostly wait on I/O).
@@ -47,9 +51,13 @@ class LocalStack:
                 self.embedded_redis.close()
 
 
-def start_local(settings: Settings, say: Callable[[str], None] = print) -> LocalStack:
-    """Start Ray (or join RAY_ADDRESS), an embedded Redis when none is configured, and the app.
-    Returns once every deployment is healthy."""
+def start_local(
+    settings: Settings,
+    say: Callable[[str], None] = print,
+    build: Callable[[Settings], Application] | None = None,
+) -> LocalStack:
+    """Start Ray (or join RAY_ADDRESS), an embedded Redis when none is configured, and the app (`build`,
+    by default `build_app`). Returns once every deployment is healthy."""
     import ray
     from ray import serve
 
@@ -73,7 +81,7 @@ def start_local(settings: Settings, say: Callable[[str], None] = print) -> Local
         else:
             ray.init(num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4), include_dashboard=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    app = build_app(settings)
+    app = (build or build_app)(settings)
     say("Deploying (the vLLM replica takes about a minute to start on CPU) ...")
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
     return LocalStack(settings=settings, generated_key=generated, embedded_redis=embedded)

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     request_lease_s: float = Field(
         900.0, gt=0, description="A limit reservation not settled by then is reclaimed (its holder died)."
     )
+    max_inflight_per_model: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Requests one ingress replica lets in per model before answering 503 + Retry-After. Unset: "
+            "llm_max_replicas * llm_max_ongoing_requests + llm_max_queued_requests, split among ingress replicas."
+        ),
+    )
+    overload_retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when at capacity.")
     price_input_per_mtok: float = Field(
         0.10, ge=0, description="USD per 1M prompt tokens of the served model, for budgets and usage."
     )
@@ -115,6 +124,9 @@ class Settings(BaseSettings):
     llm_max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling of vLLM replicas.")
     llm_target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per vLLM replica.")
     llm_max_ongoing_requests: int = Field(64, ge=1, description="Requests one vLLM replica takes at once.")
+    llm_max_queued_requests: int = Field(
+        64, ge=0, description="Requests waiting for a busy vLLM replica; Serve rejects more (503)."
+    )
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     orchestrator_replicas: int = Field(1, ge=1, description="Orchestrator replicas.")
     retriever_replicas: int = Field(

@@ -13,6 +13,8 @@ from tests.conftest import REDIS_URL
 
 MASTER_KEY = "sk-test-" + uuid.uuid4().hex
 MODEL = "SmolLM2-135M-Instruct"
+# Requests in flight per model before 503: above any test's concurrency, small enough to fill in a test.
+ADMISSION_CAPACITY = 24
 
 
 def _free_port() -> int:
@@ -38,6 +40,7 @@ def stack(tmp_path_factory):
         data_dir=tmp_path_factory.mktemp("llmserve-data"),
         model_cache_dir=os.environ.get("LLMSERVE_MODEL_CACHE_DIR", os.path.expanduser("~/.llmserve/models")),
         max_tokens_cap=512,
+        max_inflight_per_model=ADMISSION_CAPACITY,
         metrics_flush_interval_s=0.5,
     )
     started = time.perf_counter()

@@ -158,3 +158,12 @@ def test_oversized_bodies_are_413_before_parsing(http):
         "/v1/chat/completions", content=b"x" * (5 * 1024 * 1024), headers={"content-type": "application/json"}
     )
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_chunked_body_over_the_limit_is_413_too(http):
+    def body():
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+
+    response = http.post("/v1/chat/completions", content=body(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"

@@ -1,0 +1,194 @@
+"""The gateway's own cost: the same fake engine called directly, through LiteLLM's proxy, and through our
+ingress + orchestrator (auth and per-key limits on), in one run on one machine.
+
+    python -m benchmarks.gateway_overhead --litellm /path/to/venv/bin/litellm \\
+        --concurrency 1 --concurrency 8 --concurrency 32 --repeats 3 --out gateway.json
+
+Targets: `direct` (the fake OpenAI server, benchmarks/fake_engine.py), `litellm` (LiteLLM proxy, one worker,
+master-key auth, in front of that server; skipped without --litellm), `llmserve` (HTTP -> Serve proxy ->
+Ingress -> Orchestrator -> FakeLLMServer, a Serve deployment with LLMServer's handle interface and the same
+script, called with an API key that has rpm/tpm/parallel/budget limits, so both Lua scripts run).
+Reported per target and concurrency: medians over repeats of requests/s, TTFT and e2e p50/p99, and the
+latency added over `direct`. Targets run interleaved within each repeat, so drift hits them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.loadgen import median_of, run_level, summarize
+
+MODEL = "fake"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 120.0, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
+
+
+def start_fake(port: int, ttft_ms: float, tokens_per_s: float) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "benchmarks.fake_engine", "--port", str(port), "--ttft-ms", str(ttft_ms)]
+    proc = subprocess.Popen([*cmd, "--tokens-per-s", str(tokens_per_s)], cwd=Path(__file__).parent.parent)
+    wait_http(f"http://127.0.0.1:{port}/v1/models")
+    return proc
+
+
+def start_litellm(litellm: str, port: int, upstream: str, master_key: str, workdir: Path) -> subprocess.Popen:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": MODEL,
+                        "litellm_params": {"model": f"openai/{MODEL}", "api_base": upstream, "api_key": "none"},
+                    }
+                ],
+                "general_settings": {"master_key": master_key},
+            }
+        )
+    )
+    log = open(workdir / "litellm.log", "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [litellm, "--config", str(config), "--port", str(port), "--num_workers", "1"], stdout=log, stderr=log
+    )
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout_s=180)
+    return proc
+
+
+def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, workdir: Path):
+    from pydantic import SecretStr
+
+    from benchmarks.fake_engine import FakeLLMServer
+    from serve_app.builder import compose
+    from serve_app.runtime import start_local
+    from serve_app.settings import Settings
+
+    master = "sk-bench-" + uuid.uuid4().hex
+    settings = Settings(
+        app_name="gateway-bench",
+        port=port,
+        redis_url=redis_url,
+        redis_prefix=f"llmserve-bench-{uuid.uuid4().hex[:8]}",
+        master_key=SecretStr(master),
+        data_dir=workdir / "data",
+        served_model_name=MODEL,
+        rag_enabled=False,
+        max_inflight_per_model=1000,
+    )
+    fake = FakeLLMServer.bind(ttft_ms / 1000, tokens_per_s)
+    stack = start_local(settings, say=lambda m: None, build=lambda s: compose(s, fake))
+    limits = {"name": "bench", "rpm": 10**6, "tpm": 10**9, "max_parallel": 1000, "budget_usd": 10**6}
+    created = httpx.post(f"{stack.url}/admin/keys", json=limits, headers={"Authorization": f"Bearer {master}"})
+    created.raise_for_status()
+    return stack, created.json()["key"]
+
+
+def body(tokens: int) -> dict:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def main(
+    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (default 1, 8, 32).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests per level: max(this, 8 x concurrency).")] = 100,
+    repeats: int = 3,
+    tokens: Annotated[int, typer.Option(help="Tokens per streamed answer.")] = 16,
+    ttft_ms: Annotated[float, typer.Option(help="Fake engine time to first token.")] = 0.0,
+    tokens_per_s: Annotated[float, typer.Option(help="Fake engine tokens/s per stream (0: no wait).")] = 0.0,
+    litellm: Annotated[str, typer.Option(help="Path of a `litellm` executable (litellm[proxy]).")] = "",
+    redis_url: str = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    out: Annotated[str, typer.Option(help="Write the results as JSON here.")] = "",
+) -> None:
+    console = Console()
+    levels = concurrency or [1, 8, 32]
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    procs: list[subprocess.Popen] = []
+    stack = None
+    try:
+        fake_port = free_port()
+        procs.append(start_fake(fake_port, ttft_ms, tokens_per_s))
+        targets = {"direct": (f"http://127.0.0.1:{fake_port}", {})}
+        if litellm:
+            port, key = free_port(), "sk-litellm-" + uuid.uuid4().hex
+            procs.append(start_litellm(litellm, port, f"http://127.0.0.1:{fake_port}/v1", key, workdir))
+            targets["litellm"] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+        stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
+        targets["llmserve"] = (stack.url, {"Authorization": f"Bearer {key}"})
+        console.print(f"targets: {', '.join(targets)}; {tokens}-token streams; ttft {ttft_ms} ms")
+
+        runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in levels} for t in targets}
+        for url, headers in targets.values():  # warm-up: connections, imports, JIT-ish caches
+            asyncio.run(run_level(url, headers, [body(tokens)] * 20, 4))
+        for repeat in range(repeats):
+            for level in levels:
+                n = max(requests, 8 * level)
+                for name, (url, headers) in targets.items():
+                    records, wall = asyncio.run(run_level(url, headers, [body(tokens)] * n, level))
+                    runs[name][level].append(summarize(records, wall))
+            console.print(f"repeat {repeat + 1}/{repeats} done")
+        result = {t: {c: median_of(r) for c, r in by_level.items()} for t, by_level in runs.items()}
+    finally:
+        if stack is not None:
+            stack.shutdown()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    table = Table("target", "c", "req/s", "TTFT p50", "TTFT p99", "added p50", "added p99", "e2e p50", "errors")
+    for name, by_level in result.items():
+        for level, m in by_level.items():
+            base = result["direct"][level]
+            table.add_row(
+                name,
+                str(level),
+                f"{m['req_per_s']:.1f}",
+                f"{m['ttft_p50_ms']:.1f}",
+                f"{m['ttft_p99_ms']:.1f}",
+                f"{m['ttft_p50_ms'] - base['ttft_p50_ms']:+.1f}",
+                f"{m['ttft_p99_ms'] - base['ttft_p99_ms']:+.1f}",
+                f"{m['e2e_p50_ms']:.1f}",
+                f"{m['errors']:.0f}",
+            )
+    console.print(table)
+    console.print("latencies in ms; medians over repeats; added = minus direct at the same concurrency")
+    if out:
+        config = {"tokens": tokens, "ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s, "repeats": repeats}
+        Path(out).write_text(json.dumps({"config": config, "results": result}, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,102 @@
+"""A closed-loop load generator for OpenAI-compatible streaming chat endpoints.
+
+`run_level` keeps `concurrency` streams in flight until `requests` have finished and returns one record per
+request: TTFT (first content token), inter-token gaps, end-to-end latency, completion tokens and status.
+`summarize` turns records into percentiles and throughput. Other benchmarks build on these two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Record:
+    status: int
+    ttft_s: float | None = None
+    e2e_s: float = 0.0
+    completion_tokens: int = 0
+    itl_s: list[float] = field(default_factory=list)
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> Record:
+    start = time.perf_counter()
+    record = Record(status=0)
+    last = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        record.status = response.status_code
+        if response.status_code != 200:
+            await response.aread()
+            record.e2e_s = time.perf_counter() - start
+            return record
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            payload = json.loads(line[6:])
+            if any((c.get("delta") or {}).get("content") for c in payload.get("choices") or []):
+                now = time.perf_counter()
+                if record.ttft_s is None:
+                    record.ttft_s = now - start
+                else:
+                    record.itl_s.append(now - last)
+                last = now
+            if payload.get("usage"):
+                record.completion_tokens = payload["usage"]["completion_tokens"]
+    record.e2e_s = time.perf_counter() - start
+    return record
+
+
+async def run_level(
+    url: str, headers: dict[str, str], bodies: list[dict], concurrency: int
+) -> tuple[list[Record], float]:
+    """Send every body, `concurrency` at a time. Returns the records and the wall time."""
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        pending = list(reversed(bodies))
+        records: list[Record] = []
+
+        async def worker() -> None:
+            while pending:
+                records.append(await one_request(client, pending.pop()))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return records, time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize(records: list[Record], wall_s: float) -> dict[str, float]:
+    ok = [r for r in records if r.status == 200 and r.ttft_s is not None]
+    ttft = [r.ttft_s for r in ok]
+    e2e = [r.e2e_s for r in ok]
+    itl = [g for r in ok for g in r.itl_s]
+    return {
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "req_per_s": len(ok) / wall_s if wall_s else 0.0,
+        "output_tok_per_s": sum(r.completion_tokens for r in ok) / wall_s if wall_s else 0.0,
+        "ttft_p50_ms": percentile(ttft, 50) * 1000,
+        "ttft_p99_ms": percentile(ttft, 99) * 1000,
+        "e2e_p50_ms": percentile(e2e, 50) * 1000,
+        "e2e_p99_ms": percentile(e2e, 99) * 1000,
+        "itl_p50_ms": percentile(itl, 50) * 1000,
+        "itl_p99_ms": percentile(itl, 99) * 1000,
+    }
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}

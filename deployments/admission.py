@@ -1,0 +1,63 @@
+"""Admission control: a bounded number of requests in flight per model on each ingress replica.
+
+Serve's own bounds (`max_ongoing_requests` and `max_queued_requests` on the vLLM deployment) reject work only
+once it has crossed two hops; this gate rejects it at the door, without a Redis round trip, so that an
+overloaded server answers 503 + Retry-After in microseconds instead of letting requests pile up and hang.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from serve_app.errors import ServiceUnavailable
+from serve_app.settings import Settings
+
+
+def model_capacity(settings: Settings) -> int:
+    """Requests one ingress replica lets in per model: an explicit setting, or what the vLLM replicas can hold
+    (running + queued at their maximum scale), shared among the ingress replicas."""
+    if settings.max_inflight_per_model is not None:
+        return settings.max_inflight_per_model
+    total = settings.llm_max_replicas * settings.llm_max_ongoing_requests + settings.llm_max_queued_requests
+    return max(1, math.ceil(total / settings.ingress_replicas))
+
+
+class Slot:
+    """One admitted request's place; `release()` is idempotent."""
+
+    __slots__ = ("_gate", "_model")
+
+    def __init__(self, gate: AdmissionGate, model: str):
+        self._gate: AdmissionGate | None = gate
+        self._model = model
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate._leave(self._model)
+            self._gate = None
+
+
+class AdmissionGate:
+    def __init__(self, capacity: int, retry_after_s: float):
+        self.capacity = capacity
+        self._retry_after_s = max(1, math.ceil(retry_after_s))
+        self._inflight: Counter[str] = Counter()
+
+    def enter(self, model: str) -> Slot:
+        if self._inflight[model] >= self.capacity:
+            raise ServiceUnavailable(
+                f"model {model!r} is at capacity ({self.capacity} requests in flight); retry shortly",
+                code="overloaded",
+                retry_after_s=self._retry_after_s,
+            )
+        self._inflight[model] += 1
+        return Slot(self, model)
+
+    def inflight(self, model: str) -> int:
+        return self._inflight[model]
+
+    def _leave(self, model: str) -> None:
+        self._inflight[model] -= 1
+        if self._inflight[model] <= 0:
+            del self._inflight[model]

@@ -1,0 +1,91 @@
+"""The ingress's door, as plain ASGI middleware (Starlette's BaseHTTPMiddleware would re-pipe every streamed
+chunk through an extra task): a request id, the caller's identity, admin-only routes, and the body size limit,
+all decided before the body is parsed, so an unauthenticated request gets 401 and an oversized one 413
+without being read into a model.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.gateway import Gateway
+from deployments.http_errors import error_response
+from serve_app.errors import LLMServeError, PayloadTooLarge, PermissionDenied
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_GUARDED = ("/v1/", "/admin/")
+
+
+class GatewayMiddleware:
+    """Reads `gateway` (a Gateway) and `max_body_bytes` from the app's state, set by the ingress replica."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
+        path: str = scope["path"]
+        if path.startswith(_GUARDED):
+            app_state = scope["app"].state
+            try:
+                gateway: Gateway = app_state.gateway
+                state["principal"] = principal = await gateway.authenticate(headers.get("authorization", ""))
+                if path.startswith("/admin/") and not principal.admin:
+                    raise PermissionDenied("admin routes need the master key")
+                receive = await _bounded_body(headers, receive, app_state.max_body_bytes)
+            except LLMServeError as exc:
+                await error_response(exc, request_id)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _bounded_body(headers: dict[str, str], receive: Receive, limit: int) -> Receive:
+    """413 by Content-Length without reading; a body without one (chunked) is read up to the limit and
+    replayed, so a client cannot stream an unbounded body past the check."""
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        return receive
+    if "chunked" not in headers.get("transfer-encoding", "").lower():
+        return receive
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away: let the app see it
+            return _replay([message], receive)
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        parts.append(body)
+        if not message.get("more_body", False):
+            return _replay([{"type": "http.request", "body": b"".join(parts), "more_body": False}], receive)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

@@ -1,0 +1,134 @@
+"""Admission at the door: the per-model capacity gate, a request's ticket (slot + reservation given back exactly
+once, whatever ends the request), and the body limit for bodies sent without a Content-Length."""
+
+import asyncio
+
+import pytest
+
+from deployments.admission import AdmissionGate, model_capacity
+from deployments.gateway import Gateway, Principal
+from deployments.middleware import _bounded_body
+from serve_app.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
+from serve_app.models import ChatRequest, Usage
+from serve_app.settings import Settings
+from state.api_keys import KeyLimits
+from tests.conftest import REDIS_URL, redis_client
+
+REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "hello there"}], max_tokens=10)
+
+
+def test_the_gate_rejects_beyond_capacity_per_model_and_reopens_on_release():
+    gate = AdmissionGate(capacity=2, retry_after_s=0.2)
+    first, second = gate.enter("a"), gate.enter("a")
+    other = gate.enter("b")  # models are bounded separately
+    with pytest.raises(ServiceUnavailable) as info:
+        gate.enter("a")
+    assert info.value.status == 503 and info.value.code == "overloaded"
+    assert info.value.retry_after_s == 1  # whole seconds, as Retry-After needs
+    first.release()
+    first.release()  # idempotent: a double release must not open a second place
+    third = gate.enter("a")
+    with pytest.raises(ServiceUnavailable):
+        gate.enter("a")
+    for slot in (second, third, other):
+        slot.release()
+    assert gate.inflight("a") == 0 and gate.inflight("b") == 0
+
+
+def test_capacity_defaults_to_what_the_engine_replicas_hold():
+    settings = Settings(llm_max_replicas=3, llm_max_ongoing_requests=10, llm_max_queued_requests=6, ingress_replicas=2)
+    assert model_capacity(settings) == 18  # (3 * 10 + 6) / 2 ingress replicas
+    assert model_capacity(settings.model_copy(update={"max_inflight_per_model": 5})) == 5
+
+
+def _gateway(client, prefix, capacity=10):
+    settings = Settings(redis_url=REDIS_URL, redis_prefix=prefix, max_inflight_per_model=capacity)
+    return Gateway(settings, client)
+
+
+async def _settled(gateway):
+    await asyncio.gather(*list(gateway._pending))
+
+
+def test_a_ticket_settles_real_usage_once_and_frees_its_place(redis_prefix):
+    async def main():
+        async with redis_client() as client:
+            gateway = _gateway(client, redis_prefix, capacity=1)
+            principal = Principal("k1", "team", False, KeyLimits(max_parallel=1))
+            ticket = await gateway.open(principal, REQUEST)
+            with pytest.raises(ServiceUnavailable):  # the model's one place is taken
+                await gateway.open(principal, REQUEST)
+            ticket.usage = Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10)
+            ticket.finish()
+            ticket.finish()  # the stream's own finally and the response's close both call it
+            await _settled(gateway)
+            usage = await gateway.limiter.usage("k1")
+            assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 7, 3)
+            assert await gateway.limiter.inflight("k1") == 0
+            assert gateway.admission.inflight("m") == 0
+
+    asyncio.run(main())
+
+
+def test_a_request_refused_by_its_key_limits_keeps_no_place(redis_prefix):
+    async def main():
+        async with redis_client() as client:
+            gateway = _gateway(client, redis_prefix)
+            principal = Principal("k2", "team", False, KeyLimits(rpm=1))
+            (await gateway.open(principal, REQUEST)).finish()
+            with pytest.raises(RateLimited):
+                await gateway.open(principal, REQUEST)
+            await _settled(gateway)
+            assert gateway.admission.inflight("m") == 0
+
+    asyncio.run(main())
+
+
+def test_a_stream_cut_short_settles_what_was_generated(redis_prefix):
+    from serve_app.models import ChatChunk, ChunkChoice, Delta
+
+    def chunk(text):
+        return ChatChunk(id="c", created=0, model="m", choices=[ChunkChoice(delta=Delta(content=text))])
+
+    async def engine():
+        yield [chunk("a"), chunk("b")]
+        raise ConnectionError("replica died")
+
+    async def main():
+        async with redis_client() as client:
+            gateway = _gateway(client, redis_prefix)
+            principal = Principal("k3", "team", False, KeyLimits())
+            ticket = await gateway.open(principal, REQUEST)
+            with pytest.raises(ConnectionError):
+                async for _ in ticket.stream(engine(), client_wants_usage=False):
+                    pass
+            await _settled(gateway)
+            usage = await gateway.limiter.usage("k3")
+            assert usage["completion_tokens"] == 2 and usage["prompt_tokens"] > 0
+            assert gateway.admission.inflight("m") == 0
+
+    asyncio.run(main())
+
+
+def _receiver(parts):
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_one_under_it_is_replayed_whole():
+    chunked = {"transfer-encoding": "chunked"}
+
+    async def main():
+        with pytest.raises(PayloadTooLarge):
+            await _bounded_body(chunked, _receiver([b"x" * 600, b"x" * 600]), limit=1000)
+        receive = await _bounded_body(chunked, _receiver([b"ab", b"cd", b""]), limit=1000)
+        assert await receive() == {"type": "http.request", "body": b"abcd", "more_body": False}
+        assert (await receive())["type"] == "http.disconnect"
+        with pytest.raises(PayloadTooLarge):
+            await _bounded_body({"content-length": "1001"}, _receiver([b""]), limit=1000)
+
+    asyncio.run(main())
