@@ -102,9 +102,7 @@ def fake_openai_app(ttft_s: float, tokens_per_s: float):
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                ],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
                 "usage": _usage(messages, max_tokens),
             }
         )
@@ -120,8 +118,6 @@ if __name__ == "__main__":
     import uvicorn
 
     def main(port: int = 8300, ttft_ms: float = 0.0, tokens_per_s: float = 0.0) -> None:
-        uvicorn.run(
-            fake_openai_app(ttft_ms / 1000, tokens_per_s), host="127.0.0.1", port=port, log_level="warning"
-        )
+        uvicorn.run(fake_openai_app(ttft_ms / 1000, tokens_per_s), host="127.0.0.1", port=port, log_level="warning")
 
     typer.run(main)

@@ -7,7 +7,8 @@ ingress + orchestrator (auth and per-key limits on), in one run on one machine.
 Targets: `direct` (the fake OpenAI server, benchmarks/fake_engine.py), `litellm` (LiteLLM proxy, one worker,
 master-key auth, in front of that server; skipped without --litellm), `llmserve` (HTTP -> Serve proxy ->
 Ingress -> Orchestrator -> FakeLLMServer, a Serve deployment with LLMServer's handle interface and the same
-script, called with an API key that has rpm/tpm/parallel/budget limits, so both Lua scripts run).
+script, called with an API key that has rpm/tpm/parallel/budget limits, so both Lua scripts run), once on
+the ingress replica's own port (direct ingress, our default) and once through Serve's proxy (`llmserve-proxy`).
 Reported per target and concurrency: medians over repeats of requests/s, TTFT and e2e p50/p99, and the
 latency added over `direct`. Targets run interleaved within each repeat, so drift hits them alike.
 """
@@ -96,6 +97,7 @@ def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, w
     settings = Settings(
         app_name="gateway-bench",
         port=port,
+        proxy_port=free_port(),
         redis_url=redis_url,
         redis_prefix=f"llmserve-bench-{uuid.uuid4().hex[:8]}",
         master_key=SecretStr(master),
@@ -147,7 +149,9 @@ def main(
             procs.append(start_litellm(litellm, port, f"http://127.0.0.1:{fake_port}/v1", key, workdir))
             targets["litellm"] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
-        targets["llmserve"] = (stack.url, {"Authorization": f"Bearer {key}"})
+        auth = {"Authorization": f"Bearer {key}"}
+        targets["llmserve"] = (stack.url, auth)  # direct ingress: the ingress replica serves HTTP itself
+        targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.proxy_port}", auth)  # via Serve's proxy
         console.print(f"targets: {', '.join(targets)}; {tokens}-token streams; ttft {ttft_ms} ms")
 
         runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in levels} for t in targets}

@@ -29,6 +29,20 @@ def engine_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def serve_environment(settings: Settings) -> None:
+    """Ray Serve's throughput-optimised mode (user code and router on the replica's own event loop, gRPC
+    between replicas, no per-request stderr logging) and, with `direct_ingress`, ingress replicas listening on
+    `port`... themselves. Read by the controller and replicas at start, so it is set before ray.init starts
+    the local cluster; a cluster joined through RAY_ADDRESS keeps its own environment."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if settings.direct_ingress else "0"
+    if settings.direct_ingress:
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(settings.port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(settings.port + settings.ingress_replicas)
+
+
 @dataclass
 class LocalStack:
     settings: Settings
@@ -75,12 +89,16 @@ def start_local(
         from pydantic import SecretStr
 
         settings = settings.model_copy(update={"master_key": SecretStr(generated)})
+    if os.environ.get("RAY_ADDRESS"):  # the cluster's environment decides; assume Serve's proxy
+        settings = settings.model_copy(update={"direct_ingress": False})
     if not ray.is_initialized():
+        serve_environment(settings)
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"])
         else:
             ray.init(num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4), include_dashboard=False)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    proxy_port = settings.proxy_port if settings.direct_ingress else settings.port
+    serve.start(http_options={"host": settings.host, "port": proxy_port})
     app = (build or build_app)(settings)
     say("Deploying (the vLLM replica takes about a minute to start on CPU) ...")
     serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)

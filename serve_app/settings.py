@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
     host: str = Field("127.0.0.1", description="Address `llmserve up` binds the HTTP proxy to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `llmserve up` binds the HTTP proxy to.")
+    direct_ingress: bool = Field(
+        True,
+        description=(
+            "Ingress replicas serve HTTP themselves (Ray Serve direct ingress) on `port`, `port`+1, ... (one port "
+            "per ingress replica on a node), skipping the Serve proxy hop: about half the added latency and twice "
+            "the requests/s (benchmarks/gateway_overhead.py). False: all traffic through Serve's proxy on `port`."
+        ),
+    )
+    proxy_port: int = Field(
+        8500, ge=1, le=65535, description="Where Serve's own proxy listens when direct_ingress is on."
+    )
     data_dir: Path = Field(_DEFAULT_HOME, description="Where Chroma, W&B offline runs and embedded Redis live.")
     model_cache_dir: Path = Field(_DEFAULT_HOME / "models", description="Where prepared model folders are cached.")
 

@@ -34,6 +34,7 @@ def stack(tmp_path_factory):
     settings = Settings(
         app_name="llmserve-test",
         port=_free_port(),
+        proxy_port=_free_port(),
         redis_url=REDIS_URL,
         redis_prefix=prefix,
         master_key=SecretStr(MASTER_KEY),
