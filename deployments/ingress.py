@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.gateway import MASTER_KID, Gateway, Principal
+from deployments.handles import configured
 from deployments.http_errors import install_error_handlers
 from deployments.middleware import GatewayMiddleware
 from deployments.sse import SSEResponse, prepend, sse_frames
@@ -53,8 +54,8 @@ class Ingress:
         app.state.gateway = self._gateway
         app.state.max_body_bytes = settings.max_body_bytes
         self._settings = settings
-        self._orchestrator = orchestrator
-        self._stream = orchestrator.options(stream=True)
+        self._orchestrator = configured(orchestrator, settings)
+        self._stream = self._orchestrator.options(stream=True)
         self._created = int(time.time())
 
     # --- typed Python surface (serve.get_app_handle(app_name).chat.remote(...)) ----------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.handles import configured
 from deployments.llm import Engine, GenerationParams, ServeLLMEngine
 from deployments.prompt import build_prompt, retrieval_query
 from observability.wandb_sink import MetricsSink
@@ -53,8 +54,8 @@ class Orchestrator:
         if not settings.redis_url:
             raise ValueError("redis_url is required (llmserve up starts an embedded Redis when none is set)")
         self._settings = settings
-        self._engine: Engine = ServeLLMEngine(llm, settings.model_name)
-        self._retriever = retriever
+        self._engine: Engine = ServeLLMEngine(configured(llm, settings), settings.model_name)
+        self._retriever = configured(retriever, settings)
         self._redis = async_redis(settings.redis_url)
         self._conversations = ConversationStore(self._redis, settings.redis_prefix, settings.conversation_ttl_s)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
