@@ -17,6 +17,7 @@ from serve_app.errors import LLMServeError, QuotaExceeded, ServiceUnavailable
 logger = logging.getLogger("llmserve.ingress")
 
 _STARLETTE_TYPES = {
+    400: ("invalid_request_error", "invalid_body"),
     401: ("invalid_request_error", "invalid_api_key"),
     403: ("invalid_request_error", "permission_denied"),
     404: ("invalid_request_error", "not_found"),
@@ -93,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         param = _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            message, code = "the request body is not valid JSON", "invalid_json"
+            message, code, param = "the request body is not valid JSON", "invalid_json", None
         else:
             message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
             code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"

@@ -69,7 +69,10 @@ def test_bad_bodies_are_400_naming_the_param(http, body, param):
 
 def test_invalid_json_is_400(http):
     response = http.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
-    assert assert_error(response, 400)["code"] == "invalid_json"
+    error = assert_error(response, 400)
+    assert error["code"] == "invalid_json" and error["param"] is None
+    undecodable = http.post("/v1/chat/completions", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert assert_error(undecodable, 400)["code"] in ("invalid_json", "invalid_body")
 
 
 def test_unknown_model_is_404(http, openai_client):
