@@ -85,7 +85,7 @@ def start_litellm(litellm: str, port: int, upstream: str, master_key: str, workd
     return proc
 
 
-def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, workdir: Path):
+def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, workdir: Path, capacity: int = 1000):
     from pydantic import SecretStr
 
     from benchmarks.fake_engine import FakeLLMServer
@@ -104,7 +104,7 @@ def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, w
         data_dir=workdir / "data",
         served_model_name=MODEL,
         rag_enabled=False,
-        max_inflight_per_model=1000,
+        max_inflight_per_model=capacity,
     )
     fake = FakeLLMServer.bind(ttft_ms / 1000, tokens_per_s)
     stack = start_local(settings, say=lambda m: None, build=lambda s: compose(s, fake))
