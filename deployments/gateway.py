@@ -111,11 +111,16 @@ class Gateway:
         return ticket
 
     def settle_later(
-        self, principal: Principal, reservation_id: str, prompt_tokens: int, completion_tokens: int
+        self,
+        principal: Principal,
+        reservation_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float | None = None,
     ) -> None:
         """Settle in a task of its own: it must happen even when the request's task is being cancelled
-        (client disconnect)."""
-        cost = self.cost(prompt_tokens, completion_tokens)
+        (client disconnect). The cost is what the providers charged when known, else the list price."""
+        cost = self.cost(prompt_tokens, completion_tokens) if cost_usd is None else cost_usd
         task = asyncio.ensure_future(
             self.limiter.settle(principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
         )
@@ -130,6 +135,7 @@ class Ticket:
     def __init__(self, gateway: Gateway, principal: Principal, reservation_id: str, prompt_estimate: int, slot: Slot):
         self.reservation_id = reservation_id
         self.usage: Usage | None = None  # the real usage, once the engine reported it
+        self.cost_usd: float | None = None  # what the providers charged, once known
         self.deltas = 0  # content chunks seen, for the estimate when no usage came
         self._gateway = gateway
         self._principal = principal
@@ -146,7 +152,7 @@ class Ticket:
             prompt, completion = self.usage.prompt_tokens, self.usage.completion_tokens
         else:  # failed or cut short: what was generated, and the prompt only if the engine started on it
             prompt, completion = (self._prompt_estimate if self.deltas else 0), self.deltas
-        self._gateway.settle_later(self._principal, self.reservation_id, prompt, completion)
+        self._gateway.settle_later(self._principal, self.reservation_id, prompt, completion, self.cost_usd)
 
     async def stream(
         self, chunks: AsyncIterator[list[ChatChunk]], client_wants_usage: bool
@@ -158,7 +164,7 @@ class Ticket:
                 out = []
                 for chunk in batch:
                     if chunk.usage is not None:
-                        self.usage = chunk.usage
+                        self.usage, self.cost_usd = chunk.usage, chunk.cost_usd
                         if not client_wants_usage:
                             continue
                     self.deltas += sum(1 for c in chunk.choices if c.delta.content)

@@ -98,9 +98,12 @@ class Ingress:
         if not chat.stream:
             try:
                 result: ChatResponse = await self._orchestrator.chat.remote(chat)
-                ticket.usage = result.usage
+                ticket.usage, ticket.cost_usd = result.usage, result.cost_usd
             finally:
                 ticket.finish()
+            headers["x-llmserve-provider"] = result.provider or ""
+            if result.cost_usd is not None:
+                headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
             return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
         # Usage is always requested internally (settlement needs it) and dropped if the client did not ask.
@@ -115,6 +118,8 @@ class Ingress:
             raise
         chunks = ticket.stream(prepend(first, stream), chat.include_usage)
         headers["cache-control"] = "no-cache"
+        if first and first[0].provider:
+            headers["x-llmserve-provider"] = first[0].provider
         return SSEResponse(sse_frames(chunks, request_id), on_close=ticket.finish, headers=headers)
 
     @app.get("/v1/usage")
@@ -158,13 +163,13 @@ class Ingress:
 
     @app.get("/v1/models")
     async def http_models(self) -> dict:
-        return {"object": "list", "data": [self._model_card()]}
+        return {"object": "list", "data": [self._model_card(m) for m in sorted(self._settings.served_models())]}
 
     @app.get("/v1/models/{model_id}")
     async def http_model(self, model_id: str) -> dict:
-        if model_id != self._settings.model_name:
+        if model_id not in self._settings.served_models():
             raise NotFound(f"model {model_id!r} does not exist", param="model")
-        return self._model_card()
+        return self._model_card(model_id)
 
     @app.get(
         "/v1/conversations/{conversation_id}", response_model=ConversationMessages, response_model_exclude_none=True
@@ -189,9 +194,9 @@ class Ingress:
             status_code=200 if healthy else 503,
         )
 
-    def _model_card(self) -> dict:
+    def _model_card(self, model_id: str) -> dict:
         return {
-            "id": self._settings.model_name,
+            "id": model_id,
             "object": "model",
             "created": self._created,
             "owned_by": "llmserve",

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
+from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError
 from serve_app.errors import EngineError, InvalidRequest, ServiceUnavailable
 from serve_app.models import Usage
 from serve_app.settings import Settings
@@ -60,36 +60,6 @@ def build_llm_config(settings: Settings, model_source: str) -> LLMConfig:
         experimental_configs={"stream_batching_interval_ms": settings.stream_batching_interval_ms},
         **extra,
     )
-
-
-@dataclass(frozen=True)
-class EngineDelta:
-    """One step of a generation: new text, and on the last steps the finish reason and usage."""
-
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-
-class Engine(Protocol):
-    """What the orchestrator needs from a model provider."""
-
-    def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams, request_id: str
-    ) -> AsyncIterator[list[EngineDelta]]: ...
-
-    async def check_health(self) -> None: ...
 
 
 # Replica death or overload between us and the engine: the request may succeed if retried.
@@ -144,20 +114,30 @@ def decode_sse_items(item: Any) -> list[EngineDelta]:
 
 
 class ServeLLMEngine:
-    """Engine over a ray.serve.llm `LLMServer` deployment handle."""
+    """The self-hosted provider: a ray.serve.llm `LLMServer` deployment handle. Replica death and overload
+    become ProviderError (the router fails over); the request's own faults stay InvalidRequest."""
 
-    def __init__(self, handle: DeploymentHandle, model_id: str):
+    kind = "self_hosted"
+
+    def __init__(self, handle: DeploymentHandle, model_id: str, name: str = "self-hosted", price: Price | None = None):
+        self.name = name
+        self.price = price or Price()
         self._handle = handle
         self._stream_handle = handle.options(stream=True)
         self._model_id = model_id
 
+    def serves(self, model: str) -> bool:
+        return model == self._model_id
+
     async def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
         fields = {k: v for k, v in params.__dict__.items() if v is not None}
+        if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
+            fields.update(continue_final_message=True, add_generation_prompt=False)
         request = ChatCompletionRequest(
             model=self._model_id,
             messages=messages,
@@ -172,10 +152,15 @@ class ServeLLMEngine:
                 if deltas:
                     yield deltas
         except _UNAVAILABLE as exc:
-            raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
+            raise ProviderError(self.name, f"model replica unavailable: {type(exc).__name__}") from exc
+        except EngineError as exc:
+            raise ProviderError(self.name, f"engine error: {exc.message}") from exc
 
     async def check_health(self) -> None:
         try:
             await self._handle.check_health.remote()
         except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        return None

@@ -17,8 +17,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.handles import configured
-from deployments.llm import Engine, GenerationParams, ServeLLMEngine
 from deployments.prompt import build_prompt, retrieval_query
+from deployments.providers.base import GenerationParams
+from deployments.providers.factory import build_providers, build_router
+from deployments.providers.router import RoutedStream
 from observability.wandb_sink import MetricsSink
 from serve_app.errors import InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.models import (
@@ -54,9 +56,10 @@ class Orchestrator:
         if not settings.redis_url:
             raise ValueError("redis_url is required (llmserve up starts an embedded Redis when none is set)")
         self._settings = settings
-        self._engine: Engine = ServeLLMEngine(configured(llm, settings), settings.model_name)
         self._retriever = configured(retriever, settings)
         self._redis = async_redis(settings.redis_url)
+        self._providers = build_providers(settings, configured(llm, settings))
+        self._router = build_router(settings, self._providers, self._redis)
         self._conversations = ConversationStore(self._redis, settings.redis_prefix, settings.conversation_ttl_s)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
         self._metrics = MetricsSink(
@@ -80,14 +83,15 @@ class Orchestrator:
             yield chunks
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
-        text, finish, usage, head = [], None, Usage(), None
+        text, finish, usage, head, tail = [], None, Usage(), None, None
         async for chunks in self._run(request.model_copy(update={"stream": False})):
             for chunk in chunks:
                 head = head or chunk
                 for choice in chunk.choices:
                     text.append(choice.delta.content or "")
                     finish = choice.finish_reason or finish
-                usage = chunk.usage or usage
+                if chunk.usage is not None:
+                    usage, tail = chunk.usage, chunk
         assert head is not None  # _run always yields a first chunk or raises
         return ChatResponse(
             id=head.id,
@@ -97,6 +101,8 @@ class Orchestrator:
             usage=usage,
             conversation_id=request.conversation_id,
             citations=head.citations or [],
+            provider=tail.provider if tail else head.provider,
+            cost_usd=tail.cost_usd if tail else None,
         )
 
     async def conversation(self, conversation_id: str) -> ConversationMessages:
@@ -113,7 +119,7 @@ class Orchestrator:
         checks = {
             "redis": self._redis.ping(),
             "chroma": self._retriever.health.remote(),
-            "engine": self._engine.check_health(),
+            **{p.name: p.check_health() for p in self._providers if p.kind == "self_hosted"},
         }
         results = await asyncio.gather(
             *(asyncio.wait_for(_awaitable(c), timeout=5) for c in checks.values()), return_exceptions=True
@@ -152,7 +158,7 @@ class Orchestrator:
 
     async def _run(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
         timing = _Timing()
-        if request.model != self._settings.model_name:
+        if request.model not in self._settings.served_models():
             raise NotFound(f"model {request.model!r} does not exist; try {self._settings.model_name!r}", param="model")
         max_tokens = self._max_tokens(request)
         request_id = request.request_id or new_id("req")
@@ -186,18 +192,18 @@ class Orchestrator:
             frequency_penalty=request.frequency_penalty,
         )
         chunk_id, created = f"chatcmpl-{request_id}", int(time.time())
-        model = self._settings.model_name
+        model = request.model
 
         def chunk(**kwargs) -> ChatChunk:
             return ChatChunk(id=chunk_id, created=created, model=model, **kwargs)
 
         answer: list[str] = []
-        usage = Usage()
+        routed = RoutedStream()
         finish: str | None = None
         status = "error"
         try:
             first = True
-            async for deltas in self._engine.stream(prompt, params, run_id):
+            async for deltas in self._router.stream(model, prompt, params, run_id, routed):
                 out: list[ChatChunk] = []
                 if first:
                     timing.first_token = time.perf_counter()
@@ -206,12 +212,11 @@ class Orchestrator:
                             choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
                             conversation_id=conversation_id,
                             citations=citations,
+                            provider=routed.providers[0],
                         )
                     )
                     first = False
                 for d in deltas:
-                    if d.usage is not None:
-                        usage = d.usage
                     if d.text or d.finish_reason:
                         answer.append(d.text)
                         finish = d.finish_reason or finish
@@ -232,13 +237,13 @@ class Orchestrator:
             if first:
                 raise ServiceUnavailable("the engine ended the stream without output")
             if request.include_usage or not request.stream:
-                yield [chunk(usage=usage)]
+                yield [chunk(usage=routed.usage(), provider="+".join(routed.providers), cost_usd=routed.cost_usd)]
             status = "ok"
         except asyncio.CancelledError:
             status = "cancelled"
             raise
         finally:
-            self._record(timing, usage, len(citations), request.stream, status)
+            self._record(timing, routed, len(citations), request.stream, status)
 
     async def _retrieve_timed(self, request: ChatRequest, timing: _Timing) -> list[Citation]:
         t0 = time.perf_counter()
@@ -247,7 +252,8 @@ class Orchestrator:
         finally:
             timing.retrieval_s = time.perf_counter() - t0
 
-    def _record(self, timing: _Timing, usage: Usage, rag_chunks: int, stream: bool, status: str) -> None:
+    def _record(self, timing: _Timing, routed: RoutedStream, rag_chunks: int, stream: bool, status: str) -> None:
+        usage = routed.usage()
         end = time.perf_counter()
         e2e = end - timing.start
         ttft = (timing.first_token - timing.start) if timing.first_token else None
@@ -265,6 +271,9 @@ class Orchestrator:
                 "stream": int(stream),
                 "ok": int(status == "ok"),
                 "status": status,
+                "provider": "+".join(routed.providers),
+                "failovers": len(routed.failures),
+                "cost_usd": routed.cost_usd,
             }
         )
 

@@ -148,6 +148,8 @@ class ChatResponse(BaseModel):
     usage: Usage
     conversation_id: str | None = None
     citations: list[Citation] = Field(default_factory=list)
+    provider: str | None = Field(None, description="Who answered ('a+b' when one failed over to the other).")
+    cost_usd: float | None = Field(None, description="What the answer cost, over every provider that worked on it.")
 
 
 class Delta(BaseModel):
@@ -173,6 +175,8 @@ class ChatChunk(BaseModel):
     usage: Usage | None = None
     conversation_id: str | None = None
     citations: list[Citation] | None = None
+    provider: str | None = None
+    cost_usd: float | None = None
 
 
 class ConversationMessages(BaseModel):

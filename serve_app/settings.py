@@ -18,6 +18,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from serve_app.provider_config import ProviderConfig, default_providers
 from state.api_keys import key_hash
 
 _DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
@@ -137,6 +138,23 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
 
+    # --- providers and routing --------------------------------------------------------------------
+    providers: list[ProviderConfig] = Field(
+        default_factory=default_providers,
+        description="Model providers in fallback order. Default: the self-hosted vLLM deployment only.",
+    )
+    routing: Literal["ordered", "least_loaded", "cost_aware"] = Field(
+        "ordered", description="How providers are ordered per request (deployments/providers/routing.py)."
+    )
+    ttft_target_s: float = Field(2.0, gt=0, description="cost_aware: spill to managed when expected TTFT exceeds it.")
+    request_deadline_s: float = Field(120.0, gt=0, description="Retries and failovers of one request stop by then.")
+    retry_max_attempts: int = Field(4, ge=1, description="Attempts per provider before failing over.")
+    retry_base_s: float = Field(0.25, gt=0, description="Backoff base (full jitter) when no Retry-After is given.")
+    retry_max_wait_s: float = Field(8.0, gt=0, description="Longest backoff between two attempts.")
+    breaker_failures: int = Field(5, ge=1, description="Failures within breaker_window_s that open a breaker.")
+    breaker_window_s: float = Field(30.0, gt=0, description="Window in which breaker failures are counted.")
+    breaker_open_s: float = Field(15.0, gt=0, description="How long an open breaker sends nothing before a probe.")
+
     # --- replicas ----------------------------------------------------------------------------------
     llm_min_replicas: int = Field(1, ge=0, description="Autoscaling floor of vLLM replicas.")
     llm_max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling of vLLM replicas.")
@@ -193,6 +211,11 @@ class Settings(BaseSettings):
             raise ValueError("llm_min_replicas must not exceed llm_max_replicas")
         if self.retriever_replicas > 1 and not self.chroma_url:
             raise ValueError("retriever_replicas > 1 needs chroma_url: on-disk Chroma serves one process")
+        names = [p.name for p in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique: {names}")
+        if sum(p.kind == "self_hosted" for p in self.providers) > 1:
+            raise ValueError("at most one self_hosted provider (it is this app's vLLM deployment)")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self
@@ -205,6 +228,10 @@ class Settings(BaseSettings):
         if self.model.lower() == "smollm2":
             return "SmolLM2-135M-Instruct"
         return self.model.rstrip("/").split("/")[-1]
+
+    def served_models(self) -> set[str]:
+        """Model names clients may ask for: ours, and those the providers map explicitly."""
+        return {self.model_name} | {m for p in self.providers for m in p.models if m != "*"}
 
     @property
     def chroma_path(self) -> Path:

@@ -15,6 +15,8 @@ MASTER_KEY = "sk-test-" + uuid.uuid4().hex
 MODEL = "SmolLM2-135M-Instruct"
 # Requests in flight per model before 503: above any test's concurrency, small enough to fill in a test.
 ADMISSION_CAPACITY = 24
+FALLBACK_ONLY_MODEL = "managed-only"
+FALLBACK_CONTINUATION = " [continued by the fallback provider]"
 
 
 def _free_port() -> int:
@@ -24,9 +26,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+def fallback():
+    """A fake managed API (real OpenAI protocol over HTTP) configured behind the self-hosted engine: it serves
+    `FALLBACK_ONLY_MODEL` itself and continues SmolLM2's answers when the engine fails mid-stream."""
+    from tests.fakes.managed_api import Script, serve_fake
+
+    script = Script(text="Answered by the fallback provider.", continuation=FALLBACK_CONTINUATION)
+    with serve_fake("openai", script) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, fallback):
     from pydantic import SecretStr
 
+    from serve_app.provider_config import ProviderConfig
     from serve_app.runtime import start_local
     from serve_app.settings import Settings
 
@@ -43,6 +57,17 @@ def stack(tmp_path_factory):
         max_tokens_cap=512,
         max_inflight_per_model=ADMISSION_CAPACITY,
         metrics_flush_interval_s=0.5,
+        providers=[
+            ProviderConfig(name="self-hosted", kind="self_hosted"),
+            ProviderConfig(
+                name="fallback",
+                kind="openai",
+                base_url=fallback.url,
+                models={MODEL: "fake-model", FALLBACK_ONLY_MODEL: "fake-model"},
+                price_input_per_mtok=1.0,
+                price_output_per_mtok=2.0,
+            ),
+        ],
     )
     started = time.perf_counter()
     local = start_local(settings)

@@ -1,0 +1,1 @@
+"""Model providers behind one protocol: the self-hosted vLLM deployment and managed HTTP APIs."""

@@ -1,0 +1,47 @@
+"""What the HTTP providers share: a pooled async client with timeouts, and reading an SSE stream with
+failures turned into ProviderError (before or after the first event)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from deployments.providers.base import ProviderError, status_error
+from serve_app.provider_config import ProviderConfig
+
+
+def make_client(config: ProviderConfig) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=config.max_connections)
+    timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.idle_timeout_s, write=30.0, pool=30.0)
+    return httpx.AsyncClient(base_url=(config.base_url or "").rstrip("/"), limits=limits, timeout=timeout)
+
+
+async def sse_events(
+    client: httpx.AsyncClient, provider: str, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """POST and yield (event name, JSON data) per server-sent event, stopping at `[DONE]`."""
+    try:
+        async with aconnect_sse(client, "POST", path, json=body, headers=headers) as source:
+            response = source.response
+            if response.status_code != 200:
+                text = (await response.aread()).decode("utf-8", "replace")
+                raise status_error(provider, response.status_code, response.headers, text)
+            async for event in source.aiter_sse():
+                if event.data == "[DONE]":
+                    return
+                if not event.data:
+                    continue
+                try:
+                    data = json.loads(event.data)
+                except json.JSONDecodeError as exc:
+                    raise ProviderError(provider, f"malformed stream event: {event.data[:200]!r}") from exc
+                yield event.event, data
+    except httpx.TimeoutException as exc:
+        raise ProviderError(provider, f"timed out ({type(exc).__name__})", status=408) from exc
+    except (httpx.TransportError, asyncio.IncompleteReadError) as exc:
+        raise ProviderError(provider, f"connection failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,65 @@
+"""Any OpenAI-compatible chat completions endpoint (OpenAI, vLLM servers, gateways), streamed over httpx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError
+from deployments.providers.http_common import make_client, sse_events
+from serve_app.models import Usage
+from serve_app.provider_config import ProviderConfig
+
+
+class OpenAIProvider:
+    kind = "openai"
+
+    def __init__(self, config: ProviderConfig, price: Price):
+        self.name = config.name
+        self.price = price
+        self._config = config
+        self._client = make_client(config)
+
+    def serves(self, model: str) -> bool:
+        return self._config.upstream_model(model) is not None
+
+    def _headers(self) -> dict[str, str]:
+        key = self._config.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request_body(self, model: str, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._config.upstream_model(model),
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **{k: v for k, v in params.__dict__.items() if v is not None},
+        }
+        if messages and messages[-1]["role"] == "assistant" and self._config.continuation == "vllm":
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        return body
+
+    async def stream(
+        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[list[EngineDelta]]:
+        headers = {**self._headers(), "x-request-id": request_id}
+        body = self.request_body(model, messages, params)
+        async for _, data in sse_events(self._client, self.name, "/chat/completions", body, headers):
+            if "error" in data:
+                error = data["error"] or {}
+                raise ProviderError(self.name, f"stream error: {error.get('message') or error}")
+            usage = Usage(**data["usage"]) if data.get("usage") else None
+            text, finish = "", None
+            for choice in data.get("choices") or []:
+                text += (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+            if text or finish or usage:
+                yield [EngineDelta(text=text, finish_reason=finish, usage=usage)]
+
+    async def check_health(self) -> None:
+        response = await self._client.get("/models", headers=self._headers())
+        if response.status_code >= 500:
+            raise ProviderError(self.name, f"health check: HTTP {response.status_code}", status=response.status_code)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,189 @@
+"""The failover loop: try providers in the strategy's order, skip those whose breaker is open, retry each as
+the policy says, and when one fails after tokens were streamed, let the next continue from the text already
+sent (as an assistant prefill), so the caller sees one answer with nothing repeated or lost.
+
+`RoutedStream` yields lists of EngineDelta and keeps what the orchestrator reports afterwards: the providers
+that answered, usage and cost summed over every attempt that produced output, and the routing decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+from deployments.providers.base import EngineDelta, GenerationParams, Provider, ProviderError
+from deployments.providers.retry import RetryPolicy, open_stream
+from deployments.providers.routing import LoadStats, Strategy
+from serve_app.errors import InvalidRequest, ServiceUnavailable
+from serve_app.models import Usage
+from state.breaker import CircuitBreaker
+
+logger = logging.getLogger("llmserve.router")
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Leg:
+    """One provider's share of an answer."""
+
+    provider: str
+    text: str = ""
+    deltas: int = 0
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+
+
+@dataclass
+class RoutedStream:
+    reason: str = ""
+    legs: list[Leg] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def providers(self) -> list[str]:
+        return [leg.provider for leg in self.legs]
+
+    @property
+    def text(self) -> str:
+        return "".join(leg.text for leg in self.legs)
+
+    def usage(self) -> Usage:
+        prompt = next((leg.usage.prompt_tokens for leg in self.legs if leg.usage), 0)
+        completion = sum(leg.usage.completion_tokens if leg.usage else leg.deltas for leg in self.legs)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(leg.cost_usd for leg in self.legs)
+
+
+class ProviderRouter:
+    def __init__(
+        self,
+        providers: list[Provider],
+        strategy: Strategy,
+        stats: LoadStats,
+        breaker: CircuitBreaker | None,
+        policy: RetryPolicy,
+        deadline_s: float,
+        first_token_timeout_s: dict[str, float] | None = None,
+    ):
+        self.providers = providers
+        self.stats = stats
+        self._strategy = strategy
+        self._breaker = breaker
+        self._policy = policy
+        self._deadline_s = deadline_s
+        self._first_token_timeout_s = first_token_timeout_s or {}
+
+    async def _allowed(self, provider: Provider) -> bool:
+        if self._breaker is None:
+            return True
+        try:
+            return await self._breaker.allow(provider.name) != "open"
+        except (ConnectionError, OSError):  # no Redis: no breaker, still serve
+            return True
+
+    async def _record(self, provider: Provider, ok: bool) -> None:
+        if self._breaker is None:
+            return
+        try:
+            await (self._breaker.success(provider.name) if ok else self._breaker.failure(provider.name))
+        except (ConnectionError, OSError):
+            logger.warning("circuit breaker state for %s not recorded: Redis unavailable", provider.name)
+
+    async def stream(
+        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str, out: RoutedStream
+    ) -> AsyncIterator[list[EngineDelta]]:
+        candidates = [p for p in self.providers if p.serves(model)]
+        route = self._strategy.order(candidates, self.stats)
+        out.reason = route.reason
+        queue = list(route.providers)
+        retried_mid_stream: set[str] = set()
+        deadline = time.monotonic() + self._deadline_s
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        while queue and time.monotonic() < deadline:
+            provider = queue.pop(0)
+            if not await self._allowed(provider):
+                out.failures.append(f"{provider.name}: circuit open")
+                continue
+            sent = out.text
+            attempt_messages = [*messages, {"role": "assistant", "content": sent}] if sent else messages
+            done = out.usage().completion_tokens
+            attempt_params = replace(params, max_tokens=max(1, params.max_tokens - done)) if sent else params
+            leg = Leg(provider.name)
+            self.stats.inflight[provider.name] += 1
+            started = time.perf_counter()
+            try:
+                try:
+                    first, rest = await open_stream(
+                        provider.name,
+                        _starter(
+                            provider, model, attempt_messages, attempt_params, f"{request_id}-{len(out.failures)}"
+                        ),
+                        self._policy,
+                        deadline,
+                        self._first_token_timeout_s.get(provider.name, 30.0),
+                        lambda exc, p=provider: self._record(p, ok=False),
+                    )
+                except ProviderError as exc:
+                    out.failures.append(str(exc))
+                    if exc.client_error:
+                        raise InvalidRequest(f"rejected by provider {provider.name}: {exc}") from exc
+                    continue
+                self.stats.observe_ttft(provider.name, time.perf_counter() - started)
+                out.legs.append(leg)
+                try:
+                    batch = first
+                    while True:
+                        for d in batch:
+                            leg.text += d.text
+                            leg.deltas += 1 if d.text else 0
+                            leg.usage = d.usage or leg.usage
+                            out.finish_reason = d.finish_reason or out.finish_reason
+                        yield batch
+                        batch = await anext(rest)
+                except StopAsyncIteration:
+                    pass
+                except ProviderError as exc:
+                    await self._record(provider, ok=False)
+                    out.failures.append(f"{exc} (after {len(leg.text)} characters)")
+                    logger.warning("request %s: %s failed mid-stream; failing over", request_id, provider.name)
+                    if provider.name not in retried_mid_stream:  # it may still continue, after the others
+                        retried_mid_stream.add(provider.name)
+                        queue.append(provider)
+                    continue
+                finally:
+                    leg.cost_usd = self._cost(provider, leg, prompt_chars)
+                await self._record(provider, ok=True)
+                return
+            finally:
+                self.stats.inflight[provider.name] -= 1
+        retry_after = 1 if not queue else math.ceil(max(0.0, deadline - time.monotonic()))
+        raise ServiceUnavailable(
+            "no model provider could answer: " + "; ".join(out.failures[-5:] or ["none serves this model"]),
+            code="providers_unavailable",
+            retry_after_s=retry_after,
+        )
+
+    @staticmethod
+    def _cost(provider: Provider, leg: Leg, prompt_chars: int) -> float:
+        if leg.usage is not None:
+            return provider.price.cost(leg.usage.prompt_tokens, leg.usage.completion_tokens)
+        # cut off before the provider reported usage: what it was sent and what it produced, estimated
+        return provider.price.cost(math.ceil(prompt_chars / _CHARS_PER_TOKEN), leg.deltas)
+
+
+def _starter(
+    provider: Provider, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+) -> Callable[[], AsyncIterator[list[EngineDelta]]]:
+    return lambda: provider.stream(model, messages, params, request_id)
+
+
+async def close_all(providers: list[Provider]) -> None:
+    await asyncio.gather(*(p.aclose() for p in providers), return_exceptions=True)

@@ -1,0 +1,140 @@
+"""The failover router against fake providers over real HTTP, with the circuit breaker in a real Redis:
+every request succeeds while one provider is healthy, Retry-After is honoured, breakers open and recover, a
+mid-stream failover yields exactly the scripted text, and costs add up."""
+
+import asyncio
+import time
+
+import pytest
+
+from deployments.providers.anthropic_http import AnthropicProvider
+from deployments.providers.base import GenerationParams, Price
+from deployments.providers.openai_http import OpenAIProvider
+from deployments.providers.retry import RetryPolicy
+from deployments.providers.router import ProviderRouter, RoutedStream
+from deployments.providers.routing import LoadStats, strategy
+from serve_app.errors import InvalidRequest, ServiceUnavailable
+from serve_app.provider_config import ProviderConfig
+from state.breaker import BreakerPolicy, CircuitBreaker
+from tests.conftest import redis_client
+from tests.fakes.managed_api import Fault, Script, serve_fake
+
+HI = [{"role": "user", "content": "What is the answer?"}]
+PARAMS = GenerationParams(max_tokens=64)
+FAST = RetryPolicy(max_attempts=3, base_s=0.01, max_wait_s=0.05)
+
+
+def openai(fake, name="a", price=(1.0, 2.0), timeout=30.0):
+    config = ProviderConfig(name=name, kind="openai", base_url=fake.url, first_token_timeout_s=timeout)
+    return OpenAIProvider(config, Price(*price))
+
+
+def anthropic(fake, name="b", price=(3.0, 15.0)):
+    return AnthropicProvider(ProviderConfig(name=name, kind="anthropic", base_url=fake.url), Price(*price))
+
+
+def router(providers, client=None, prefix="t", policy=FAST, breaker=None, routing="ordered", deadline=30):
+    cb = CircuitBreaker(client, prefix, breaker or BreakerPolicy()) if client is not None else None
+    timeouts = {p.name: p._config.first_token_timeout_s for p in providers}
+    stats = LoadStats(self_hosted_slots=4, ttft_target_s=2.0)
+    return ProviderRouter(providers, strategy(routing), stats, cb, policy, deadline, timeouts)
+
+
+async def answer(r, messages=HI):
+    out = RoutedStream()
+    text = ""
+    async for deltas in r.stream("m", messages, PARAMS, "req", out):
+        text += "".join(d.text for d in deltas)
+    return text, out
+
+
+def test_retry_honours_retry_after_and_the_request_succeeds():
+    with serve_fake("openai") as fake:
+        fake.script.faults.extend([Fault(status=429, retry_after="1"), Fault(status=503, retry_after_ms="300")])
+        text, out = asyncio.run(answer(router([openai(fake)])))
+        assert text == fake.script.text and out.providers == ["a"]
+        (t0, _, _), (t1, _, _), (t2, _, _) = fake.script.requests
+        assert t1 - t0 >= 1.0, "waited less than Retry-After: 1"
+        assert 0.3 <= t2 - t1 < 1.0, "retry-after-ms: 300 not honoured"
+
+
+def test_every_request_succeeds_while_one_provider_is_healthy():
+    with serve_fake("openai") as bad, serve_fake("anthropic") as good:
+        bad.script.faults.extend([Fault(status=500)] * 3 + [Fault(status=502)] * 3)
+        r = router([openai(bad), anthropic(good)])
+
+        async def two():
+            return [await answer(r) for _ in range(2)]
+
+        for text, out in asyncio.run(two()):
+            assert text == good.script.text and out.providers == ["b"]
+            assert len(out.failures) == 1 and "HTTP 50" in out.failures[0]
+        assert len(bad.script.requests) == 6  # 3 attempts each (FAST.max_attempts), then failover
+
+
+def test_a_client_error_is_not_retried_or_failed_over():
+    with serve_fake("openai") as a, serve_fake("anthropic") as b:
+        a.script.faults.append(Fault(status=400))
+        with pytest.raises(InvalidRequest):
+            asyncio.run(answer(router([openai(a), anthropic(b)])))
+        assert len(a.script.requests) == 1 and not b.script.requests
+
+
+def test_a_slow_first_token_times_out_into_the_next_provider():
+    with serve_fake("openai") as slow, serve_fake("openai") as fast:
+        slow.script.faults.extend([Fault(ttft_s=3.0)] * 3)
+        started = time.monotonic()
+        text, out = asyncio.run(answer(router([openai(slow, timeout=0.3), openai(fast, name="b")])))
+        assert text == fast.script.text and out.providers == ["b"]
+        assert time.monotonic() - started < 2.5  # three 0.3 s attempts, not one 3 s wait
+
+
+def test_mid_stream_failover_yields_exactly_the_script_with_nothing_repeated():
+    text = "One two three four five six seven eight nine ten."
+    with serve_fake("openai", Script(text=text)) as a, serve_fake("anthropic", Script(text=text)) as b:
+        a.script.faults.append(Fault(disconnect_after=4))
+        got, out = asyncio.run(answer(router([openai(a), anthropic(b)])))
+        assert got == text and out.providers == ["a", "b"]
+        _, continued, _ = b.script.requests[0]
+        assert continued["messages"][-1] == {"role": "assistant", "content": "One two three four"}
+        usage = out.usage()
+        assert usage.completion_tokens == 4 + len(text.split()[4:])  # 4 streamed by a, the rest by b
+
+
+def test_costs_add_up_to_usage_times_price():
+    with serve_fake("openai") as a:
+        _, out = asyncio.run(answer(router([openai(a, price=(1.0, 2.0))])))
+        usage = out.usage()
+        assert out.cost_usd == pytest.approx((usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6)
+        assert out.cost_usd > 0
+
+
+def test_the_breaker_opens_skips_the_provider_and_recovers_after_a_probe(redis_prefix):
+    policy = BreakerPolicy(failures=3, window_s=30, open_s=1.0)
+    with serve_fake("openai") as a, serve_fake("anthropic") as b:
+
+        async def main():
+            async with redis_client() as client:
+                r = router([openai(a), anthropic(b)], client, redis_prefix, breaker=policy)
+                a.script.faults.extend([Fault(status=500)] * 3)
+                _, first = await answer(r)  # 3 failed attempts open a's breaker
+                assert first.providers == ["b"]
+                assert await CircuitBreaker(client, redis_prefix, policy).state("a") == "open"
+                calls = len(a.script.requests)
+                _, skipped = await answer(r)
+                assert skipped.providers == ["b"] and len(a.script.requests) == calls  # not even tried
+                assert skipped.failures == ["a: circuit open"]
+                await asyncio.sleep(1.1)  # half-open: one probe goes through, succeeds, closes it
+                _, probed = await answer(r)
+                assert probed.providers == ["a"]
+                assert await CircuitBreaker(client, redis_prefix, policy).state("a") == "closed"
+
+        asyncio.run(main())
+
+
+def test_nothing_healthy_is_a_503_naming_what_failed():
+    with serve_fake("openai") as a:
+        a.script.faults.extend([Fault(status=503)] * 10)
+        with pytest.raises(ServiceUnavailable) as info:
+            asyncio.run(answer(router([openai(a)])))
+        assert "HTTP 503" in info.value.message and info.value.code == "providers_unavailable"
