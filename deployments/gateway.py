@@ -38,6 +38,7 @@ class Gateway:
     def __init__(self, settings: Settings, client: aioredis.Redis):
         self._settings = settings
         self._master = settings.master_key_hash()
+        self.redis = client
         self.keys = KeyStore(client, settings.redis_prefix)
         self.limiter = Limiter(client, settings.redis_prefix, lease_s=settings.request_lease_s)
         self.admission = AdmissionGate(model_capacity(settings), settings.overload_retry_after_s)

@@ -19,6 +19,7 @@ from deployments.gateway import MASTER_KID, Gateway, Principal
 from deployments.handles import configured
 from deployments.http_errors import install_error_handlers
 from deployments.middleware import GatewayMiddleware
+from deployments.providers.report import provider_report
 from deployments.sse import SSEResponse, prepend, sse_frames
 from serve_app.errors import InvalidRequest, NotFound
 from serve_app.models import (
@@ -160,6 +161,13 @@ class Ingress:
         if not revoked:
             raise NotFound(f"no API key with id or name {key_id_or_name!r}", param="key_id_or_name")
         return {"revoked": revoked}
+
+    @app.get("/admin/providers")
+    async def http_providers(self, gpu_hour_usd: float | None = None) -> dict:
+        """Usage, cost and breaker state per provider, and the self-hosted break-even utilisation."""
+        if gpu_hour_usd is not None and gpu_hour_usd < 0:
+            raise InvalidRequest("gpu_hour_usd must not be negative", param="gpu_hour_usd")
+        return await provider_report(self._settings, self._gateway.redis, gpu_hour_usd)
 
     @app.get("/v1/models")
     async def http_models(self) -> dict:

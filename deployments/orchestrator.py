@@ -8,6 +8,7 @@ Ray hop as one item (the number of items per hop, not their size, is what costs)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +41,10 @@ from serve_app.models import (
 )
 from serve_app.settings import Settings
 from state.conversations import ConversationStore
+from state.provider_usage import ProviderUsage
 from state.redis_client import async_redis
+
+logger = logging.getLogger("llmserve.orchestrator")
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Orchestrator:
         self._redis = async_redis(settings.redis_url)
         self._providers = build_providers(settings, configured(llm, settings))
         self._router = build_router(settings, self._providers, self._redis)
+        self._provider_usage = ProviderUsage(self._redis, settings.redis_prefix)
+        self._pending: set[asyncio.Task] = set()
         self._conversations = ConversationStore(self._redis, settings.redis_prefix, settings.conversation_ttl_s)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
         self._metrics = MetricsSink(
@@ -116,11 +122,10 @@ class Orchestrator:
 
     async def health(self) -> dict[str, str]:
         """Each dependency really checked: Redis PING, Chroma heartbeat, the engine's own health check."""
-        checks = {
-            "redis": self._redis.ping(),
-            "chroma": self._retriever.health.remote(),
-            **{p.name: p.check_health() for p in self._providers if p.kind == "self_hosted"},
-        }
+        checks = {"redis": self._redis.ping(), "chroma": self._retriever.health.remote()}
+        for provider in self._providers:
+            if provider.kind == "self_hosted":  # managed providers are watched by their circuit breakers
+                checks["engine"] = provider.check_health()
         results = await asyncio.gather(
             *(asyncio.wait_for(_awaitable(c), timeout=5) for c in checks.values()), return_exceptions=True
         )
@@ -253,6 +258,9 @@ class Orchestrator:
             timing.retrieval_s = time.perf_counter() - t0
 
     def _record(self, timing: _Timing, routed: RoutedStream, rag_chunks: int, stream: bool, status: str) -> None:
+        task = asyncio.ensure_future(self._count_provider_usage(routed))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
         usage = routed.usage()
         end = time.perf_counter()
         e2e = end - timing.start
@@ -276,6 +284,25 @@ class Orchestrator:
                 "cost_usd": routed.cost_usd,
             }
         )
+
+    async def _count_provider_usage(self, routed: RoutedStream) -> None:
+        """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""
+        try:
+            for leg in routed.legs:
+                usage = leg.usage
+                await self._provider_usage.add(
+                    leg.provider,
+                    requests=1,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else leg.deltas,
+                    cost_usd=leg.cost_usd,
+                )
+            for name, count in routed.failed.items():
+                await self._provider_usage.add(name, failures=count)
+            for name, seconds in self._router.stats.take_busy_seconds().items():
+                await self._provider_usage.add(name, busy_s=seconds)
+        except (ConnectionError, OSError) as exc:
+            logger.warning("provider usage not counted: %r", exc)
 
 
 async def _empty() -> list:

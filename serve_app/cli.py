@@ -242,3 +242,46 @@ def _server_answers(url: str) -> bool:
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("cost")
+def cost(
+    gpu_hour_usd: Annotated[
+        float | None, typer.Option(help="USD per GPU-hour of a self-hosted replica (default: settings).")
+    ] = None,
+    server: ServerOption = None,
+    master_key: MasterKeyOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """$/1M tokens per provider, and the utilisation at which self-hosting breaks even, from measured traffic."""
+    params = {"gpu_hour_usd": gpu_hour_usd} if gpu_hour_usd is not None else {}
+    with _admin(server, master_key, config) as client:
+        report = _check(client.get("/admin/providers", params=params))
+    table = Table("provider", "kind", "requests", "tokens", "failures", "cost $", "$/1M tokens", "breaker")
+    for p in report["data"]:
+        u = p["usage"]
+        per_mtok = p.get("usd_per_mtok")
+        table.add_row(
+            p["name"],
+            p["kind"],
+            str(u["requests"]),
+            str(u["prompt_tokens"] + u["completion_tokens"]),
+            str(u["failures"]),
+            f"{u['cost_usd']:.6f}",
+            "-" if per_mtok is None else f"{per_mtok:.4f}",
+            p["breaker"],
+        )
+    console.print(table)
+    own = report.get("self_hosted")
+    if own and own["tokens_per_s_busy"] is not None:
+        console.print(
+            f"self-hosted: {own['tokens_per_s_busy']:.1f} tokens/s while busy at ${report['gpu_hour_usd']:g}/GPU-hour "
+            f"x {report['gpus_per_replica']} GPU(s) = ${own['usd_per_mtok_full_use']:.4f} per 1M tokens at full use"
+        )
+        if own["break_even_utilisation"] is not None:
+            console.print(
+                f"self-hosting is cheaper than {own['compared_with']} above "
+                f"{own['break_even_utilisation'] * 100:.1f} % utilisation"
+            )
+    else:
+        console.print("self-hosted: no measured traffic yet")

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(4, ge=1, description="Attempts per provider before failing over.")
     retry_base_s: float = Field(0.25, gt=0, description="Backoff base (full jitter) when no Retry-After is given.")
     retry_max_wait_s: float = Field(8.0, gt=0, description="Longest backoff between two attempts.")
+    gpu_hour_usd: float = Field(
+        1.01, ge=0, description="USD per GPU-hour of a self-hosted replica's GPUs (llmserve cost; g5.xlarge ~1.01)."
+    )
     breaker_failures: int = Field(5, ge=1, description="Failures within breaker_window_s that open a breaker.")
     breaker_window_s: float = Field(30.0, gt=0, description="Window in which breaker failures are counted.")
     breaker_open_s: float = Field(15.0, gt=0, description="How long an open breaker sends nothing before a probe.")

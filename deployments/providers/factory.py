@@ -17,7 +17,7 @@ from serve_app.settings import Settings
 from state.breaker import BreakerPolicy, CircuitBreaker
 
 
-def _price(config: ProviderConfig, settings: Settings) -> Price:
+def price_of(config: ProviderConfig, settings: Settings) -> Price:
     own = config.kind == "self_hosted"
     return Price(
         input_per_mtok=config.price_input_per_mtok
@@ -32,7 +32,7 @@ def _price(config: ProviderConfig, settings: Settings) -> Price:
 def build_providers(settings: Settings, llm: DeploymentHandle | None) -> list[Provider]:
     providers: list[Provider] = []
     for config in settings.providers:
-        price = _price(config, settings)
+        price = price_of(config, settings)
         if config.kind == "self_hosted":
             if llm is not None:
                 providers.append(ServeLLMEngine(llm, settings.model_name, name=config.name, price=price))

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
@@ -42,6 +43,7 @@ class RoutedStream:
     reason: str = ""
     legs: list[Leg] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    failed: Counter[str] = field(default_factory=Counter)  # failed attempts per provider
     finish_reason: str | None = None
 
     @property
@@ -97,6 +99,10 @@ class ProviderRouter:
         except (ConnectionError, OSError):
             logger.warning("circuit breaker state for %s not recorded: Redis unavailable", provider.name)
 
+    async def _failed(self, provider: Provider, out: RoutedStream) -> None:
+        out.failed[provider.name] += 1
+        await self._record(provider, ok=False)
+
     async def stream(
         self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str, out: RoutedStream
     ) -> AsyncIterator[list[EngineDelta]]:
@@ -117,7 +123,7 @@ class ProviderRouter:
             done = out.usage().completion_tokens
             attempt_params = replace(params, max_tokens=max(1, params.max_tokens - done)) if sent else params
             leg = Leg(provider.name)
-            self.stats.inflight[provider.name] += 1
+            self.stats.enter(provider.name)
             started = time.perf_counter()
             try:
                 try:
@@ -129,7 +135,7 @@ class ProviderRouter:
                         self._policy,
                         deadline,
                         self._first_token_timeout_s.get(provider.name, 30.0),
-                        lambda exc, p=provider: self._record(p, ok=False),
+                        lambda exc, p=provider: self._failed(p, out),
                     )
                 except ProviderError as exc:
                     out.failures.append(str(exc))
@@ -151,7 +157,7 @@ class ProviderRouter:
                 except StopAsyncIteration:
                     pass
                 except ProviderError as exc:
-                    await self._record(provider, ok=False)
+                    await self._failed(provider, out)
                     out.failures.append(f"{exc} (after {len(leg.text)} characters)")
                     logger.warning("request %s: %s failed mid-stream; failing over", request_id, provider.name)
                     if provider.name not in retried_mid_stream:  # it may still continue, after the others
@@ -163,7 +169,7 @@ class ProviderRouter:
                 await self._record(provider, ok=True)
                 return
             finally:
-                self.stats.inflight[provider.name] -= 1
+                self.stats.leave(provider.name)
         retry_after = 1 if not queue else math.ceil(max(0.0, deadline - time.monotonic()))
         raise ServiceUnavailable(
             "no model provider could answer: " + "; ".join(out.failures[-5:] or ["none serves this model"]),

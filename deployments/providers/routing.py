@@ -10,6 +10,7 @@ Circuit breakers are applied after ordering, by the router.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,27 @@ class LoadStats:
     inflight: Counter[str] = field(default_factory=Counter)
     ewma_ttft_s: dict[str, float] = field(default_factory=dict)
     alpha: float = 0.2
+    _busy_since: dict[str, float] = field(default_factory=dict)
+    _busy_s: Counter[str] = field(default_factory=Counter)
+
+    def enter(self, provider: str) -> None:
+        if self.inflight[provider] == 0:
+            self._busy_since[provider] = time.monotonic()
+        self.inflight[provider] += 1
+
+    def leave(self, provider: str) -> None:
+        self.inflight[provider] -= 1
+        if self.inflight[provider] == 0:
+            self._busy_s[provider] += time.monotonic() - self._busy_since.pop(provider, time.monotonic())
+
+    def take_busy_seconds(self) -> dict[str, float]:
+        """Seconds each provider had at least one request in flight since the last call (ongoing spans too)."""
+        now = time.monotonic()
+        for provider, since in self._busy_since.items():
+            self._busy_s[provider] += now - since
+            self._busy_since[provider] = now
+        taken, self._busy_s = dict(self._busy_s), Counter()
+        return taken
 
     def observe_ttft(self, provider: str, seconds: float) -> None:
         old = self.ewma_ttft_s.get(provider)

@@ -85,3 +85,30 @@ def test_killing_the_vllm_replica_mid_stream_fails_over_without_repeating_text(b
                 break
         assert time.monotonic() < deadline, "the vLLM replica did not come back"
         time.sleep(2)
+
+
+def test_cost_reports_each_providers_measured_usage_and_the_break_even(base_url, http):
+    import re
+
+    from typer.testing import CliRunner
+
+    from serve_app.cli import app as cli
+
+    report = http.get("/admin/providers", params={"gpu_hour_usd": 1.0}).json()
+    rows = {r["name"]: r for r in report["data"]}
+    assert rows["self-hosted"]["usage"]["requests"] > 0 and rows["fallback"]["usage"]["requests"] > 0
+    assert rows["self-hosted"]["usage"]["failures"] >= 1  # the replica killed mid-stream
+    assert rows["self-hosted"]["usage"]["busy_s"] > 0
+    fallback = rows["fallback"]["usage"]
+    assert fallback["cost_usd"] == pytest.approx(
+        (fallback["prompt_tokens"] * 1.0 + fallback["completion_tokens"] * 2.0) / 1e6
+    )
+    own = report["self_hosted"]
+    assert own["tokens_per_s_busy"] > 0 and own["compared_with"] == "fallback"
+    assert own["break_even_utilisation"] == pytest.approx(
+        own["usd_per_mtok_full_use"] / rows["fallback"]["usd_per_mtok"]
+    )
+    result = CliRunner().invoke(cli, ["cost", "--server", base_url, "--master-key", MASTER_KEY, "--gpu-hour-usd", "1"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"cheaper than fallback above [0-9.]+ % utilisation", result.output)
+    assert http.get("/admin/providers", headers={"Authorization": "Bearer sk-nope"}).status_code == 401

@@ -138,3 +138,30 @@ def test_nothing_healthy_is_a_503_naming_what_failed():
         with pytest.raises(ServiceUnavailable) as info:
             asyncio.run(answer(router([openai(a)])))
         assert "HTTP 503" in info.value.message and info.value.code == "providers_unavailable"
+
+
+def test_provider_usage_and_self_hosted_economics(redis_prefix):
+    from state.provider_usage import ProviderUsage, self_hosted_economics
+
+    async def main():
+        async with redis_client() as client:
+            usage = ProviderUsage(client, redis_prefix)
+            await usage.add("own", requests=2, prompt_tokens=600, completion_tokens=400, cost_usd=0.001, busy_s=10)
+            await usage.add("own", failures=1, busy_s=10)
+            return await usage.get("own")
+
+    row = asyncio.run(main())
+    assert row == {
+        "requests": 2,
+        "prompt_tokens": 600,
+        "completion_tokens": 400,
+        "failures": 1,
+        "cost_usd": 0.001,
+        "busy_s": 20.0,
+    }
+    # 1000 tokens in 20 busy seconds = 50 tokens/s; $3.60/GPU-hour = $0.001/s -> $20 per 1M tokens at full use;
+    # against a managed $40 per 1M, self-hosting pays above 50 % utilisation.
+    economics = self_hosted_economics(row, gpu_hour_usd=3.6, gpus=1, managed_usd_per_mtok=40.0)
+    assert economics["tokens_per_s_busy"] == pytest.approx(50.0)
+    assert economics["usd_per_mtok_full_use"] == pytest.approx(20.0)
+    assert economics["break_even_utilisation"] == pytest.approx(0.5)

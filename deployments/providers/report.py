@@ -1,0 +1,61 @@
+"""The providers' measured economics (GET /admin/providers, `llmserve cost`): usage and cost per provider,
+what each cost per 1M tokens, and the utilisation above which the self-hosted engine is the cheaper one."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from deployments.providers.factory import price_of
+from serve_app.settings import Settings
+from state.breaker import BreakerPolicy, CircuitBreaker
+from state.provider_usage import ProviderUsage, self_hosted_economics
+
+
+async def provider_report(settings: Settings, client: aioredis.Redis, gpu_hour_usd: float | None = None) -> dict:
+    usage = ProviderUsage(client, settings.redis_prefix)
+    breaker = CircuitBreaker(client, settings.redis_prefix, BreakerPolicy())
+    gpu_hour = settings.gpu_hour_usd if gpu_hour_usd is None else gpu_hour_usd
+    rows, own_usage = [], None
+    for config in settings.providers:
+        u = await usage.get(config.name)
+        tokens = u["prompt_tokens"] + u["completion_tokens"]
+        price = price_of(config, settings)
+        rows.append(
+            {
+                "name": config.name,
+                "kind": config.kind,
+                "price_input_per_mtok": price.input_per_mtok,
+                "price_output_per_mtok": price.output_per_mtok,
+                "usage": u,
+                "usd_per_mtok": u["cost_usd"] / tokens * 1e6 if tokens else None,
+                "breaker": await breaker.state(config.name),
+            }
+        )
+        if config.kind == "self_hosted":
+            own_usage = u
+    report: dict = {
+        "object": "list",
+        "data": rows,
+        "gpu_hour_usd": gpu_hour,
+        "gpus_per_replica": settings.tensor_parallel_size,
+    }
+    if own_usage is not None:
+        managed = [r for r in rows if r["kind"] != "self_hosted"]
+        mix = _output_share(own_usage)
+        for r in managed:  # measured $/1M when it had traffic, else its list price at our input/output mix
+            if r["usd_per_mtok"] is None:
+                r["usd_per_mtok_list"] = (1 - mix) * r["price_input_per_mtok"] + mix * r["price_output_per_mtok"]
+        cheapest = min(managed, key=_per_mtok, default=None)
+        managed_price = _per_mtok(cheapest) if cheapest else None
+        economics = self_hosted_economics(own_usage, gpu_hour, settings.tensor_parallel_size, managed_price)
+        report["self_hosted"] = {**economics, "compared_with": cheapest["name"] if cheapest else None}
+    return report
+
+
+def _per_mtok(row: dict) -> float:
+    return row["usd_per_mtok"] if row["usd_per_mtok"] is not None else row["usd_per_mtok_list"]
+
+
+def _output_share(usage: dict[str, float]) -> float:
+    tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage["completion_tokens"] / tokens if tokens else 0.5
