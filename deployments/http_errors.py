@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from observability import prom
 from serve_app.errors import LLMServeError, QuotaExceeded, ServiceUnavailable
 
 logger = logging.getLogger("llmserve.ingress")
@@ -54,7 +55,9 @@ def typed(exc: BaseException) -> BaseException:
 def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
     exc = typed(exc)
     if isinstance(exc, LLMServeError):
+        prom.inc("llmserve_errors_total", type=exc.type, status=str(exc.status))
         return exc.status, exc.to_error_body()
+    prom.inc("llmserve_errors_total", type="internal_error", status="500")
     logger.error("request %s failed: %r", request_id, exc, exc_info=exc)
     message = f"internal server error (request id {request_id})" if request_id else "internal server error"
     return 500, {"error": {"message": message, "type": "internal_error", "param": None, "code": "internal_error"}}
@@ -99,12 +102,14 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
             code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+        prom.inc("llmserve_errors_total", type="invalid_request_error", status="400")
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind, code = _STARLETTE_TYPES.get(exc.status_code, ("invalid_request_error", str(exc.status_code)))
         body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": code}}
+        prom.inc("llmserve_errors_total", type=kind, status=str(exc.status_code))
         return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)

@@ -21,6 +21,7 @@ from deployments.http_errors import install_error_handlers
 from deployments.middleware import GatewayMiddleware
 from deployments.providers.report import provider_report
 from deployments.sse import SSEResponse, prepend, sse_frames
+from observability import prom
 from serve_app.errors import InvalidRequest, NotFound
 from serve_app.models import (
     ChatChunk,
@@ -95,7 +96,9 @@ class Ingress:
         headers = {}
         if chat.conversation_id:
             headers["x-conversation-id"] = chat.conversation_id
+        started = time.perf_counter()
         ticket = await self._gateway.open(request.state.principal, chat)
+        prom.observe("llmserve_stage_seconds", time.perf_counter() - started, stage="admission")
         if not chat.stream:
             try:
                 result: ChatResponse = await self._orchestrator.chat.remote(chat)

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.coalesce import coalesce
 from deployments.handles import configured
 from deployments.prompt import build_prompt, retrieval_query
 from deployments.providers.base import GenerationParams
 from deployments.providers.factory import build_providers, build_router
 from deployments.providers.router import RoutedStream
+from observability import prom
 from observability.wandb_sink import MetricsSink
 from serve_app.errors import InvalidRequest, NotFound, ServiceUnavailable
 from serve_app.models import (
@@ -51,6 +53,7 @@ logger = logging.getLogger("llmserve.orchestrator")
 class _Timing:
     start: float = field(default_factory=time.perf_counter)
     retrieval_s: float = 0.0
+    prompt_done: float | None = None
     first_token: float | None = None
 
 
@@ -85,7 +88,7 @@ class Orchestrator:
 
     # --- public methods (called through the handle) -------------------------------------------------
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        async for chunks in self._run(request):
+        async for chunks in coalesce(self._run(request)):
             yield chunks
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -187,6 +190,7 @@ class Orchestrator:
             max_model_len=self._settings.max_model_len,
             max_tokens=max_tokens,
         )
+        timing.prompt_done = time.perf_counter()
         params = GenerationParams(
             max_tokens=max_tokens,
             temperature=request.temperature,
@@ -266,6 +270,7 @@ class Orchestrator:
         e2e = end - timing.start
         ttft = (timing.first_token - timing.start) if timing.first_token else None
         decode_s = (end - timing.first_token) if timing.first_token else 0.0
+        self._export(timing, routed, usage, end, status)
         self._metrics.record(
             {
                 "ttft_s": ttft,
@@ -284,6 +289,32 @@ class Orchestrator:
                 "cost_usd": routed.cost_usd,
             }
         )
+
+    @staticmethod
+    def _export(timing: _Timing, routed: RoutedStream, usage: Usage, end: float, status: str) -> None:
+        """Prometheus (through Ray's metrics agent): latencies, stages, tokens, outcomes, cost."""
+        provider = "+".join(routed.providers) or "none"
+        prom.inc("llmserve_requests_total", provider=provider, status=status)
+        prom.observe("llmserve_e2e_seconds", end - timing.start, provider=provider, status=status)
+        prom.observe("llmserve_stage_seconds", timing.retrieval_s, stage="retrieval")
+        if timing.prompt_done is not None:
+            prom.observe(
+                "llmserve_stage_seconds", timing.prompt_done - timing.start - timing.retrieval_s, stage="prompt"
+            )
+        if timing.first_token is not None:
+            prom.observe("llmserve_ttft_seconds", timing.first_token - timing.start, provider=provider)
+            if timing.prompt_done is not None:
+                prom.observe("llmserve_stage_seconds", timing.first_token - timing.prompt_done, stage="queue")
+            prom.observe("llmserve_stage_seconds", end - timing.first_token, stage="decode")
+            if usage.completion_tokens > 1:
+                tpot = (end - timing.first_token) / (usage.completion_tokens - 1)
+                prom.observe("llmserve_tpot_seconds", tpot, provider=provider)
+        prom.inc("llmserve_tokens_total", usage.prompt_tokens, provider=provider, kind="prompt")
+        prom.inc("llmserve_tokens_total", usage.completion_tokens, provider=provider, kind="completion")
+        for leg in routed.legs:
+            prom.inc("llmserve_cost_usd_total", leg.cost_usd, provider=leg.provider)
+        for name, count in routed.failed.items():
+            prom.inc("llmserve_failovers_total", count, provider=name)
 
     async def _count_provider_usage(self, routed: RoutedStream) -> None:
         """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""

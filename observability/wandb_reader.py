@@ -39,24 +39,33 @@ def _records(data: bytes) -> Iterator[bytes]:
             break
 
 
-def history_rows(run_file: Path) -> list[dict]:
-    """Every `run.log(...)` row in the file, as dicts of key -> value."""
+def _items(run_file: Path, record_type: str) -> list[dict]:
     from wandb.proto import wandb_internal_pb2
 
-    rows = []
+    found = []
     for raw in _records(run_file.read_bytes()):
         record = wandb_internal_pb2.Record()
         try:
             record.ParseFromString(raw)
         except Exception:
             continue
-        if record.WhichOneof("record_type") == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            rows.append(row)
-    return rows
+        if record.WhichOneof("record_type") == record_type:
+            items = record.history.item if record_type == "history" else record.summary.update
+            found.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items})
+    return found
+
+
+def history_rows(run_file: Path) -> list[dict]:
+    """Every `run.log(...)` row in the file, as dicts of key -> value."""
+    return _items(run_file, "history")
+
+
+def summary(run_file: Path) -> dict:
+    """The run summary as last written (later updates override earlier ones)."""
+    merged: dict = {}
+    for update in _items(run_file, "summary"):
+        merged.update(update)
+    return merged
 
 
 def offline_run_files(wandb_dir: Path) -> list[Path]:

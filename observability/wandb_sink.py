@@ -9,10 +9,12 @@ import contextlib
 import logging
 import queue
 import threading
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+_WINDOW = 1000
 
 
 class MetricsSink:
@@ -38,6 +40,11 @@ class MetricsSink:
         self._stop = threading.Event()
         self._run = None
         self._count = 0
+        self._recent: dict[str, deque[float]] = {
+            "ttft_s": deque(maxlen=_WINDOW),
+            "e2e_latency_s": deque(maxlen=_WINDOW),
+        }
+        self._totals: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
         if mode != "disabled":
             self._thread = threading.Thread(target=self._loop, name="wandb-sink", daemon=True)
@@ -102,4 +109,24 @@ class MetricsSink:
             except Exception:
                 logger.exception("wandb log failed")
         if batch:
-            self._run.summary["requests"] = self._count
+            self._summarize(batch)
+
+    def _summarize(self, batch: list[dict[str, Any]]) -> None:
+        """Run summary: totals, and latency percentiles over the last _WINDOW requests."""
+        for values in batch:
+            for key in ("ttft_s", "e2e_latency_s"):
+                if isinstance(values.get(key), int | float):
+                    self._recent[key].append(values[key])
+            for key in ("completion_tokens", "prompt_tokens", "cost_usd"):
+                self._totals[key] += values.get(key) or 0
+            self._totals["errors"] += 0 if values.get("ok", 1) else 1
+        summary = {"requests": self._count, **{f"total_{k}": v for k, v in self._totals.items()}}
+        for key, window in self._recent.items():
+            if window:
+                ordered = sorted(window)
+                summary[f"{key}_p50"] = ordered[len(ordered) // 2]
+                summary[f"{key}_p99"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        try:
+            self._run.summary.update(summary)
+        except Exception:
+            logger.exception("wandb summary update failed")

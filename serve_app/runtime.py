@@ -98,7 +98,11 @@ def start_local(
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"])
         else:
-            ray.init(num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4), include_dashboard=False)
+            ray.init(
+                num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4),
+                include_dashboard=False,
+                _metrics_export_port=settings.metrics_export_port,
+            )
     proxy_port = settings.proxy_port if settings.direct_ingress else settings.port
     serve.start(http_options={"host": settings.host, "port": proxy_port})
     app = (build or build_app)(settings)

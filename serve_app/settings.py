@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="auto: online when WANDB_API_KEY is set, else offline."
     )
+    metrics_export_port: int = Field(
+        8080, ge=1, le=65535, description="Where `llmserve up`'s Ray serves Prometheus metrics (/metrics)."
+    )
     wandb_project: str = Field("llmserve", description="W&B project.")
     metrics_flush_interval_s: float = Field(2.0, gt=0, description="How often request records go to W&B.")
 

@@ -49,6 +49,7 @@ def stack(tmp_path_factory, fallback):
         app_name="llmserve-test",
         port=_free_port(),
         proxy_port=_free_port(),
+        metrics_export_port=_free_port(),
         redis_url=REDIS_URL,
         redis_prefix=prefix,
         master_key=SecretStr(MASTER_KEY),

@@ -36,3 +36,34 @@ def test_request_metrics_reach_wandb(stack, openai_client):
     assert match is not None, "no W&B row for the request"
     assert 0 < match["ttft_s"] <= match["e2e_latency_s"]
     assert match["tokens_per_s"] > 0 and match["ok"] == 1
+
+
+def test_prometheus_exposes_latency_histograms_stages_tokens_and_errors(stack, openai_client, http):
+    import httpx
+
+    openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body={"rag": False}
+    )
+    http.post("/v1/chat/completions", json={"model": MODEL})  # a 400, counted by type
+    url = f"http://127.0.0.1:{stack.settings.metrics_export_port}/metrics"
+    wanted = [
+        "ray_llmserve_ttft_seconds_bucket{",
+        "ray_llmserve_tpot_seconds_bucket{",
+        "ray_llmserve_e2e_seconds_bucket{",
+        'stage="queue"',
+        'stage="admission"',
+        'stage="decode"',
+        "ray_llmserve_tokens_total{",
+        'type="invalid_request_error"',
+        'provider="self-hosted"',
+    ]
+    deadline = time.monotonic() + 60  # Ray's agent exports every few seconds
+    while True:
+        text = httpx.get(url, timeout=10).text
+        missing = [w for w in wanted if w not in text]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"not exported: {missing}"
+        time.sleep(2)
+    ttft_count = [line for line in text.splitlines() if line.startswith("ray_llmserve_ttft_seconds_count{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in ttft_count) >= 1

@@ -1,6 +1,8 @@
 """The W&B sink really writes an offline run that can be read back (no network)."""
 
-from observability.wandb_reader import history_rows, offline_run_files
+import pytest
+
+from observability.wandb_reader import history_rows, offline_run_files, summary
 from observability.wandb_sink import MetricsSink
 
 
@@ -14,6 +16,9 @@ def test_records_reach_the_offline_run(tmp_path):
     rows = history_rows(run_file)
     assert [r["completion_tokens"] for r in rows] == [1, 2, 3]
     assert rows[0]["ttft_s"] == 0.1
+    totals = summary(run_file)  # the run summary: totals and latency percentiles
+    assert totals["requests"] == 3 and totals["total_completion_tokens"] == 6
+    assert totals["ttft_s_p50"] == pytest.approx(0.2) and totals["ttft_s_p99"] == pytest.approx(0.3)
 
 
 def test_disabled_sink_records_nothing(tmp_path):

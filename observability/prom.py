@@ -1,0 +1,63 @@
+"""Prometheus metrics through Ray's metrics agent (scraped at each node's metrics export port; Ray prefixes
+every name with `ray_`). One place defines them, so the Grafana dashboard (observability/grafana/) and the
+code cannot drift apart: a test checks that every metric the dashboard queries is defined here.
+
+Time in our layers against time in the engine: `llmserve_stage_seconds{stage=...}` with stages admission
+(ingress: auth, limits, capacity), retrieval, prompt (history + prompt build), queue (until the first token,
+i.e. engine queueing and prefill) and decode (first token to last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cache
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+TOKEN_GAP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
+HISTOGRAMS = {
+    "llmserve_ttft_seconds": ("Time to first token, from the orchestrator's view.", LATENCY_BUCKETS, ("provider",)),
+    "llmserve_tpot_seconds": ("Time per output token after the first.", TOKEN_GAP_BUCKETS, ("provider",)),
+    "llmserve_e2e_seconds": ("Whole request, orchestrator's view.", LATENCY_BUCKETS, ("provider", "status")),
+    "llmserve_stage_seconds": ("Time per stage of a request.", LATENCY_BUCKETS, ("stage",)),
+}
+COUNTERS = {
+    "llmserve_requests_total": ("Requests by outcome and provider.", ("provider", "status")),
+    "llmserve_tokens_total": ("Tokens by kind (prompt, completion) and provider.", ("provider", "kind")),
+    "llmserve_errors_total": ("Error responses by OpenAI error type and status.", ("type", "status")),
+    "llmserve_failovers_total": ("Failed provider attempts, by provider.", ("provider",)),
+    "llmserve_cost_usd_total": ("Provider cost in USD, by provider.", ("provider",)),
+}
+
+
+@cache
+def _metrics() -> dict:
+    from ray.util.metrics import Counter, Histogram
+
+    made: dict = {}
+    for name, (description, buckets, tags) in HISTOGRAMS.items():
+        made[name] = Histogram(name, description=description, boundaries=buckets, tag_keys=tags)
+    for name, (description, tags) in COUNTERS.items():
+        made[name] = Counter(name, description=description, tag_keys=tags)
+    return made
+
+
+def _enabled() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def observe(name: str, value: float | None, **tags: str) -> None:
+    """Record into a histogram; a no-op outside Ray or for a missing value. Never raises."""
+    if value is None or not _enabled():
+        return
+    with contextlib.suppress(Exception):  # metrics must never fail a request
+        _metrics()[name].observe(value, tags=tags)
+
+
+def inc(name: str, value: float = 1.0, **tags: str) -> None:
+    if not value or not _enabled():
+        return
+    with contextlib.suppress(Exception):
+        _metrics()[name].inc(value, tags=tags)
