@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,25 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Record:
     return record
 
 
+async def run_poisson(
+    url: str, headers: dict[str, str], bodies: list[dict], rate: float, seed: int
+) -> tuple[list[Record], float]:
+    """Open loop: requests start at Poisson arrival times (`rate` per second, seeded), whatever the server does."""
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        tasks, at = [], 0.0
+        for body in bodies:
+            at += rng.expovariate(rate)
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one_request(client, body)))
+        records = list(await asyncio.gather(*tasks))
+        return records, time.perf_counter() - start
+
+
 async def run_level(
     url: str, headers: dict[str, str], bodies: list[dict], concurrency: int
 ) -> tuple[list[Record], float]:
@@ -79,22 +99,40 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def summarize(records: list[Record], wall_s: float) -> dict[str, float]:
+def tpot_s(record: Record) -> float | None:
+    """Time per output token after the first (vLLM's TPOT)."""
+    if record.ttft_s is None or record.completion_tokens < 2:
+        return None
+    return (record.e2e_s - record.ttft_s) / (record.completion_tokens - 1)
+
+
+def summarize(
+    records: list[Record], wall_s: float, ttft_slo_s: float | None = None, tpot_slo_s: float | None = None
+) -> dict[str, float]:
+    """Percentiles (mean, p50, p90, p99) of TTFT, TPOT, ITL and e2e; request and token throughput; goodput =
+    requests/s that met both SLOs (when given)."""
     ok = [r for r in records if r.status == 200 and r.ttft_s is not None]
     ttft = [r.ttft_s for r in ok]
     e2e = [r.e2e_s for r in ok]
     itl = [g for r in ok for g in r.itl_s]
+    tpot = [t for t in (tpot_s(r) for r in ok) if t is not None]
+    good = [
+        r
+        for r in ok
+        if (ttft_slo_s is None or r.ttft_s <= ttft_slo_s) and (tpot_slo_s is None or (tpot_s(r) or 0) <= tpot_slo_s)
+    ]
+    spread = {}
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2e", e2e)):
+        spread[f"{name}_mean_ms"] = statistics.fmean(values) * 1000 if values else float("nan")
+        for q in (50, 90, 99):
+            spread[f"{name}_p{q}_ms"] = percentile(values, q) * 1000
     return {
         "requests": len(records),
         "errors": len(records) - len(ok),
         "req_per_s": len(ok) / wall_s if wall_s else 0.0,
         "output_tok_per_s": sum(r.completion_tokens for r in ok) / wall_s if wall_s else 0.0,
-        "ttft_p50_ms": percentile(ttft, 50) * 1000,
-        "ttft_p99_ms": percentile(ttft, 99) * 1000,
-        "e2e_p50_ms": percentile(e2e, 50) * 1000,
-        "e2e_p99_ms": percentile(e2e, 99) * 1000,
-        "itl_p50_ms": percentile(itl, 50) * 1000,
-        "itl_p99_ms": percentile(itl, 99) * 1000,
+        "goodput_req_per_s": len(good) / wall_s if wall_s else 0.0,
+        **spread,
     }
 
 
