@@ -285,3 +285,78 @@ def cost(
             )
     else:
         console.print("self-hosted: no measured traffic yet")
+
+
+@app.command("bench")
+def bench(
+    url: Annotated[str | None, typer.Option(help="An OpenAI-compatible server (default: ours from settings).")] = None,
+    key: Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="API key for --url.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default: the settings' model).")] = None,
+    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (repeat; default 1 and 8).")] = None,
+    rate: Annotated[list[float] | None, typer.Option(help="Poisson arrival rates, requests/s (repeat).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests per level.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Runs per level; medians are reported.")] = 1,
+    max_tokens: int = 48,
+    seed: int = 0,
+    prompt_file: Annotated[Path | None, typer.Option(help="Prompts, one per line (default: random lengths).")] = None,
+    input_words_min: int = 8,
+    input_words_max: int = 64,
+    ttft_slo_ms: Annotated[float | None, typer.Option(help="Goodput: TTFT target.")] = None,
+    tpot_slo_ms: Annotated[float | None, typer.Option(help="Goodput: TPOT target.")] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Start bare vLLM, ray.serve.llm and llmserve (with and without RAG) and compare.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where results.json, results.md and plots go.")] = Path("bench-results"),
+    config: ConfigOption = None,
+) -> None:
+    """Latency and throughput (TTFT, TPOT, ITL, e2e, goodput) at fixed concurrency or Poisson arrivals."""
+    import json
+
+    from benchmarks.bench import Workload, measure
+
+    settings = _settings(config)
+    workload = Workload(
+        model=model or settings.model_name,
+        requests=requests,
+        max_tokens=max_tokens,
+        input_words_min=input_words_min,
+        input_words_max=input_words_max,
+        prompt_file=prompt_file,
+        seed=seed,
+    )
+    levels = concurrency or ([] if rate else [1, 8])
+    if compare:
+        from benchmarks.compare import run_compare
+
+        report = run_compare(workload, levels or [1, 8], out, say=console.print, repeats=repeats)
+        console.print((out / "results.md").read_text())
+        console.print(f"{report['wall_s']:.0f} s; results, plots and a W&B run in {out}/")
+        return
+    target = url or f"http://{settings.host}:{settings.port}"
+    slo = {
+        "ttft_slo_s": ttft_slo_ms / 1000 if ttft_slo_ms else None,
+        "tpot_slo_s": tpot_slo_ms / 1000 if tpot_slo_ms else None,
+    }
+    results = measure(target, key, workload, levels, rate, repeats=repeats, **slo)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = Table("level", "req/s", "goodput", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "e2e p50")
+    for level, m in results.items():
+        table.add_row(
+            level,
+            *(
+                f"{m[k]:.1f}"
+                for k in (
+                    "req_per_s",
+                    "goodput_req_per_s",
+                    "output_tok_per_s",
+                    "ttft_p50_ms",
+                    "ttft_p99_ms",
+                    "tpot_p50_ms",
+                    "itl_p99_ms",
+                    "e2e_p50_ms",
+                )
+            ),
+        )
+    console.print(table)
+    console.print(f"latencies in ms; JSON in {out}/results.json")

@@ -1,0 +1,114 @@
+"""`llmserve bench`: load against one OpenAI-compatible endpoint, with the metrics of `vllm bench serve`.
+
+Prompts are random word sequences of seeded random lengths, or lines of a text file. Each level (a fixed
+concurrency, or a Poisson arrival rate) runs after a warm-up, `repeats` times; the medians are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.loadgen import median_of, run_level, run_poisson, summarize
+
+_WORDS = [
+    "the",
+    "a",
+    "river",
+    "mountain",
+    "system",
+    "request",
+    "token",
+    "model",
+    "cluster",
+    "memory",
+    "answer",
+    "question",
+    "light",
+    "city",
+    "data",
+    "window",
+    "engine",
+    "garden",
+    "history",
+    "network",
+    "music",
+    "paper",
+    "signal",
+    "story",
+    "market",
+    "water",
+    "time",
+    "number",
+    "place",
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    requests: int = 32
+    max_tokens: int = 48
+    input_words_min: int = 8
+    input_words_max: int = 64
+    prompt_file: Path | None = None
+    seed: int = 0
+    extra_body: dict | None = None  # e.g. {"rag": False} for our server
+
+    def prompts(self) -> list[str]:
+        rng = random.Random(self.seed)
+        if self.prompt_file is not None:
+            lines = [line.strip() for line in self.prompt_file.read_text().splitlines() if line.strip()]
+            if not lines:
+                raise ValueError(f"{self.prompt_file} has no prompts")
+            return [lines[i % len(lines)] for i in range(self.requests)]
+        return [
+            " ".join(rng.choice(_WORDS) for _ in range(rng.randint(self.input_words_min, self.input_words_max)))
+            for _ in range(self.requests)
+        ]
+
+    def bodies(self) -> list[dict]:
+        return [
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": self.max_tokens,
+                "temperature": 0,  # same model, same prompts, greedy: every target generates the same tokens
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **(self.extra_body or {}),
+            }
+            for prompt in self.prompts()
+        ]
+
+
+def measure(
+    url: str,
+    key: str | None,
+    workload: Workload,
+    concurrency: list[int] | None = None,
+    rates: list[float] | None = None,
+    repeats: int = 1,
+    ttft_slo_s: float | None = None,
+    tpot_slo_s: float | None = None,
+) -> dict[str, dict]:
+    """{level label: median metrics}. Labels: 'c=<n>' for concurrency levels, 'rate=<r>' for Poisson rates."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    bodies = workload.bodies()
+    asyncio.run(run_level(url, headers, bodies[:4], 2))  # warm-up
+    results: dict[str, dict] = {}
+    for c in concurrency or ([] if rates else [1]):
+        level = bodies[: max(workload.requests // 2, 2 * c)] if c == 1 else bodies
+        runs = [
+            summarize(*asyncio.run(run_level(url, headers, level, c)), ttft_slo_s, tpot_slo_s) for _ in range(repeats)
+        ]
+        results[f"c={c}"] = {"concurrency": c, **median_of(runs)}
+    for rate in rates or []:
+        runs = [
+            summarize(*asyncio.run(run_poisson(url, headers, bodies, rate, workload.seed + i)), ttft_slo_s, tpot_slo_s)
+            for i in range(repeats)
+        ]
+        results[f"rate={rate:g}"] = {"rate": rate, **median_of(runs)}
+    return results
