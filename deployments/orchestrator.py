@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.coalesce import coalesce
 from deployments.handles import configured
 from deployments.prompt import build_prompt, retrieval_query
 from deployments.providers.base import GenerationParams
@@ -88,7 +87,7 @@ class Orchestrator:
 
     # --- public methods (called through the handle) -------------------------------------------------
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        async for chunks in coalesce(self._run(request)):
+        async for chunks in self._run(request):
             yield chunks
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
