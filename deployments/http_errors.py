@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.serve.exceptions import BackPressureError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from observability import prom
@@ -49,6 +51,8 @@ def typed(exc: BaseException) -> BaseException:
     exc = unwrap(exc)
     if isinstance(exc, BackPressureError):  # a deployment's queue (max_queued_requests) is full
         return ServiceUnavailable("the server is at capacity; retry shortly", code="overloaded", retry_after_s=1)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):  # Redis down, or no free connection in time
+        return ServiceUnavailable(f"state store unavailable: {type(exc).__name__}", retry_after_s=1)
     return exc
 
 

@@ -7,9 +7,14 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 
-def async_redis(url: str) -> aioredis.Redis:
-    """A pooled asyncio client; replies decoded to str."""
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def async_redis(url: str, max_connections: int = 256, wait_s: float = 10.0) -> aioredis.Redis:
+    """A pooled asyncio client; replies decoded to str. When every connection is busy, a command waits up to
+    `wait_s` for one instead of failing (redis-py's default pool raises "Too many connections" at once, which
+    turned a burst of 200 streams into 500s)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=wait_s, decode_responses=True, health_check_interval=30
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class EmbeddedRedis:

@@ -53,3 +53,28 @@ def test_a_full_serve_queue_is_a_503_with_retry_after():
     assert status == 503 and body["error"]["code"] == "overloaded"
     response = error_response(BackPressureError(10, 10), "rid")
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+def test_a_redis_outage_is_a_503_not_a_500():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from deployments.http_errors import error_body
+
+    status, body = error_body(RedisConnectionError("Connection refused"), "req-1")
+    assert status == 503 and body["error"]["type"] == "service_unavailable"
+
+
+def test_a_burst_larger_than_the_redis_pool_waits_for_connections_instead_of_failing():
+    import asyncio
+
+    from state.redis_client import async_redis
+    from tests.conftest import REDIS_URL
+
+    async def main():
+        client = async_redis(REDIS_URL, max_connections=2, wait_s=5)
+        try:
+            return await asyncio.gather(*(client.execute_command("PING") for _ in range(50)))
+        finally:
+            await client.aclose()
+
+    assert all(asyncio.run(main()))
