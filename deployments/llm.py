@@ -16,9 +16,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 
-from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError
+from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError, delta_from_chunk
 from serve_app.errors import EngineError, InvalidRequest, ServiceUnavailable
-from serve_app.models import Usage
 from serve_app.settings import Settings
 
 
@@ -103,13 +102,9 @@ def decode_sse_items(item: Any) -> list[EngineDelta]:
             payload = json.loads(data)
             if "error" in payload:
                 raise_engine_error(payload["error"])
-            usage = Usage(**payload["usage"]) if payload.get("usage") else None
-            text, finish = "", None
-            for choice in payload.get("choices") or []:
-                text += (choice.get("delta") or {}).get("content") or ""
-                finish = choice.get("finish_reason") or finish
-            if text or finish or usage:
-                deltas.append(EngineDelta(text=text, finish_reason=finish, usage=usage))
+            delta = delta_from_chunk(payload)
+            if delta is not None:
+                deltas.append(delta)
     return deltas
 
 

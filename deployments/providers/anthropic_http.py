@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError
-from deployments.providers.http_common import make_client, sse_events
+from deployments.providers.base import EngineDelta, GenerationParams, ProviderError
+from deployments.providers.http_common import HTTPProvider, sse_events
 from serve_app.models import Usage
-from serve_app.provider_config import ProviderConfig
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 _RETRYABLE_ERRORS = {"overloaded_error", "rate_limit_error", "api_error", "timeout_error"}
@@ -43,17 +42,8 @@ def to_anthropic(messages: list[dict[str, str]], params: GenerationParams) -> di
     return body
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     kind = "anthropic"
-
-    def __init__(self, config: ProviderConfig, price: Price):
-        self.name = config.name
-        self.price = price
-        self._config = config
-        self._client = make_client(config)
-
-    def serves(self, model: str) -> bool:
-        return self._config.upstream_model(model) is not None
 
     def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": self._config.anthropic_version}
@@ -99,6 +89,3 @@ class AnthropicProvider:
 
     async def check_health(self) -> None:
         return None  # the Messages API has no free health endpoint; the circuit breaker watches real traffic
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

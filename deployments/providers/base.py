@@ -32,6 +32,16 @@ class GenerationParams:
     frequency_penalty: float | None = None
 
 
+def delta_from_chunk(payload: dict) -> EngineDelta | None:
+    """An OpenAI `chat.completion.chunk` payload as one delta (None when it carries nothing)."""
+    usage = Usage(**payload["usage"]) if payload.get("usage") else None
+    text, finish = "", None
+    for choice in payload.get("choices") or []:
+        text += (choice.get("delta") or {}).get("content") or ""
+        finish = choice.get("finish_reason") or finish
+    return EngineDelta(text=text, finish_reason=finish, usage=usage) if text or finish or usage else None
+
+
 # Worth another attempt (OpenAI's and Anthropic's own SDKs retry the same set; 529 is Anthropic's overload).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 

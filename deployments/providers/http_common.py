@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from deployments.providers.base import ProviderError, status_error
+from deployments.providers.base import Price, ProviderError, status_error
 from serve_app.provider_config import ProviderConfig
 
 
@@ -45,3 +45,21 @@ async def sse_events(
         raise ProviderError(provider, f"timed out ({type(exc).__name__})", status=408) from exc
     except (httpx.TransportError, asyncio.IncompleteReadError) as exc:
         raise ProviderError(provider, f"connection failed: {type(exc).__name__}: {exc}") from exc
+
+
+class HTTPProvider:
+    """What the managed providers share: name, price, config, one pooled client."""
+
+    kind = "http"
+
+    def __init__(self, config: ProviderConfig, price: Price):
+        self.name = config.name
+        self.price = price
+        self._config = config
+        self._client = make_client(config)
+
+    def serves(self, model: str) -> bool:
+        return self._config.upstream_model(model) is not None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

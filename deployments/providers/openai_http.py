@@ -5,23 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.providers.base import EngineDelta, GenerationParams, Price, ProviderError
-from deployments.providers.http_common import make_client, sse_events
-from serve_app.models import Usage
-from serve_app.provider_config import ProviderConfig
+from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, delta_from_chunk
+from deployments.providers.http_common import HTTPProvider, sse_events
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     kind = "openai"
-
-    def __init__(self, config: ProviderConfig, price: Price):
-        self.name = config.name
-        self.price = price
-        self._config = config
-        self._client = make_client(config)
-
-    def serves(self, model: str) -> bool:
-        return self._config.upstream_model(model) is not None
 
     def _headers(self) -> dict[str, str]:
         key = self._config.api_key()
@@ -48,18 +37,11 @@ class OpenAIProvider:
             if "error" in data:
                 error = data["error"] or {}
                 raise ProviderError(self.name, f"stream error: {error.get('message') or error}")
-            usage = Usage(**data["usage"]) if data.get("usage") else None
-            text, finish = "", None
-            for choice in data.get("choices") or []:
-                text += (choice.get("delta") or {}).get("content") or ""
-                finish = choice.get("finish_reason") or finish
-            if text or finish or usage:
-                yield [EngineDelta(text=text, finish_reason=finish, usage=usage)]
+            delta = delta_from_chunk(data)
+            if delta is not None:
+                yield [delta]
 
     async def check_health(self) -> None:
         response = await self._client.get("/models", headers=self._headers())
         if response.status_code >= 500:
             raise ProviderError(self.name, f"health check: HTTP {response.status_code}", status=response.status_code)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

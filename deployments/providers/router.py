@@ -170,11 +170,10 @@ class ProviderRouter:
                 return
             finally:
                 self.stats.leave(provider.name)
-        retry_after = 1 if not queue else math.ceil(max(0.0, deadline - time.monotonic()))
         raise ServiceUnavailable(
             "no model provider could answer: " + "; ".join(out.failures[-5:] or ["none serves this model"]),
             code="providers_unavailable",
-            retry_after_s=retry_after,
+            retry_after_s=1,
         )
 
     @staticmethod

@@ -90,12 +90,17 @@ def _fault_response(fault: Fault, kind: str) -> Response | None:
     return JSONResponse(body, status_code=fault.status, headers=headers)
 
 
+async def _intake(script: Script, request: Request, kind: str) -> tuple[dict, Fault, Response | None]:
+    """Record the request, take its scripted fault, and the error response that fault calls for (if any)."""
+    body = await request.json()
+    script.requests.append((time.monotonic(), body, dict(request.headers)))
+    fault = script.faults.popleft() if script.faults else Fault()
+    return body, fault, _fault_response(fault, kind)
+
+
 def openai_app(script: Script) -> Starlette:
     async def chat(request: Request) -> Response:
-        body = await request.json()
-        script.requests.append((time.monotonic(), body, dict(request.headers)))
-        fault = script.faults.popleft() if script.faults else Fault()
-        failed = _fault_response(fault, "openai")
+        body, fault, failed = await _intake(script, request, "openai")
         if failed is not None:
             return failed
         text = script.answer(_prefill(body["messages"]))
@@ -123,10 +128,7 @@ def openai_app(script: Script) -> Starlette:
 
 def anthropic_app(script: Script) -> Starlette:
     async def messages(request: Request) -> Response:
-        body = await request.json()
-        script.requests.append((time.monotonic(), body, dict(request.headers)))
-        fault = script.faults.popleft() if script.faults else Fault()
-        failed = _fault_response(fault, "anthropic")
+        body, fault, failed = await _intake(script, request, "anthropic")
         if failed is not None:
             return failed
         text = script.answer(_prefill(body["messages"]))
