@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from serve_app.settings import Settings
@@ -18,16 +19,26 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     from ray.serve.llm import build_llm_deployment
 
     from deployments.llm import build_llm_config
-    from serve_app.model_prep import resolve_model_source
 
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
     if not settings.redis_url:
         raise ValueError("redis_url is not set: set REDIS_URL (or use `llmserve up`, which embeds one)")
     if not settings.master_key_hash():
         raise ValueError("no master key: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
-    model_source = resolve_model_source(settings.model, settings.model_cache_dir, progress=print)
+    model_source = preflight(settings)
     llm = build_llm_deployment(build_llm_config(settings, model_source), name_prefix="LLM:")
     return compose(settings, llm)
+
+
+def preflight(settings: Settings, progress: Callable[[str], None] = print) -> str:
+    """What must hold before anything starts: the model is reachable (SmolLM2 is prepared on first use) and
+    the quantization mode suits its checkpoint and the hardware. Returns the model source for vLLM."""
+    from serve_app.model_prep import resolve_model_source
+    from serve_app.quantization import check_quantization
+
+    model_source = resolve_model_source(settings.model, settings.model_cache_dir, progress=progress)
+    check_quantization(settings.quantization, settings.accelerator, settings.accelerator_type, model_source)
+    return model_source
 
 
 def compose(settings: Settings, llm: Application) -> Application:

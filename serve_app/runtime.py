@@ -77,8 +77,10 @@ def start_local(
     import ray
     from ray import serve
 
-    from serve_app.builder import build_app
+    from serve_app.builder import build_app, preflight
 
+    if build is None:
+        preflight(settings, say)  # a wrong model or quantization fails here, before Ray starts
     engine_environment()
     embedded = None
     if not settings.redis_url:

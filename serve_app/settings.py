@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from serve_app.provider_config import ProviderConfig, default_providers
+from serve_app.quantization import check_quantization
 from state.api_keys import key_hash
 
 _DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
@@ -119,7 +120,13 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica (tensor parallelism).")
     dtype: str = Field("float32", description="vLLM dtype (float32 on CPU; auto/bfloat16 on GPU).")
     max_model_len: int = Field(2048, ge=128, description="Context window given to vLLM.")
-    quantization: str | None = Field(None, description="vLLM quantization mode (awq, gptq, fp8, ...).")
+    quantization: str | None = Field(
+        None,
+        description=(
+            "vLLM quantization mode (awq, gptq, fp8, compressed-tensors, ...; serve_app/quantization.py). Checked "
+            "before start: the mode must suit the checkpoint (awq needs an AWQ checkpoint) and the hardware."
+        ),
+    )
     kv_cache_memory_bytes: int | None = Field(
         256 * 1024**2, description="KV cache size per replica; required on CPU or vLLM reserves most RAM."
     )
@@ -222,6 +229,7 @@ class Settings(BaseSettings):
             raise ValueError(f"provider names must be unique: {names}")
         if sum(p.kind == "self_hosted" for p in self.providers) > 1:
             raise ValueError("at most one self_hosted provider (it is this app's vLLM deployment)")
+        check_quantization(self.quantization, self.accelerator, self.accelerator_type, model_source=None)
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self

@@ -1,0 +1,79 @@
+"""Quantization modes are checked before anything starts: name, hardware, checkpoint; and reach vLLM."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.builder import preflight
+from serve_app.quantization import QUANTIZATION_MODES, QuantizationError, check_quantization
+from serve_app.settings import Settings
+
+
+def checkpoint(tmp_path, quant_method: str | None):
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    if quant_method:
+        config["quantization_config"] = {"quant_method": quant_method, "bits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def test_the_mode_list_is_vllms_own():
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    assert set(QUANTIZATION_MODES) == set(QUANTIZATION_METHODS)
+
+
+def test_an_unknown_mode_is_refused_by_the_settings():
+    with pytest.raises(ValidationError, match="unknown quantization 'awq4'"):
+        Settings(quantization="awq4")
+
+
+def test_a_gpu_only_mode_on_cpu_is_refused_with_what_runs_instead():
+    with pytest.raises(ValidationError, match="'fp8' needs a GPU.*awq"):
+        Settings(quantization="fp8", accelerator="cpu")
+
+
+def test_a_mode_the_gpu_type_is_too_old_for_is_refused():
+    with pytest.raises(ValidationError, match="'fbgemm_fp8' needs CUDA compute capability 8.0; T4 has 7.5"):
+        Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="T4", dtype="auto")
+    Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="A10G", dtype="auto")
+
+
+def test_awq_needs_an_awq_checkpoint(tmp_path):
+    plain = checkpoint(tmp_path, None)
+    with pytest.raises(QuantizationError, match="needs a checkpoint quantized with awq.*unquantized checkpoint"):
+        check_quantization("awq", "gpu", "A10G", plain)
+
+
+def test_a_gptq_mode_on_an_awq_checkpoint_is_refused(tmp_path):
+    with pytest.raises(QuantizationError, match="'gptq' needs a checkpoint quantized with gptq.*'awq' checkpoint"):
+        check_quantization("gptq", "gpu", "L4", checkpoint(tmp_path, "awq"))
+
+
+def test_matching_checkpoints_pass(tmp_path):
+    awq = checkpoint(tmp_path, "awq")
+    check_quantization("awq", "cpu", None, awq)
+    check_quantization("awq_marlin", "gpu", "A10G", awq)
+    check_quantization("gptq", "cpu", None, checkpoint(tmp_path, "gptq"))
+
+
+def test_online_fp8_takes_a_full_precision_checkpoint_but_not_an_int4_one(tmp_path):
+    check_quantization("fp8", "gpu", "L4", checkpoint(tmp_path, None))
+    with pytest.raises(QuantizationError, match="already quantized with 'awq'"):
+        check_quantization("fp8", "gpu", "L4", checkpoint(tmp_path, "awq"))
+
+
+def test_preflight_refuses_before_anything_starts(tmp_path):
+    settings = Settings(model=checkpoint(tmp_path, None), quantization="gptq", data_dir=tmp_path)
+    with pytest.raises(QuantizationError, match="gptq"):
+        preflight(settings)
+
+
+def test_the_mode_reaches_the_vllm_engine_arguments(tmp_path):
+    from deployments.llm import build_llm_config
+
+    settings = Settings(quantization="awq", accelerator="gpu", accelerator_type="A10G", dtype="auto")
+    config = build_llm_config(settings, checkpoint(tmp_path, "awq"))
+    assert config.engine_kwargs["quantization"] == "awq"
+    assert config.accelerator_type == "A10G"
