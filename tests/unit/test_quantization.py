@@ -30,24 +30,24 @@ def test_an_unknown_mode_is_refused_by_the_settings():
 
 
 def test_a_gpu_only_mode_on_cpu_is_refused_with_what_runs_instead():
-    with pytest.raises(ValidationError, match="'fp8' needs a GPU.*awq"):
+    with pytest.raises(ValidationError, match=r"'fp8' needs a GPU.*awq"):
         Settings(quantization="fp8", accelerator="cpu")
 
 
 def test_a_mode_the_gpu_type_is_too_old_for_is_refused():
-    with pytest.raises(ValidationError, match="'fbgemm_fp8' needs CUDA compute capability 8.0; T4 has 7.5"):
+    with pytest.raises(ValidationError, match=r"'fbgemm_fp8' needs CUDA compute capability 8\.0; T4 has 7\.5"):
         Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="T4", dtype="auto")
     Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="A10G", dtype="auto")
 
 
 def test_awq_needs_an_awq_checkpoint(tmp_path):
     plain = checkpoint(tmp_path, None)
-    with pytest.raises(QuantizationError, match="needs a checkpoint quantized with awq.*unquantized checkpoint"):
+    with pytest.raises(QuantizationError, match=r"needs a checkpoint quantized with awq.*unquantized checkpoint"):
         check_quantization("awq", "gpu", "A10G", plain)
 
 
 def test_a_gptq_mode_on_an_awq_checkpoint_is_refused(tmp_path):
-    with pytest.raises(QuantizationError, match="'gptq' needs a checkpoint quantized with gptq.*'awq' checkpoint"):
+    with pytest.raises(QuantizationError, match=r"'gptq' needs a checkpoint quantized with gptq.*'awq' checkpoint"):
         check_quantization("gptq", "gpu", "L4", checkpoint(tmp_path, "awq"))
 
 
