@@ -1,0 +1,79 @@
+"""Production Redis as deploy/redis.conf configures it: password, AOF with fsync every second, nothing lost
+across a restart or a crash; and Redis Sentinel URLs."""
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from state.redis_client import async_redis, parse_sentinel_url
+from tests.services import RedisServer, SentinelServer
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = RedisServer(tmp_path / "redis").start()
+    yield srv
+    srv.stop()
+
+
+def test_the_config_turns_on_aof_every_second_and_refuses_eviction(server):
+    config = server.client().config_get("*")
+    assert config["appendonly"] == "yes"
+    assert config["appendfsync"] == "everysec"
+    assert config["maxmemory-policy"] == "noeviction"
+
+
+def test_a_password_is_required_and_the_url_carries_it(server):
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port).ping()
+
+    async def roundtrip():
+        client = async_redis(server.url)
+        await client.set("k", "v")
+        value = await client.get("k")
+        await client.aclose()
+        return value
+
+    assert asyncio.run(roundtrip()) == "v"
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["clean-restart", "crash"])
+def test_writes_survive_a_restart_and_a_crash(server, kill):
+    client = server.client()
+    client.xadd("queue", {"n": "1"})
+    for i in range(100):
+        client.hincrby("usage", "tokens", i)
+    time.sleep(1.5)  # appendfsync everysec: a crash loses at most the last second
+    server.stop(kill=kill)
+    server.start()
+    client = server.client()
+    assert client.hget("usage", "tokens") == str(sum(range(100)))
+    assert client.xlen("queue") == 1
+
+
+def test_a_sentinel_url_finds_the_master(server, tmp_path):
+    sentinel = SentinelServer(server, tmp_path / "sentinel").start()
+    try:
+
+        async def roundtrip():
+            client = async_redis(sentinel.url)
+            await client.set("via-sentinel", "yes")
+            value = await client.get("via-sentinel")
+            await client.aclose()
+            return value
+
+        assert asyncio.run(roundtrip()) == "yes"
+        assert server.client().get("via-sentinel") == "yes"
+    finally:
+        sentinel.stop()
+
+
+def test_sentinel_urls_are_parsed_with_every_part():
+    parsed = parse_sentinel_url("rediss+sentinel://app:p%40ss@s1:26379,s2:26380/mymaster/2?sentinel_password=x")
+    assert parsed.sentinels == [("s1", 26379), ("s2", 26380)]
+    assert (parsed.service_name, parsed.db, parsed.username, parsed.password) == ("mymaster", 2, "app", "p@ss")
+    assert parsed.sentinel_password == "x" and parsed.tls
+    with pytest.raises(ValueError, match="service name"):
+        parse_sentinel_url("redis+sentinel://s1:26379")
