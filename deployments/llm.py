@@ -43,6 +43,8 @@ def build_llm_config(settings: Settings, model_source: str) -> LLMConfig:
             "initial_replicas": max(1, settings.llm_min_replicas),
             "max_replicas": settings.llm_max_replicas,
             "target_ongoing_requests": settings.llm_target_ongoing_requests,
+            "upscale_delay_s": settings.llm_upscale_delay_s,
+            "downscale_delay_s": settings.llm_downscale_delay_s,
         },
         "max_ongoing_requests": settings.llm_max_ongoing_requests,
         "max_queued_requests": settings.llm_max_queued_requests,

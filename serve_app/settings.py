@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     llm_min_replicas: int = Field(1, ge=0, description="Autoscaling floor of vLLM replicas.")
     llm_max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling of vLLM replicas.")
     llm_target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per vLLM replica.")
+    llm_upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long load must stay above target before a vLLM replica is added."
+    )
+    llm_downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long load must stay below target before a vLLM replica is removed."
+    )
     llm_max_ongoing_requests: int = Field(64, ge=1, description="Requests one vLLM replica takes at once.")
     llm_max_queued_requests: int = Field(
         64, ge=0, description="Requests waiting for a busy vLLM replica; Serve rejects more (503)."
