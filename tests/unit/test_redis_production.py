@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from state.redis_client import async_redis, parse_sentinel_url
+from state.redis_client import EmbeddedRedis, async_redis, parse_sentinel_url
 from tests.services import RedisServer, SentinelServer
 
 
@@ -77,3 +77,14 @@ def test_sentinel_urls_are_parsed_with_every_part():
     assert parsed.sentinel_password == "x" and parsed.tls
     with pytest.raises(ValueError, match="service name"):
         parse_sentinel_url("redis+sentinel://s1:26379")
+
+
+def test_the_embedded_redis_stops_cleanly_and_keeps_its_data(tmp_path):
+    embedded = EmbeddedRedis(tmp_path)
+    redis.Redis(unix_socket_path=embedded.url.removeprefix("unix://")).set("kept", "1")
+    embedded.close()  # what `llmserve up` does on Ctrl-C
+    again = EmbeddedRedis(tmp_path)
+    try:
+        assert redis.Redis(unix_socket_path=again.url.removeprefix("unix://")).get("kept") == b"1"
+    finally:
+        again.close()
