@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from benchmarks.loadgen import median_of, run_level, run_poisson, summarize
 
 _WORDS = [
@@ -93,16 +95,20 @@ def measure(
     repeats: int = 1,
     ttft_slo_s: float | None = None,
     tpot_slo_s: float | None = None,
+    duration_s: float | None = None,
 ) -> dict[str, dict]:
-    """{level label: median metrics}. Labels: 'c=<n>' for concurrency levels, 'rate=<r>' for Poisson rates."""
+    """{level label: median metrics}. Labels: 'c=<n>' for concurrency levels, 'rate=<r>' for Poisson rates.
+    With `duration_s`, each concurrency level runs that long (cycling through the prompts) instead of once
+    through them."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     bodies = workload.bodies()
     asyncio.run(run_level(url, headers, bodies[:4], 2))  # warm-up
     results: dict[str, dict] = {}
     for c in concurrency or ([] if rates else [1]):
-        level = bodies[: max(workload.requests // 2, 2 * c)] if c == 1 else bodies
+        level = bodies[: max(workload.requests // 2, 2 * c)] if c == 1 and not duration_s else bodies
         runs = [
-            summarize(*asyncio.run(run_level(url, headers, level, c)), ttft_slo_s, tpot_slo_s) for _ in range(repeats)
+            summarize(*asyncio.run(run_level(url, headers, level, c, duration_s)), ttft_slo_s, tpot_slo_s)
+            for _ in range(repeats)
         ]
         results[f"c={c}"] = {"concurrency": c, **median_of(runs)}
     for rate in rates or []:
@@ -112,3 +118,23 @@ def measure(
         ]
         results[f"rate={rate:g}"] = {"rate": rate, **median_of(runs)}
     return results
+
+
+TABLE_COLUMNS = {
+    "req/s": "req_per_s",
+    "goodput": "goodput_req_per_s",
+    "out tok/s": "output_tok_per_s",
+    "TTFT p50": "ttft_p50_ms",
+    "TTFT p99": "ttft_p99_ms",
+    "TPOT p50": "tpot_p50_ms",
+    "ITL p99": "itl_p99_ms",
+    "e2e p50": "e2e_p50_ms",
+}
+
+
+def results_table(results: dict[str, dict]) -> Table:
+    """The rich table `llmserve bench` and the GPU smoke script print (latencies in ms)."""
+    table = Table("level", *TABLE_COLUMNS)
+    for level, metrics in results.items():
+        table.add_row(level, *(f"{metrics[key]:.1f}" for key in TABLE_COLUMNS.values()))
+    return table

@@ -8,6 +8,7 @@ request: TTFT (first content token), inter-token gaps, end-to-end latency, compl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import statistics
@@ -73,19 +74,23 @@ async def run_poisson(
 
 
 async def run_level(
-    url: str, headers: dict[str, str], bodies: list[dict], concurrency: int
+    url: str, headers: dict[str, str], bodies: list[dict], concurrency: int, duration_s: float | None = None
 ) -> tuple[list[Record], float]:
-    """Send every body, `concurrency` at a time. Returns the records and the wall time."""
+    """Send every body, `concurrency` at a time; with `duration_s`, cycle through the bodies and start no new
+    request after that long (those in flight finish). Returns the records and the wall time."""
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
-        pending = list(reversed(bodies))
+        source = itertools.cycle(bodies) if duration_s else iter(bodies)
         records: list[Record] = []
+        start = time.perf_counter()
+        stop_at = start + duration_s if duration_s else float("inf")
 
         async def worker() -> None:
-            while pending:
-                records.append(await one_request(client, pending.pop()))
+            for body in source:
+                records.append(await one_request(client, body))
+                if time.perf_counter() >= stop_at:
+                    return
 
-        start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return records, time.perf_counter() - start
 

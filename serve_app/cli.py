@@ -312,7 +312,7 @@ def bench(
     """Latency and throughput (TTFT, TPOT, ITL, e2e, goodput) at fixed concurrency or Poisson arrivals."""
     import json
 
-    from benchmarks.bench import Workload, measure
+    from benchmarks.bench import Workload, measure, results_table
 
     settings = _settings(config)
     workload = Workload(
@@ -340,23 +340,5 @@ def bench(
     results = measure(target, key, workload, levels, rate, repeats=repeats, **slo)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    table = Table("level", "req/s", "goodput", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p99", "e2e p50")
-    for level, m in results.items():
-        table.add_row(
-            level,
-            *(
-                f"{m[k]:.1f}"
-                for k in (
-                    "req_per_s",
-                    "goodput_req_per_s",
-                    "output_tok_per_s",
-                    "ttft_p50_ms",
-                    "ttft_p99_ms",
-                    "tpot_p50_ms",
-                    "itl_p99_ms",
-                    "e2e_p50_ms",
-                )
-            ),
-        )
-    console.print(table)
+    console.print(results_table(results))
     console.print(f"latencies in ms; JSON in {out}/results.json")

@@ -60,3 +60,10 @@ def test_poisson_arrivals_pace_an_open_loop():
         first, wall = asyncio.run(run_poisson(url, {}, [BODY] * 20, rate=40.0, seed=7))
     assert len(first) == 20 and all(r.status == 200 for r in first)
     assert 0.2 < wall < 2.0  # 20 arrivals at 40/s: about half a second
+
+
+def test_a_timed_level_cycles_prompts_until_its_duration_is_up():
+    with scripted_server(0.05, 100.0) as url:  # ~140 ms per request
+        records, wall = asyncio.run(run_level(url, {}, [BODY] * 2, concurrency=2, duration_s=1.0))
+    assert 1.0 <= wall < 1.5  # no new request after 1 s; those in flight finish
+    assert 10 <= len(records) <= 18 and all(r.status == 200 for r in records)
