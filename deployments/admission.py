@@ -57,6 +57,10 @@ class AdmissionGate:
     def inflight(self, model: str) -> int:
         return self._inflight[model]
 
+    def total(self) -> int:
+        """Requests in flight for every model."""
+        return sum(self._inflight.values())
+
     def _leave(self, model: str) -> None:
         self._inflight[model] -= 1
         if self._inflight[model] <= 0:

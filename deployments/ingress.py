@@ -6,6 +6,7 @@ or SSE. It is the only place that builds HTTP responses.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.batch_api import router as batch_router
 from deployments.gateway import MASTER_KID, Gateway, Principal
 from deployments.handles import configured
 from deployments.http_errors import install_error_handlers
@@ -34,12 +36,16 @@ from serve_app.models import (
 )
 from serve_app.settings import Settings
 from state.api_keys import KeyLimits
+from state.batches import BatchStore
+from state.files import FileStore
+from state.interactive_load import InteractiveLoad
 from state.redis_client import async_redis
 
 app = FastAPI(title="llmserve", version="0.1.0", description="OpenAI-compatible LLM serving on Ray Serve.")
 install_error_handlers(app)
 
 app.add_middleware(GatewayMiddleware)
+app.include_router(batch_router)  # /v1/files, /v1/batches
 
 
 class NewKey(KeyLimits):
@@ -49,12 +55,23 @@ class NewKey(KeyLimits):
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, settings: Settings, orchestrator: DeploymentHandle):
+    def __init__(
+        self, settings: Settings, orchestrator: DeploymentHandle, batch_worker: DeploymentHandle | None = None
+    ):
         if not settings.master_key_hash():
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
-        self._gateway = Gateway(settings, async_redis(settings.redis_url))
+        client = async_redis(settings.redis_url)
+        self._gateway = Gateway(settings, client)
         app.state.gateway = self._gateway
+        app.state.settings = settings
         app.state.max_body_bytes = settings.max_body_bytes
+        app.state.max_file_bytes = settings.max_file_bytes
+        app.state.files = FileStore(client, settings.redis_prefix)
+        app.state.batches = BatchStore(client, settings.redis_prefix)
+        app.state.batch_worker = configured(batch_worker, settings) if batch_worker is not None else None
+        # Batch workers yield to interactive traffic: publish how much of it this replica has in flight.
+        load = InteractiveLoad(client, settings.redis_prefix)
+        self._publisher = asyncio.get_event_loop().create_task(load.run_publisher(self._gateway.admission.total))
         self._settings = settings
         self._orchestrator = configured(orchestrator, settings)
         self._stream = self._orchestrator.options(stream=True)

@@ -21,7 +21,8 @@ _GUARDED = ("/v1/", "/admin/")
 
 
 class GatewayMiddleware:
-    """Reads `gateway` (a Gateway) and `max_body_bytes` from the app's state, set by the ingress replica."""
+    """Reads `gateway` (a Gateway), `max_body_bytes` and `max_file_bytes` (uploads to /v1/files) from the app's
+    state, set by the ingress replica."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -44,7 +45,9 @@ class GatewayMiddleware:
                 state["principal"] = principal = await gateway.authenticate(headers.get("authorization", ""))
                 if path.startswith("/admin/") and not principal.admin:
                     raise PermissionDenied("admin routes need the master key")
-                receive = await _bounded_body(headers, receive, app_state.max_body_bytes)
+                uploading = path == "/v1/files" and scope.get("method") == "POST"
+                limit = app_state.max_file_bytes if uploading else app_state.max_body_bytes
+                receive = await _bounded_body(headers, receive, limit)
             except LLMServeError as exc:
                 await error_response(exc, request_id)(scope, receive, send)
                 return

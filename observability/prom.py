@@ -20,6 +20,7 @@ HISTOGRAMS = {
     "llmserve_tpot_seconds": ("Time per output token after the first.", TOKEN_GAP_BUCKETS, ("provider",)),
     "llmserve_e2e_seconds": ("Whole request, orchestrator's view.", LATENCY_BUCKETS, ("provider", "status")),
     "llmserve_stage_seconds": ("Time per stage of a request.", LATENCY_BUCKETS, ("stage",)),
+    "llmserve_batch_request_seconds": ("One batch request, worker's view.", LATENCY_BUCKETS, ()),
 }
 COUNTERS = {
     "llmserve_requests_total": ("Requests by outcome and provider.", ("provider", "status")),
@@ -27,18 +28,25 @@ COUNTERS = {
     "llmserve_errors_total": ("Error responses by OpenAI error type and status.", ("type", "status")),
     "llmserve_failovers_total": ("Failed provider attempts, by provider.", ("provider",)),
     "llmserve_cost_usd_total": ("Provider cost in USD, by provider.", ("provider",)),
+    "llmserve_batch_requests_total": ("Batch request results (ok, err, skip), counted once.", ("result",)),
+}
+GAUGES = {
+    "llmserve_batch_queue_depth": ("Batch requests queued or in flight.", ()),
+    "llmserve_batch_queue_oldest_age_seconds": ("Age of the oldest queued batch request.", ()),
 }
 
 
 @cache
 def _metrics() -> dict:
-    from ray.util.metrics import Counter, Histogram
+    from ray.util.metrics import Counter, Gauge, Histogram
 
     made: dict = {}
     for name, (description, buckets, tags) in HISTOGRAMS.items():
         made[name] = Histogram(name, description=description, boundaries=buckets, tag_keys=tags)
     for name, (description, tags) in COUNTERS.items():
         made[name] = Counter(name, description=description, tag_keys=tags)
+    for name, (description, tags) in GAUGES.items():
+        made[name] = Gauge(name, description=description, tag_keys=tags)
     return made
 
 
@@ -61,3 +69,10 @@ def inc(name: str, value: float = 1.0, **tags: str) -> None:
         return
     with contextlib.suppress(Exception):
         _metrics()[name].inc(value, tags=tags)
+
+
+def set_gauge(name: str, value: float, **tags: str) -> None:
+    if not _enabled():
+        return
+    with contextlib.suppress(Exception):
+        _metrics()[name].set(value, tags=tags)

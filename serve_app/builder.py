@@ -42,8 +42,10 @@ def preflight(settings: Settings, progress: Callable[[str], None] = print) -> st
 
 
 def compose(settings: Settings, llm: Application) -> Application:
-    """Ingress -> Orchestrator -> (Retriever, `llm`): the graph in front of any engine deployment with the
-    handle interface of ray.serve.llm's LLMServer (benchmarks put a fake engine there)."""
+    """Ingress -> Orchestrator -> (Retriever, `llm`), and the batch workers (-> Orchestrator): the graph in
+    front of any engine deployment with the handle interface of ray.serve.llm's LLMServer (benchmarks put a
+    fake engine there)."""
+    from deployments.batch_worker import BatchWorker
     from deployments.ingress import Ingress
     from deployments.orchestrator import Orchestrator
     from deployments.retriever import Retriever
@@ -54,6 +56,17 @@ def compose(settings: Settings, llm: Application) -> Application:
     orchestrator = Orchestrator.options(
         num_replicas=settings.orchestrator_replicas, ray_actor_options=light, max_ongoing_requests=1000
     ).bind(shipped, llm, retriever)
+    batch_worker = BatchWorker.options(
+        ray_actor_options=light,
+        autoscaling_config={
+            "min_replicas": settings.batch_worker_min_replicas,
+            "initial_replicas": settings.batch_worker_min_replicas,
+            "max_replicas": settings.batch_worker_max_replicas,
+            "upscale_delay_s": 10.0,
+            "downscale_delay_s": 120.0,
+            "policy": {"policy_function": "deployments.batch_worker:queue_autoscaling_policy"},
+        },
+    ).bind(shipped, orchestrator)
     return Ingress.options(
         num_replicas=settings.ingress_replicas, ray_actor_options=light, max_ongoing_requests=1000
-    ).bind(shipped, orchestrator)
+    ).bind(shipped, orchestrator, batch_worker)

@@ -1,4 +1,4 @@
-"""`llmserve`: up (serve everything locally), ingest (RAG documents), prepare-model."""
+"""`llmserve`: up (serve everything locally), ingest, keys, prepare-model, cost, bench, batches."""
 
 from __future__ import annotations
 
@@ -240,10 +240,6 @@ def _server_answers(url: str) -> bool:
         return False
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("cost")
 def cost(
     gpu_hour_usd: Annotated[
@@ -342,3 +338,58 @@ def bench(
     (out / "results.json").write_text(json.dumps(results, indent=2))
     console.print(results_table(results))
     console.print(f"latencies in ms; JSON in {out}/results.json")
+
+
+@app.command("batches")
+def batches(
+    watch: Annotated[bool, typer.Option(help="Refresh every 2 s until no batch is running.")] = False,
+    limit: Annotated[int, typer.Option(help="How many of the newest batches to show.")] = 20,
+    server: ServerOption = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar=["LLMSERVE_API_KEY", "LLMSERVE_MASTER_KEY"], help="Whose batches to show.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Your batches (OpenAI Batch API) with their progress and counts, and the queue when you hold the master key."""
+    from rich.live import Live
+    from rich.progress_bar import ProgressBar
+
+    settings = _settings(config)
+    if not api_key:
+        raise typer.BadParameter("set LLMSERVE_API_KEY (or LLMSERVE_MASTER_KEY) or --api-key")
+    url = server or f"http://{settings.host}:{settings.port}"
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+
+    def render() -> tuple[Table, bool]:
+        data = _check(client.get("/v1/batches", params={"limit": limit}))["data"]
+        table = Table("batch", "status", "progress", "done/total", "completed", "failed", "output file", "error file")
+        running = False
+        for b in data:
+            counts = b["request_counts"]
+            done = counts["completed"] + counts["failed"]
+            running |= b["status"] in ("validating", "in_progress", "finalizing", "cancelling")
+            table.add_row(
+                b["id"], b["status"], ProgressBar(total=max(counts["total"], 1), completed=done, width=24),
+                f"{done}/{counts['total']}", str(counts["completed"]), str(counts["failed"]),
+                b["output_file_id"] or "-", b["error_file_id"] or "-",
+            )  # fmt: skip
+        queue = client.get("/admin/batch-queue")
+        if queue.status_code == 200:
+            q = queue.json()
+            table.caption = f"queue: {q['queue_depth']} requests waiting or running, oldest {q['oldest_age_s']:.0f} s"
+        return table, running
+
+    with client:
+        table, running = render()
+        if not watch or not running:
+            console.print(table)
+            return
+        with Live(table, console=console, refresh_per_second=2) as live:
+            while running:
+                threading.Event().wait(2.0)
+                table, running = render()
+                live.update(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -165,6 +165,33 @@ class Settings(BaseSettings):
     breaker_window_s: float = Field(30.0, gt=0, description="Window in which breaker failures are counted.")
     breaker_open_s: float = Field(15.0, gt=0, description="How long an open breaker sends nothing before a probe.")
 
+    # --- batch API (OpenAI Batch API on a Redis Stream) --------------------------------------------
+    max_file_bytes: int = Field(
+        200 * 1024**2, ge=1024, description="Largest upload to POST /v1/files (OpenAI's limit is 200 MB)."
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold.")
+    batch_worker_min_replicas: int = Field(1, ge=1, description="Autoscaling floor of batch worker replicas.")
+    batch_worker_max_replicas: int = Field(4, ge=1, description="Autoscaling ceiling of batch worker replicas.")
+    batch_max_inflight: int = Field(8, ge=1, description="Batch requests one worker replica runs at once.")
+    batch_yield_at: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Interactive requests in flight (cluster-wide) at which the workers start no new batch request: "
+            "1 = batch work only fills time when no interactive request is running."
+        ),
+    )
+    batch_visibility_timeout_s: float = Field(
+        300.0, gt=0, description="A queued request held this long by a worker is redelivered (its worker died)."
+    )
+    batch_max_attempts: int = Field(3, ge=1, description="Deliveries of one request before it goes to the error file.")
+    batch_queue_per_replica: int = Field(
+        200, ge=1, description="Autoscaling target: queued batch requests per worker replica."
+    )
+    batch_max_age_s: float = Field(
+        600.0, gt=0, description="Autoscaling: one more worker replica while the oldest queued request is older."
+    )
+
     # --- replicas ----------------------------------------------------------------------------------
     llm_min_replicas: int = Field(1, ge=0, description="Autoscaling floor of vLLM replicas.")
     llm_max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling of vLLM replicas.")
@@ -236,6 +263,8 @@ class Settings(BaseSettings):
         if sum(p.kind == "self_hosted" for p in self.providers) > 1:
             raise ValueError("at most one self_hosted provider (it is this app's vLLM deployment)")
         check_quantization(self.quantization, self.accelerator, self.accelerator_type, model_source=None)
+        if self.batch_worker_min_replicas > self.batch_worker_max_replicas:
+            raise ValueError("batch_worker_min_replicas must not exceed batch_worker_max_replicas")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self

@@ -122,19 +122,18 @@ class Limiter:
         allowed, reason, retry_after = await self._admit(keys=keys, args=args)
         return Admission(bool(allowed), reason, int(retry_after))
 
+    def charge_keys(self, kid: str) -> list[str]:
+        """Where a key's spend and usage are counted: spend hash, all-time usage, today's usage (other
+        scripts that charge a key, such as batch commits, write the same keys)."""
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        return [f"{self._base(kid)}:spend", f"{self._p}:usage:{{{kid}}}", f"{self._p}:usage:{{{kid}}}:{day}"]
+
     async def settle(
         self, kid: str, request_id: str, prompt_tokens: int, completion_tokens: int, cost_usd: float
     ) -> bool:
         """Replace the reservation with real usage. False when it was already settled or reclaimed."""
         base = self._base(kid)
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        keys = [
-            f"{base}:inflight",
-            f"{base}:resv",
-            f"{base}:spend",
-            f"{self._p}:usage:{{{kid}}}",
-            f"{self._p}:usage:{{{kid}}}:{day}",
-        ]
+        keys = [f"{base}:inflight", f"{base}:resv", *self.charge_keys(kid)]
         return bool(await self._settle(keys=keys, args=[request_id, prompt_tokens, completion_tokens, repr(cost_usd)]))
 
     async def usage(self, kid: str) -> dict[str, float]:

@@ -17,6 +17,7 @@ MODEL = "SmolLM2-135M-Instruct"
 ADMISSION_CAPACITY = 24
 FALLBACK_ONLY_MODEL = "managed-only"
 FALLBACK_CONTINUATION = " [continued by the fallback provider]"
+BATCH_VISIBILITY_S = 8.0
 
 
 def _free_port() -> int:
@@ -58,6 +59,9 @@ def stack(tmp_path_factory, fallback):
         max_tokens_cap=512,
         max_inflight_per_model=ADMISSION_CAPACITY,
         metrics_flush_interval_s=0.5,
+        # Batch workers: a short visibility timeout so a killed worker's requests come back within a test.
+        batch_visibility_timeout_s=BATCH_VISIBILITY_S,
+        batch_max_inflight=4,
         providers=[
             ProviderConfig(name="self-hosted", kind="self_hosted"),
             ProviderConfig(

@@ -1,0 +1,150 @@
+"""The OpenAI Files and Batch API routes (HTTP only; the logic is in deployments/batch_jobs.py and state/).
+
+Every file and batch belongs to the API key that made it; another key gets 404 for it, as if it did not
+exist. The master key sees everything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.batch_jobs import ENDPOINT, intake
+from deployments.gateway import Principal
+from serve_app.errors import InvalidRequest, NotFound
+from state.batches import BatchStore
+from state.files import PURPOSES, FileStore
+
+router = APIRouter()
+
+
+class NewBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_file_id: str = Field(..., min_length=1, max_length=200)
+    endpoint: str = ENDPOINT
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+def _stores(request: Request) -> tuple[FileStore, BatchStore, Principal]:
+    state = request.app.state
+    return state.files, state.batches, request.state.principal
+
+
+@router.post("/v1/files")
+async def create_file(
+    request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+) -> dict[str, Any]:
+    """Upload a file (multipart: `file`, `purpose`). Batch input: JSONL, one request per line."""
+    files, _, principal = _stores(request)
+    if purpose not in ("batch", "user_data"):
+        raise InvalidRequest(f"purpose must be one of 'batch', 'user_data', not {purpose!r}", param="purpose")
+    content = await file.read()
+    if not content:
+        raise InvalidRequest("the file is empty", param="file")
+    return await files.create(principal.kid, file.filename or "upload.jsonl", purpose, content)
+
+
+@router.get("/v1/files")
+async def list_files(
+    request: Request,
+    purpose: Annotated[Literal[PURPOSES] | None, Query()] = None,  # type: ignore[valid-type]
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> dict[str, Any]:
+    files, _, principal = _stores(request)
+    data = await files.list(principal.kid, purpose, limit)
+    return {"object": "list", "data": data, "has_more": False}
+
+
+@router.get("/v1/files/{file_id}")
+async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
+    files, _, principal = _stores(request)
+    found = await files.get(principal.kid, file_id, principal.admin)
+    if found is None:
+        raise NotFound(f"no file {file_id!r}", param="file_id")
+    return found
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(request: Request, file_id: str) -> Response:
+    files, _, principal = _stores(request)
+    content = await files.content(principal.kid, file_id, principal.admin)
+    if content is None:
+        raise NotFound(f"no file {file_id!r}", param="file_id")
+    return Response(content, media_type="application/octet-stream")
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
+    files, _, principal = _stores(request)
+    if not await files.delete(principal.kid, file_id, principal.admin):
+        raise NotFound(f"no file {file_id!r}", param="file_id")
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request, body: NewBatch) -> dict[str, Any]:
+    """Validate the input file's lines (malformed ones go to the error file) and queue the rest."""
+    files, batches, principal = _stores(request)
+    settings = request.app.state.settings
+    return await intake(
+        batches,
+        files,
+        principal.kid,
+        body.input_file_id,
+        body.endpoint,
+        body.completion_window,
+        body.metadata,
+        settings.batch_max_lines,
+    )
+
+
+@router.get("/v1/batches")
+async def list_batches(
+    request: Request,
+    after: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    _, batches, principal = _stores(request)
+    data, has_more = await batches.list(principal.kid, after, limit)
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/v1/batches/{batch_id}")
+async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    _, batches, principal = _stores(request)
+    found = await batches.get(principal.kid, batch_id, principal.admin)
+    if found is None:
+        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
+    return found
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    """Stop the batch: requests not yet started are skipped; those running finish and are kept."""
+    _, batches, principal = _stores(request)
+    found = await batches.get(principal.kid, batch_id, principal.admin)
+    if found is None:
+        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
+    if not await batches.cancel(batch_id) and found["status"] not in ("cancelling", "cancelled"):
+        raise InvalidRequest(f"batch {batch_id!r} is {found['status']} and cannot be cancelled", param="batch_id")
+    return await batches.get(principal.kid, batch_id, principal.admin)
+
+
+@router.get("/admin/batch-queue")
+async def batch_queue(request: Request) -> dict[str, Any]:
+    """The queue's depth and the age of its oldest request, and what a worker replica is doing."""
+    _, batches, _ = _stores(request)
+    depth, oldest = await batches.stats()
+    worker = request.app.state.batch_worker
+    status = await worker.status.remote() if worker is not None else None
+    return {"queue_depth": depth, "oldest_age_s": round(oldest, 3), "worker": status}

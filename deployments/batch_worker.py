@@ -1,0 +1,217 @@
+"""Batch workers: a Serve deployment whose replicas drain the batch queue through the orchestrator (same
+providers, retries and accounting as interactive requests), only while the interactive path has headroom.
+
+Each replica runs one loop: yield while interactive requests are in flight (`batch_yield_at`), else claim up
+to `batch_max_inflight` queued requests (reclaiming those a dead worker held past the visibility timeout),
+run them, and commit each result exactly once. Passing failures (overload, a replica gone) go back to the
+queue; a request delivered `batch_max_attempts` times goes to the error file. Replicas autoscale on the
+queue's depth and the age of its oldest request (`queue_autoscaling_policy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+
+from ray import serve
+from ray.serve.config import AutoscalingContext
+from ray.serve.handle import DeploymentHandle
+
+from deployments.batch_jobs import error_record, finalize, response_record
+from deployments.handles import configured
+from deployments.http_errors import error_body
+from observability import prom
+from observability.wandb_sink import MetricsSink
+from serve_app.errors import QuotaExceeded
+from serve_app.models import ChatRequest, ChatResponse
+from serve_app.settings import Settings
+from state.batches import BatchStore, QueuedRequest
+from state.files import FileStore
+from state.interactive_load import InteractiveLoad
+from state.limits import Limiter
+from state.redis_client import async_redis
+
+logger = logging.getLogger("ray.serve")
+_FINAL_STATUSES = {400, 401, 403, 404, 413, 422}  # the request itself is wrong: retrying cannot help
+_JANITOR_EVERY_S = 15.0
+_STALE_FINALIZE_S = 30.0
+
+
+def queue_autoscaling_policy(ctx: AutoscalingContext) -> tuple[int, dict]:
+    """Replicas for the queue: one per `batch_queue_per_replica` requests waiting, one more while the oldest
+    has waited past `batch_max_age_s`. Every replica reports the same queue-wide numbers; take the max."""
+    metrics = ctx.aggregated_metrics or {}
+    depth = max((metrics.get("queue_depth") or {}).values(), default=0.0)
+    age = max((metrics.get("queue_oldest_age_s") or {}).values(), default=0.0)
+    per_replica = max((metrics.get("queue_per_replica") or {}).values(), default=200.0)
+    max_age = max((metrics.get("queue_max_age_s") or {}).values(), default=600.0)
+    wanted = math.ceil(depth / per_replica) if depth else 0
+    if age > max_age and depth:
+        wanted = max(wanted, ctx.current_num_replicas + 1)
+    return max(wanted, 1), {}
+
+
+@serve.deployment(name="BatchWorker")
+class BatchWorker:
+    def __init__(self, settings: Settings, orchestrator: DeploymentHandle):
+        self._settings = settings
+        client = async_redis(settings.redis_url)
+        self.store = BatchStore(client, settings.redis_prefix)
+        self._files = FileStore(client, settings.redis_prefix)
+        self._limiter = Limiter(client, settings.redis_prefix)
+        self._load = InteractiveLoad(client, settings.redis_prefix)
+        self._orchestrator = configured(orchestrator, settings)
+        self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
+        self._inflight: set[asyncio.Task] = set()
+        self._stats = (0, 0.0)
+        self._sink = MetricsSink(
+            mode=settings.resolved_wandb_mode(),
+            project=settings.wandb_project,
+            directory=settings.wandb_dir,
+            run_name=f"batch-worker-{self._consumer}",
+            group=settings.app_name,
+            flush_interval_s=settings.metrics_flush_interval_s,
+            config={"model": settings.model_name, "role": "batch-worker"},
+        )
+        self._loop = asyncio.get_event_loop().create_task(self._run())
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for `queue_autoscaling_policy` (and the knobs it needs, so it reads no settings)."""
+        depth, age = self._stats
+        return {
+            "queue_depth": float(depth),
+            "queue_oldest_age_s": age,
+            "queue_per_replica": float(self._settings.batch_queue_per_replica),
+            "queue_max_age_s": self._settings.batch_max_age_s,
+        }
+
+    async def check_health(self) -> None:
+        if self._loop.done():
+            raise RuntimeError(f"the batch loop stopped: {self._loop.exception()!r}")
+
+    async def status(self) -> dict:
+        """What this replica is doing (for tests and `llmserve batches`)."""
+        depth, age = self._stats
+        return {"consumer": self._consumer, "inflight": len(self._inflight), "queue_depth": depth, "oldest_s": age}
+
+    # --- the loop -------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        janitor_at = 0.0
+        while True:
+            try:
+                await self._refresh_stats()
+                if time.monotonic() >= janitor_at:
+                    janitor_at = time.monotonic() + _JANITOR_EVERY_S
+                    await self._janitor()
+                room = await self._room()
+                if room <= 0:
+                    await asyncio.sleep(0.1)
+                    continue
+                claimed = await self.store.claim(
+                    self._consumer, room, block_ms=500, visibility_s=self._settings.batch_visibility_timeout_s
+                )
+                for request in claimed:
+                    task = asyncio.ensure_future(self._process(request))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away, a bug in one round: log, wait, go on
+                logger.exception("batch worker loop")
+                await asyncio.sleep(1.0)
+
+    async def _room(self) -> int:
+        """How many new requests this replica may start: none while interactive traffic runs."""
+        if await self._load.total() >= self._settings.batch_yield_at:
+            return 0
+        return self._settings.batch_max_inflight - len(self._inflight)
+
+    async def _refresh_stats(self) -> None:
+        self._stats = await self.store.stats()
+        prom.set_gauge("llmserve_batch_queue_depth", self._stats[0])
+        prom.set_gauge("llmserve_batch_queue_oldest_age_seconds", self._stats[1])
+
+    async def _janitor(self) -> None:
+        """Finish batches whose finaliser died, and expire batches past their window with nothing queued."""
+        now = time.time()
+        for fields in await self.store.unfinished():
+            batch_id, status = fields["id"], fields["status"]
+            done = sum(int(fields.get(k, 0)) for k in ("completed", "failed", "skipped"))
+            stale = now - float(fields.get("finalizing_at") or now) > _STALE_FINALIZE_S
+            if (status == "finalizing" and stale) or (status == "cancelling" and done >= int(fields["total"])):
+                await finalize(self.store, self._files, batch_id)
+
+    # --- one request ----------------------------------------------------------------------------------
+    async def _process(self, request: QueuedRequest) -> None:
+        try:
+            await self._process_once(request)
+        except Exception:  # left unacked: the visibility timeout redelivers it
+            logger.exception("batch request %s/%s", request.batch_id, request.line)
+
+    async def _process_once(self, request: QueuedRequest) -> None:
+        fields = await self.store.fields(request.batch_id)
+        if not fields or fields["status"] == "cancelling" or time.time() > float(fields.get("expires_at") or "inf"):
+            await self._commit(request, "skip", None)  # cancelled, expired, or the batch is gone
+            return
+        attempts = await self.store.attempt(request)
+        if attempts > self._settings.batch_max_attempts:
+            message = f"gave up after {attempts - 1} attempts (the request kept failing or its worker kept dying)"
+            await self._commit(request, "err", error_record(request.custom_id, "max_attempts", message, request.line))
+            return
+        request_id = f"{request.batch_id}-{request.line}"
+        started = time.perf_counter()
+        try:
+            chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
+            response: ChatResponse = await self._orchestrator.chat.remote(chat)
+        except Exception as exc:
+            status, body = error_body(exc, request_id)
+            final = status in _FINAL_STATUSES or isinstance(exc, QuotaExceeded)
+            if not final and attempts < self._settings.batch_max_attempts:
+                await asyncio.sleep(min(2.0**attempts, 30.0))  # back off, then to the back of the queue
+                await self.store.requeue(request)
+                return
+            record = response_record(request.custom_id, request_id, status, body)
+            await self._commit(request, "err", record)
+            return
+        elapsed = time.perf_counter() - started
+        prom.observe("llmserve_batch_request_seconds", elapsed)
+        body = response.model_dump(mode="json", exclude_none=True)
+        usage = response.usage
+        cost = response.cost_usd
+        if cost is None:
+            cost = (usage.prompt_tokens * self._settings.price_input_per_mtok
+                    + usage.completion_tokens * self._settings.price_output_per_mtok) / 1e6  # fmt: skip
+        record = response_record(request.custom_id, request_id, 200, body)
+        if await self._commit(request, "ok", record, (usage.prompt_tokens, usage.completion_tokens, cost)):
+            depth, age = self._stats
+            self._sink.record(
+                {
+                    "batch_e2e_latency_s": elapsed,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cost_usd": cost,
+                    "batch_queue_depth": depth,
+                    "batch_queue_oldest_age_s": age,
+                }
+            )
+
+    async def _commit(
+        self, request: QueuedRequest, kind: str, record: dict | None, usage: tuple[int, int, float] = (0, 0, 0.0)
+    ) -> bool:
+        """Commit once; True when this was the line's first result."""
+        charge = self._limiter.charge_keys(request.owner)
+        first, finish = await self.store.commit(request, kind, record, charge, usage)
+        if first:
+            prom.inc("llmserve_batch_requests_total", result=kind)
+        if finish:
+            await finalize(self.store, self._files, request.batch_id)
+        return first
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self._loop.cancel()
+            self._sink.close(timeout_s=5)

@@ -1,0 +1,301 @@
+"""Batches of the OpenAI Batch API and their durable queue, in Redis.
+
+Delivery is at-least-once: each request line is a Redis Stream entry read by a consumer group; an entry a
+dead worker held is reclaimed with XAUTOCLAIM after the visibility timeout. Effects are exactly-once: one
+Lua script commits a result -- output or error line, the batch's counts, the key's usage and spend, the
+ack -- only if that line has no result yet, so a redelivered request never yields a second line or charge.
+
+Keys (prefix `<p>:batch`):
+  <p>:batch:<id>            HASH  the batch object's fields, counts (total, completed, failed, skipped), owner
+  <p>:batch:<id>:done       HASH  line -> ok | err | skip       (the exactly-once marker)
+  <p>:batch:<id>:out|:err   LIST  output / error file lines
+  <p>:batch:<id>:attempts   HASH  line -> deliveries started
+  <p>:batches:<owner>       ZSET  batch id -> created_at
+  <p>:batchq                STREAM entries {batch, line, custom_id, owner, body, at}; group `workers`
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+GROUP = "workers"
+TERMINAL = ("completed", "failed", "cancelled", "expired")
+_TIMESTAMPS = (
+    "in_progress_at", "finalizing_at", "completed_at", "failed_at", "cancelling_at", "cancelled_at", "expired_at",
+)  # fmt: skip
+
+_COMMIT = """
+local batch, done, lines, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local line, kind = ARGV[1], ARGV[2]
+local first = redis.call('HSETNX', done, line, kind) == 1
+if first then
+  if kind ~= 'skip' then redis.call('RPUSH', lines, ARGV[3]) end
+  local field = 'skipped'
+  if kind == 'ok' then field = 'completed' elseif kind == 'err' then field = 'failed' end
+  redis.call('HINCRBY', batch, field, 1)
+  local prompt, completion, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  if kind == 'ok' then
+    redis.call('HINCRBYFLOAT', KEYS[5], 'spent', cost)
+    for i = 6, 7 do
+      redis.call('HINCRBY', KEYS[i], 'requests', 1)
+      redis.call('HINCRBY', KEYS[i], 'prompt_tokens', prompt)
+      redis.call('HINCRBY', KEYS[i], 'completion_tokens', completion)
+      redis.call('HINCRBYFLOAT', KEYS[i], 'cost_usd', cost)
+    end
+    redis.call('EXPIRE', KEYS[7], 90 * 86400)
+  end
+end
+if ARGV[8] ~= '' then
+  redis.call('XACK', stream, ARGV[7], ARGV[8])
+  redis.call('XDEL', stream, ARGV[8])
+end
+local b = redis.call('HMGET', batch, 'total', 'completed', 'failed', 'skipped', 'status')
+local finished = tonumber(b[2] or '0') + tonumber(b[3] or '0') + tonumber(b[4] or '0')
+if first and finished >= tonumber(b[1] or '0') and (b[5] == 'in_progress' or b[5] == 'cancelling') then
+  if b[5] == 'in_progress' then redis.call('HSET', batch, 'status', 'finalizing') end
+  redis.call('HSET', batch, 'finalizing_at', ARGV[9])
+  return {first and 1 or 0, 1}
+end
+return {first and 1 or 0, 0}
+"""
+
+
+@dataclass(frozen=True)
+class QueuedRequest:
+    entry_id: str
+    batch_id: str
+    line: int
+    custom_id: str
+    owner: str
+    body: dict
+    enqueued_at: float
+
+
+def batch_object(fields: dict[str, str]) -> dict:
+    """The OpenAI batch object (what the SDK's Batch parses)."""
+
+    def ts(name: str) -> int | None:
+        value = fields.get(name)
+        return int(float(value)) if value else None
+
+    errors = json.loads(fields["errors"]) if fields.get("errors") else None
+    status = fields["status"]
+    return {
+        "id": fields["id"],
+        "object": "batch",
+        "endpoint": fields["endpoint"],
+        "errors": {"object": "list", "data": errors} if errors else None,
+        "input_file_id": fields["input_file_id"],
+        "completion_window": fields["completion_window"],
+        "status": status,
+        "output_file_id": fields.get("output_file_id") or None,
+        "error_file_id": fields.get("error_file_id") or None,
+        "created_at": ts("created_at"),
+        "expires_at": ts("expires_at"),
+        **{name: ts(name) for name in _TIMESTAMPS},
+        "request_counts": {
+            "total": int(fields.get("total", 0)),
+            "completed": int(fields.get("completed", 0)),
+            "failed": int(fields.get("failed", 0)),
+        },
+        "metadata": json.loads(fields["metadata"]) if fields.get("metadata") else None,
+    }
+
+
+class BatchStore:
+    def __init__(self, client: aioredis.Redis, prefix: str):
+        self._redis = client
+        self._p = prefix
+        self.stream = f"{prefix}:batchq"
+        self._commit = client.register_script(_COMMIT)
+
+    def key(self, batch_id: str) -> str:
+        return f"{self._p}:batch:{batch_id}"
+
+    # --- batch objects --------------------------------------------------------------------------------
+    async def create(
+        self, owner: str, input_file_id: str, endpoint: str, window_s: int, window: str, metadata: dict | None
+    ) -> str:
+        batch_id = f"batch_{uuid.uuid4().hex[:24]}"
+        now = time.time()
+        fields = {
+            "id": batch_id, "owner": owner, "endpoint": endpoint, "input_file_id": input_file_id,
+            "completion_window": window, "status": "validating", "created_at": repr(now),
+            "expires_at": repr(now + window_s), "total": "0", "completed": "0", "failed": "0", "skipped": "0",
+            "metadata": json.dumps(metadata) if metadata else "",
+        }  # fmt: skip
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key(batch_id), mapping=fields)
+            pipe.zadd(f"{self._p}:batches:{owner}", {batch_id: now})
+            await pipe.execute()
+        return batch_id
+
+    async def fields(self, batch_id: str) -> dict[str, str]:
+        return await self._redis.hgetall(self.key(batch_id))
+
+    async def get(self, owner: str, batch_id: str, admin: bool = False) -> dict | None:
+        """The batch object, or None when it does not exist or belongs to another key."""
+        fields = await self.fields(batch_id)
+        if not fields or "owner" not in fields or (fields["owner"] != owner and not admin):
+            return None
+        return batch_object(fields)
+
+    async def list(self, owner: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        """Newest first, `limit` of them after the batch id `after` (OpenAI cursor pagination)."""
+        ids: list[str] = await self._redis.zrevrange(f"{self._p}:batches:{owner}", 0, -1)
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        page = []
+        for batch_id in ids[:limit]:
+            fields = await self.fields(batch_id)
+            if fields:
+                page.append(batch_object(fields))
+        return page, len(ids) > limit
+
+    async def owners(self) -> list[str]:
+        return [key.rsplit(":", 1)[1] async for key in self._redis.scan_iter(f"{self._p}:batches:*")]
+
+    async def set_status(self, batch_id: str, status: str, **extra: str) -> None:
+        stamp = {"in_progress": "in_progress_at", "failed": "failed_at", "cancelling": "cancelling_at"}.get(status)
+        mapping = {"status": status, **extra}
+        if stamp:
+            mapping[stamp] = repr(time.time())
+        await self._redis.hset(self.key(batch_id), mapping=mapping)
+
+    async def set_total(self, batch_id: str, total: int) -> None:
+        await self._redis.hset(self.key(batch_id), "total", total)
+
+    async def update(self, batch_id: str, mapping: dict[str, str]) -> None:
+        await self._redis.hset(self.key(batch_id), mapping=mapping)
+
+    async def start(self, batch_id: str) -> bool:
+        """validating -> in_progress; False when it was cancelled meanwhile."""
+        script = """
+        if redis.call('HGET', KEYS[1], 'status') ~= 'validating' then return 0 end
+        redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[1])
+        return 1
+        """
+        return bool(await self._redis.eval(script, 1, self.key(batch_id), repr(time.time())))
+
+    async def cancel(self, batch_id: str) -> bool:
+        """validating/in_progress -> cancelling (the workers skip what is left; finalisation makes it
+        cancelled). False when the batch is already past that."""
+        script = """
+        local s = redis.call('HGET', KEYS[1], 'status')
+        if s ~= 'validating' and s ~= 'in_progress' then return 0 end
+        redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
+        return 1
+        """
+        return bool(await self._redis.eval(script, 1, self.key(batch_id), repr(time.time())))
+
+    # --- the queue ------------------------------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue(self, batch_id: str, owner: str, requests: list[tuple[int, str, dict]]) -> None:
+        """XADD every valid request line: (line number, custom_id, body)."""
+        await self.ensure_group()
+        now = repr(time.time())
+        for start in range(0, len(requests), 500):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for line, custom_id, body in requests[start : start + 500]:
+                    entry = {"batch": batch_id, "line": str(line), "custom_id": custom_id, "owner": owner}
+                    pipe.xadd(self.stream, {**entry, "body": json.dumps(body), "at": now})
+                await pipe.execute()
+
+    async def claim(self, consumer: str, count: int, block_ms: int, visibility_s: float) -> list[QueuedRequest]:
+        """Entries a dead worker held longer than `visibility_s` first (XAUTOCLAIM), else new ones."""
+        await self.ensure_group()
+        _, reclaimed, _ = await self._redis.xautoclaim(
+            self.stream, GROUP, consumer, min_idle_time=int(visibility_s * 1000), start_id="0-0", count=count
+        )
+        entries = [e for e in reclaimed if e and e[1]]
+        if not entries:
+            reply = await self._redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+            entries = [e for _, items in reply or [] for e in items]
+        return [_queued(entry_id, fields) for entry_id, fields in entries]
+
+    async def requeue(self, request: QueuedRequest) -> None:
+        """Put a request that failed for a passing reason (overload, a replica gone) at the back of the queue:
+        ack and delete its entry and add it again, in one transaction."""
+        entry = {"batch": request.batch_id, "line": str(request.line), "custom_id": request.custom_id}
+        entry |= {"owner": request.owner, "body": json.dumps(request.body), "at": repr(request.enqueued_at)}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, request.entry_id)
+            pipe.xdel(self.stream, request.entry_id)
+            pipe.xadd(self.stream, entry)
+            await pipe.execute()
+
+    async def unfinished(self) -> list[dict[str, str]]:
+        """Batches not in a final state (for the janitor)."""
+        found = []
+        for owner in await self.owners():
+            for batch_id in await self._redis.zrange(f"{self._p}:batches:{owner}", 0, -1):
+                fields = await self.fields(batch_id)
+                if fields and fields.get("status") not in TERMINAL:
+                    found.append(fields)
+        return found
+
+    async def attempt(self, request: QueuedRequest) -> int:
+        """Count a delivery of this line; returns how many have started, this one included."""
+        return int(await self._redis.hincrby(f"{self.key(request.batch_id)}:attempts", str(request.line), 1))
+
+    async def commit(
+        self,
+        request: QueuedRequest,
+        kind: str,
+        record: dict | None,
+        charge_keys: list[str],
+        usage: tuple[int, int, float] = (0, 0, 0.0),
+    ) -> tuple[bool, bool]:
+        """Record this line's result once (`kind`: ok | err | skip) and ack its entry. Returns (first, this
+        commit finished the batch and its caller must finalise it)."""
+        lines = f"{self.key(request.batch_id)}:{'out' if kind == 'ok' else 'err'}"
+        keys = [self.key(request.batch_id), f"{self.key(request.batch_id)}:done", lines, self.stream, *charge_keys]
+        prompt, completion, cost = usage
+        args = [
+            request.line, kind, json.dumps(record) if record else "", prompt, completion, repr(cost), GROUP,
+            request.entry_id, repr(time.time()),
+        ]  # fmt: skip
+        first, finish = await self._commit(keys=keys, args=args)
+        return bool(first), bool(finish)
+
+    async def commit_rejected(self, batch_id: str, line: int, record: dict) -> None:
+        """A line refused at intake (malformed): an error line, counted failed, no queue entry."""
+        keys = [self.key(batch_id), f"{self.key(batch_id)}:done", f"{self.key(batch_id)}:err", self.stream]
+        keys += [f"{self._p}:unused"] * 3
+        await self._commit(keys=keys, args=[line, "err", json.dumps(record), 0, 0, "0", GROUP, "", repr(time.time())])
+
+    async def result_lines(self, batch_id: str, which: str) -> list[str]:
+        return await self._redis.lrange(f"{self.key(batch_id)}:{which}", 0, -1)
+
+    async def stats(self) -> tuple[int, float]:
+        """(entries waiting or in flight, age in seconds of the oldest of them)."""
+        depth = int(await self._redis.xlen(self.stream)) if await self._redis.exists(self.stream) else 0
+        if not depth:
+            return 0, 0.0
+        oldest = await self._redis.xrange(self.stream, count=1)
+        age = time.time() - int(oldest[0][0].split("-")[0]) / 1000 if oldest else 0.0
+        return depth, max(0.0, age)
+
+
+def _queued(entry_id: str, fields: dict[str, str]) -> QueuedRequest:
+    return QueuedRequest(
+        entry_id=entry_id,
+        batch_id=fields["batch"],
+        line=int(fields["line"]),
+        custom_id=fields["custom_id"],
+        owner=fields["owner"],
+        body=json.loads(fields["body"]),
+        enqueued_at=float(fields["at"]),
+    )

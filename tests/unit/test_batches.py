@@ -1,0 +1,200 @@
+"""The batch queue's state against a real Redis: intake, at-least-once delivery with reclaim, exactly-once
+commits (lines, counts, usage), finalisation, cancel, ownership, and a Redis crash with AOF on."""
+
+import asyncio
+import json
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from deployments.batch_jobs import finalize, intake, parse_line, response_record
+from state.batches import BatchStore
+from state.files import FileStore
+from state.limits import Limiter
+from tests.conftest import REDIS_URL
+from tests.services import RedisServer
+
+
+def request_line(custom_id: str, content: str = "hi", **extra) -> str:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+GOOD = [request_line(f"r{i}") for i in range(5)]
+BAD = [
+    "{not json",
+    json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {}}),
+    request_line("r0"),  # duplicate custom_id
+    json.dumps({"custom_id": "x1", "method": "GET", "url": "/v1/chat/completions", "body": {}}),
+    json.dumps({"custom_id": "x2", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}),
+]
+
+
+def test_lines_are_checked_one_by_one():
+    seen: set[str] = set()
+    assert parse_line(GOOD[0], 1, "/v1/chat/completions", seen)[0] == "r0"
+    codes = [parse_line(line, n, "/v1/chat/completions", seen)["error"]["code"] for n, line in enumerate(BAD, 2)]
+    assert codes == ["invalid_json", "missing_custom_id", "duplicate_custom_id", "invalid_method", "invalid_request"]
+    conv = parse_line(request_line("c", conversation_id="x"), 9, "/v1/chat/completions", seen)
+    assert "conversation_id" in conv["error"]["message"] and conv["error"]["line"] == 9
+
+
+async def stores(client, prefix):
+    return BatchStore(client, prefix), FileStore(client, prefix), Limiter(client, prefix)
+
+
+async def new_batch(store, files, lines, owner="kid1", prefix=""):
+    content = ("\n".join(lines) + "\n").encode()
+    uploaded = await files.create(owner, "in.jsonl", "batch", content)
+    return await intake(store, files, owner, uploaded["id"], "/v1/chat/completions", "24h", {"team": "a"}, 1000)
+
+
+async def run_all(store, files, limiter, consumer="w1", visibility_s=30.0, fail_lines=()):
+    """A minimal worker: claim, 'answer', commit. Returns how many commits were first."""
+    firsts = 0
+    while True:
+        claimed = await store.claim(consumer, 10, block_ms=50, visibility_s=visibility_s)
+        if not claimed:
+            return firsts
+        for req in claimed:
+            body = {"id": "x", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 3}}
+            record = response_record(req.custom_id, "rid", 200, body)
+            first, finish = await store.commit(req, "ok", record, limiter.charge_keys(req.owner), (3, 4, 0.001))
+            firsts += first
+            if finish:
+                await finalize(store, files, req.batch_id)
+
+
+def test_intake_queues_good_lines_and_files_bad_ones(redis_prefix):
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, limiter = await stores(client, redis_prefix)
+        batch = await new_batch(store, files, GOOD + BAD)
+        assert batch["status"] == "in_progress" and batch["metadata"] == {"team": "a"}
+        assert batch["request_counts"] == {"total": 10, "completed": 0, "failed": 5}
+        assert (await store.stats())[0] == 5
+        await run_all(store, files, limiter)
+        done = await store.get("kid1", batch["id"])
+        assert done["status"] == "completed" and done["request_counts"] == {"total": 10, "completed": 5, "failed": 5}
+        output = (await files.content("kid1", done["output_file_id"])).decode().splitlines()
+        errors = (await files.content("kid1", done["error_file_id"])).decode().splitlines()
+        assert sorted(json.loads(line)["custom_id"] for line in output) == [f"r{i}" for i in range(5)]
+        assert len(errors) == 5 and {json.loads(e)["error"]["line"] for e in errors} == {6, 7, 8, 9, 10}
+        assert (await limiter.usage("kid1"))["completion_tokens"] == 20
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_redelivered_request_yields_one_line_and_one_charge(redis_prefix):
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, limiter = await stores(client, redis_prefix)
+        batch = await new_batch(store, files, GOOD[:2])
+        held = await store.claim("dies", 10, block_ms=50, visibility_s=30)  # a worker takes both, then dies
+        assert len(held) == 2
+        assert await store.claim("other", 10, block_ms=50, visibility_s=30) == []  # not visible yet
+        await asyncio.sleep(0.3)
+        reclaimed = await store.claim("other", 10, block_ms=50, visibility_s=0.2)
+        assert sorted(r.line for r in reclaimed) == sorted(r.line for r in held)
+        charge = limiter.charge_keys("kid1")
+        record = response_record("r0", "rid", 200, {})
+        assert (await store.commit(reclaimed[0], "ok", record, charge, (3, 4, 0.001)))[0] is True
+        # The "dead" worker was only slow: its late commit of the same line changes nothing.
+        same = next(r for r in held if r.line == reclaimed[0].line)
+        assert (await store.commit(same, "ok", record, charge, (3, 4, 0.001)))[0] is False
+        await store.commit(reclaimed[1], "ok", record, charge, (3, 4, 0.001))
+        await finalize(store, files, batch["id"])
+        done = await store.get("kid1", batch["id"])
+        assert done["request_counts"]["completed"] == 2
+        assert len((await files.content("kid1", done["output_file_id"])).decode().splitlines()) == 2
+        usage = await limiter.usage("kid1")
+        assert (usage["requests"], usage["completion_tokens"]) == (2, 8)
+        assert (await store.stats())[0] == 0  # every entry acked and deleted
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_cancel_skips_what_is_left_and_keeps_what_finished(redis_prefix):
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, limiter = await stores(client, redis_prefix)
+        batch = await new_batch(store, files, GOOD)
+        first = (await store.claim("w", 2, block_ms=50, visibility_s=30))[:2]
+        for req in first:
+            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys("kid1"))
+        assert await store.cancel(batch["id"])
+        assert not await store.cancel(batch["id"])  # already cancelling
+        for req in await store.claim("w", 10, block_ms=50, visibility_s=30):
+            _, finish = await store.commit(req, "skip", None, limiter.charge_keys("kid1"))
+            if finish:
+                await finalize(store, files, batch["id"])
+        done = await store.get("kid1", batch["id"])
+        assert done["status"] == "cancelled" and done["cancelled_at"] >= done["cancelling_at"]
+        assert done["request_counts"] == {"total": 5, "completed": 2, "failed": 0}
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_one_key_cannot_see_anothers_files_or_batches(redis_prefix):
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, _ = await stores(client, redis_prefix)
+        batch = await new_batch(store, files, GOOD[:1], owner="alice")
+        assert await store.get("mallory", batch["id"]) is None
+        assert await files.get("mallory", batch["input_file_id"]) is None
+        assert await files.content("mallory", batch["input_file_id"]) is None
+        assert (await store.list("mallory", None, 20))[0] == []
+        assert await store.get("mallory", batch["id"], admin=True) is not None
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_redis_crash_with_aof_loses_no_queued_or_committed_work(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+
+    async def before_crash():
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        store, files, limiter = await stores(client, "aof")
+        batch = await new_batch(store, files, GOOD)
+        held = await store.claim("w1", 2, block_ms=50, visibility_s=30)
+        for req in held[:1]:
+            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys("kid1"))
+        await client.aclose()
+        return batch["id"]
+
+    batch_id = asyncio.run(before_crash())
+    time.sleep(1.5)  # appendfsync everysec
+    server.stop(kill=True)
+    server.start()
+
+    async def after_restart():
+        client = aioredis.Redis.from_url(server.url, decode_responses=True)
+        store, files, limiter = await stores(client, "aof")
+        got = await store.get("kid1", batch_id)
+        assert got["request_counts"] == {"total": 5, "completed": 1, "failed": 0}
+        assert (await store.stats())[0] == 4  # 3 never claimed + 1 claimed and not committed
+        await asyncio.sleep(0.3)
+        await run_all(store, files, limiter, consumer="w2", visibility_s=0.2)
+        done = await store.get("kid1", batch_id)
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 5
+        assert len((await files.content("kid1", done["output_file_id"])).decode().splitlines()) == 5
+        await client.aclose()
+
+    try:
+        asyncio.run(after_restart())
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("window", ["24", "0h", "1000h", "1d"])
+def test_bad_completion_windows_are_refused(window):
+    from deployments.batch_jobs import window_seconds
+    from serve_app.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="completion_window"):
+        window_seconds(window)
