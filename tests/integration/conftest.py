@@ -62,6 +62,8 @@ def stack(tmp_path_factory, fallback):
         # Batch workers: a short visibility timeout so a killed worker's requests come back within a test.
         batch_visibility_timeout_s=BATCH_VISIBILITY_S,
         batch_max_inflight=4,
+        batch_queue_per_replica=10,  # small, so a test batch makes the workers scale out
+        batch_worker_max_replicas=2,
         providers=[
             ProviderConfig(name="self-hosted", kind="self_hosted"),
             ProviderConfig(

