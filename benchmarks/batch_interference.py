@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -87,7 +88,11 @@ def main(
 ) -> None:
     from serve_app.runtime import start_local
 
-    settings = Settings(port=port, proxy_port=port + 1, metrics_export_port=port + 2, wandb_mode="disabled")
+    # A data folder of its own: the embedded Redis persists, and an earlier run's queue must not be measured.
+    data_dir = Path(tempfile.mkdtemp(prefix="batch-bench-"))
+    settings = Settings(
+        port=port, proxy_port=port + 1, metrics_export_port=port + 2, wandb_mode="disabled", data_dir=data_dir
+    )
     stack = start_local(settings, say=console.log)
     try:
         key = stack.settings.master_key.get_secret_value()
