@@ -27,8 +27,8 @@ from rich.table import Table
 
 console = Console()
 VARIANTS = {
-    "serve defaults": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"},
-    "control loop 0.5 s": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"},
+    "Serve's default control loop (0.1 s)": {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"},
+    "ours (0.5 s, llmserve up's default)": {},
 }
 
 

@@ -117,7 +117,7 @@ class BatchWorker:
                     await asyncio.sleep(0.2)
                     continue
                 claimed = await self.store.claim(
-                    self._consumer, room, block_ms=500, visibility_s=self._settings.batch_visibility_timeout_s
+                    self._consumer, room, block_ms=1000, visibility_s=self._settings.batch_visibility_timeout_s
                 )
                 for request in claimed:
                     task = asyncio.ensure_future(self._process(request))

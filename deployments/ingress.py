@@ -71,7 +71,7 @@ class Ingress:
         app.state.batch_worker = configured(batch_worker, settings) if batch_worker is not None else None
         # Batch workers yield to interactive traffic: publish how much of it this replica has in flight.
         load = InteractiveLoad(client, settings.redis_prefix)
-        self._publisher = asyncio.get_event_loop().create_task(load.run_publisher(self._gateway.admission.total))
+        self._publisher = asyncio.get_event_loop().create_task(load.run_publisher(self._gateway.admission.total, 0.1))
         self._settings = settings
         self._orchestrator = configured(orchestrator, settings)
         self._stream = self._orchestrator.options(stream=True)
