@@ -1,8 +1,9 @@
 """Batch workers: a Serve deployment whose replicas drain the batch queue through the orchestrator (same
 providers, retries and accounting as interactive requests), only while the interactive path has headroom.
 
-Each replica runs one loop: yield while interactive requests are in flight (`batch_yield_at`), else claim up
-to `batch_max_inflight` queued requests (reclaiming those a dead worker held past the visibility timeout),
+Each replica runs one loop: yield while interactive requests are in flight (`batch_yield_at`) -- and with
+`batch_preempt`, cancel the batch requests generating at that moment and put them back in the queue --, else
+claim up to `batch_max_inflight` queued requests (reclaiming those a dead worker held past the visibility timeout),
 run them, and commit each result exactly once. Passing failures (overload, a replica gone) go back to the
 queue; a request delivered `batch_max_attempts` times goes to the error file. Replicas autoscale on the
 queue's depth and the age of its oldest request (`queue_autoscaling_policy`).
@@ -68,6 +69,9 @@ class BatchWorker:
         self._orchestrator = configured(orchestrator, settings)
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task] = set()
+        self._generating: dict[asyncio.Task, QueuedRequest] = {}  # waiting on the orchestrator now
+        self._preempted: set[asyncio.Task] = set()
+        self.preemptions = 0
         self._stats = (0, 0.0)
         self._failing_rounds = 0
         self._sink = MetricsSink(
@@ -100,7 +104,13 @@ class BatchWorker:
     async def status(self) -> dict:
         """What this replica is doing (for tests and `llmserve batches`)."""
         depth, age = self._stats
-        return {"consumer": self._consumer, "inflight": len(self._inflight), "queue_depth": depth, "oldest_s": age}
+        return {
+            "consumer": self._consumer,
+            "inflight": len(self._inflight),
+            "preemptions": self.preemptions,
+            "queue_depth": depth,
+            "oldest_s": age,
+        }
 
     # --- the loop -------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -111,13 +121,22 @@ class BatchWorker:
                 if time.monotonic() >= janitor_at:
                     janitor_at = time.monotonic() + _JANITOR_EVERY_S
                     await self._janitor()
-                room = await self._room()
+                if await self._load.total() >= self._settings.batch_yield_at:  # interactive traffic: yield
+                    self._failing_rounds = 0
+                    if self._settings.batch_preempt:
+                        self._preempt()
+                    await asyncio.sleep(0.1)
+                    continue
+                room = self._settings.batch_max_inflight - len(self._inflight)
                 if room <= 0:
                     self._failing_rounds = 0
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.1)
                     continue
                 claimed = await self.store.claim(
-                    self._consumer, room, block_ms=1000, visibility_s=self._settings.batch_visibility_timeout_s
+                    self._consumer,
+                    room,
+                    block_ms=200 if self._inflight else 1000,  # keep watching the interactive load while busy
+                    visibility_s=self._settings.batch_visibility_timeout_s,
                 )
                 for request in claimed:
                     task = asyncio.ensure_future(self._process(request))
@@ -131,11 +150,12 @@ class BatchWorker:
                 logger.exception("batch worker loop")
                 await asyncio.sleep(1.0)
 
-    async def _room(self) -> int:
-        """How many new requests this replica may start: none while interactive traffic runs."""
-        if await self._load.total() >= self._settings.batch_yield_at:
-            return 0
-        return self._settings.batch_max_inflight - len(self._inflight)
+    def _preempt(self) -> None:
+        """Cancel the batch requests generating now; each goes back to the queue (`_process_once`)."""
+        for task in list(self._generating):
+            if task not in self._preempted:
+                self._preempted.add(task)
+                task.cancel()
 
     async def _refresh_stats(self) -> None:
         self._stats = await self.store.stats()
@@ -171,9 +191,20 @@ class BatchWorker:
             return
         request_id = f"{request.batch_id}-{request.line}"
         started = time.perf_counter()
+        task = asyncio.current_task()
+        self._generating[task] = request
         try:
             chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
             response: ChatResponse = await self._orchestrator.chat.remote(chat)
+        except asyncio.CancelledError:
+            if task not in self._preempted:
+                raise  # the replica is stopping: the visibility timeout redelivers the request
+            # Preempted for interactive traffic (Serve cancels the engine request too): not a failed attempt.
+            self._preempted.discard(task)
+            self.preemptions += 1
+            prom.inc("llmserve_batch_requests_total", result="preempted")
+            await asyncio.shield(self.store.give_back(request))
+            return
         except Exception as exc:
             status, body = error_body(exc, request_id)
             final = status in _FINAL_STATUSES or isinstance(exc, QuotaExceeded)
@@ -184,6 +215,8 @@ class BatchWorker:
             record = response_record(request.custom_id, request_id, status, body)
             await self._commit(request, "err", record)
             return
+        finally:
+            self._generating.pop(task, None)
         elapsed = time.perf_counter() - started
         prom.observe("llmserve_batch_request_seconds", elapsed)
         body = response.model_dump(mode="json", exclude_none=True)

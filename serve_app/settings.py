@@ -181,6 +181,13 @@ class Settings(BaseSettings):
             "1 = batch work only fills time when no interactive request is running."
         ),
     )
+    batch_preempt: bool = Field(
+        True,
+        description=(
+            "When interactive traffic arrives, cancel the batch requests generating and put them back in the "
+            "queue (their partial work is redone later), so interactive requests get the engine to themselves."
+        ),
+    )
     batch_visibility_timeout_s: float = Field(
         300.0, gt=0, description="A queued request held this long by a worker is redelivered (its worker died)."
     )

@@ -237,6 +237,11 @@ class BatchStore:
             pipe.xadd(self.stream, entry)
             await pipe.execute()
 
+    async def give_back(self, request: QueuedRequest) -> None:
+        """A request stopped on purpose (preempted): back in the queue, and its delivery not counted."""
+        await self._redis.hincrby(f"{self.key(request.batch_id)}:attempts", str(request.line), -1)
+        await self.requeue(request)
+
     async def unfinished(self) -> list[dict[str, str]]:
         """Batches not in a final state (for the janitor)."""
         found = []

@@ -148,6 +148,7 @@ def test_no_plaintext_key_anywhere_in_redis(base_url, stack):
             "string": lambda n: [client.get(n)],
             "list": lambda n: client.lrange(n, 0, -1),
             "zset": lambda n: client.zrange(n, 0, -1),
+            "stream": lambda n: [fields for _, fields in client.xrange(n)],
         }[kind](name)
         assert key not in name and all(key not in str(v) for v in values)
         assert MASTER_KEY not in name and all(MASTER_KEY not in str(v) for v in values)

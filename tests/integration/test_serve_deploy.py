@@ -42,11 +42,18 @@ class Cluster:
         self.process = subprocess.Popen(
             args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_until(lambda: httpx.get(f"{self.dashboard}/api/version").status_code == 200, 120, "ray dashboard")
+        # Up when it answers: 401 too, since Ray 2.60 turns token authentication on for `ray start` clusters.
+        wait_until(lambda: httpx.get(f"{self.dashboard}/api/version").status_code in (200, 401), 120, "dashboard")
+        # The `serve` CLI sends the cluster's token (~/.ray/auth_token) only when told to.
+        self.cli_env = {**env, "RAY_AUTH_MODE": "token"}
 
     def serve(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(BIN / "serve"), *args, "-a", self.dashboard], capture_output=True, text=True, timeout=120
+            [str(BIN / "serve"), *args, "-a", self.dashboard],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=self.cli_env,
         )
 
     def stop(self) -> None:
@@ -98,7 +105,13 @@ def test_serve_status_reports_every_deployment_healthy(twin):
     cluster, *_ = twin
     app = _app_status(cluster)
     assert app["status"] == "RUNNING"
-    assert set(app["deployments"]) == {"Ingress", "Orchestrator", "Retriever", "LLM:SmolLM2-135M-Instruct"}
+    assert set(app["deployments"]) == {
+        "Ingress",
+        "Orchestrator",
+        "Retriever",
+        "BatchWorker",
+        "LLM:SmolLM2-135M-Instruct",
+    }
     assert {d["status"] for d in app["deployments"].values()} == {"HEALTHY"}
 
 
