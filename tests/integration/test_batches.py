@@ -10,8 +10,10 @@ import httpx
 import openai
 import pytest
 import ray
+from typer.testing import CliRunner
 
-from tests.integration.conftest import MODEL
+from serve_app.cli import app as cli
+from tests.integration.conftest import MASTER_KEY, MODEL
 from tests.integration.test_gateway import client_for, create_key
 
 pytestmark = pytest.mark.integration
@@ -56,7 +58,7 @@ def worker_replicas(app_name: str) -> list[str]:
     ]
 
 
-def test_sdk_round_trip_with_the_real_model_and_malformed_lines_in_the_error_file(openai_client):
+def test_sdk_round_trip_with_the_real_model_and_malformed_lines_in_the_error_file(openai_client, base_url):
     questions = {f"q{i}": f"What is {i} plus {i}?" for i in range(6)}
     lines = [request_line(cid, text) for cid, text in questions.items()]
     lines += ["this is not json", json.dumps({"custom_id": "no-body", "method": "POST", "url": "/v1/chat/completions"})]
@@ -77,6 +79,12 @@ def test_sdk_round_trip_with_the_real_model_and_malformed_lines_in_the_error_fil
     assert sorted(e["error"]["code"] for e in errors) == ["invalid_json", "invalid_request"]
     assert openai_client.files.retrieve(done.output_file_id).purpose == "batch_output"
     assert batch.id in [b.id for b in openai_client.batches.list(limit=100).data]
+    args = ["batches", "--server", base_url, "--api-key", MASTER_KEY, "--limit", "100"]
+    shown = CliRunner().invoke(cli, args, env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    row = next(r for r in shown.output.splitlines() if batch.id in r)
+    assert "completed" in row and "8/8" in row
+    assert "queue:" in shown.output  # the master key also sees the queue
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_charges_once(base_url, stack):
