@@ -163,7 +163,7 @@ class BatchWorker:
         prom.set_gauge("llmserve_batch_queue_oldest_age_seconds", self._stats[1])
 
     async def _janitor(self) -> None:
-        """Finish batches whose finaliser died, and expire batches past their window with nothing queued."""
+        """Finish batches whose finaliser died, and cancelled batches with every line accounted for."""
         now = time.time()
         for fields in await self.store.unfinished():
             batch_id, status = fields["id"], fields["status"]
@@ -178,6 +178,8 @@ class BatchWorker:
             await self._process_once(request)
         except Exception:  # left unacked: the visibility timeout redelivers it
             logger.exception("batch request %s/%s", request.batch_id, request.line)
+        finally:
+            self._preempted.discard(asyncio.current_task())  # preempted after its answer came: nothing to undo
 
     async def _process_once(self, request: QueuedRequest) -> None:
         fields = await self.store.fields(request.batch_id)
