@@ -30,7 +30,7 @@ from observability.wandb_sink import MetricsSink
 from serve_app.errors import QuotaExceeded
 from serve_app.models import ChatRequest, ChatResponse
 from serve_app.settings import Settings
-from state.batches import BatchStore, QueuedRequest
+from state.batches import TERMINAL, BatchStore, QueuedRequest
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
 from state.limits import Limiter
@@ -70,6 +70,7 @@ class BatchWorker:
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task] = set()
         self._generating: dict[asyncio.Task, QueuedRequest] = {}  # waiting on the orchestrator now
+        self._held: dict[str, QueuedRequest] = {}  # stream entry id -> request, while this replica works on it
         self._preempted: set[asyncio.Task] = set()
         self.preemptions = 0
         self._stats = (0, 0.0)
@@ -114,13 +115,16 @@ class BatchWorker:
 
     # --- the loop -------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        janitor_at = 0.0
+        janitor_at = extend_at = 0.0
         while True:
             try:
                 await self._refresh_stats()
                 if time.monotonic() >= janitor_at:
                     janitor_at = time.monotonic() + _JANITOR_EVERY_S
                     await self._janitor()
+                if self._held and time.monotonic() >= extend_at:
+                    extend_at = time.monotonic() + self._settings.batch_visibility_timeout_s / 3
+                    await self.store.extend(self._consumer, list(self._held))
                 if await self._load.total() >= self._settings.batch_yield_at:  # interactive traffic: yield
                     self._failing_rounds = 0
                     if self._settings.batch_preempt:
@@ -174,17 +178,21 @@ class BatchWorker:
 
     # --- one request ----------------------------------------------------------------------------------
     async def _process(self, request: QueuedRequest) -> None:
+        self._held[request.entry_id] = request
         try:
             await self._process_once(request)
         except Exception:  # left unacked: the visibility timeout redelivers it
             logger.exception("batch request %s/%s", request.batch_id, request.line)
         finally:
+            self._held.pop(request.entry_id, None)
             self._preempted.discard(asyncio.current_task())  # preempted after its answer came: nothing to undo
 
     async def _process_once(self, request: QueuedRequest) -> None:
         fields = await self.store.fields(request.batch_id)
-        if not fields or fields["status"] == "cancelling" or time.time() > float(fields.get("expires_at") or "inf"):
-            await self._commit(request, "skip", None)  # cancelled, expired, or the batch is gone
+        over = not fields or fields["status"] in ("cancelling", *TERMINAL)
+        if over or time.time() > float(fields.get("expires_at") or "inf") or await self.store.is_done(request):
+            # Cancelled, expired, finished, gone, or this line already answered: ack it without running it.
+            await self._commit(request, "skip", None)
             return
         attempts = await self.store.attempt(request)
         if attempts > self._settings.batch_max_attempts:

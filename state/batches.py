@@ -252,6 +252,16 @@ class BatchStore:
                     found.append(fields)
         return found
 
+    async def extend(self, consumer: str, entry_ids: list[str]) -> None:
+        """Keep entries this live worker is still working on from being reclaimed by another: XCLAIM to
+        ourselves resets their idle time (the visibility timeout counts from the last claim)."""
+        if entry_ids:
+            await self._redis.xclaim(self.stream, GROUP, consumer, 0, entry_ids, justid=True)
+
+    async def is_done(self, request: QueuedRequest) -> bool:
+        """This line already has its result (a stale redelivery)."""
+        return bool(await self._redis.hexists(f"{self.key(request.batch_id)}:done", str(request.line)))
+
     async def attempt(self, request: QueuedRequest) -> int:
         """Count a delivery of this line; returns how many have started, this one included."""
         return int(await self._redis.hincrby(f"{self.key(request.batch_id)}:attempts", str(request.line), 1))

@@ -211,3 +211,20 @@ def test_bad_completion_windows_are_refused(window):
 
     with pytest.raises(InvalidRequest, match="completion_window"):
         window_seconds(window)
+
+
+def test_a_live_worker_keeps_its_entries_from_being_reclaimed(redis_prefix):
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, _ = await stores(client, redis_prefix)
+        await new_batch(store, files, GOOD[:1])
+        [held] = await store.claim("slow", 1, block_ms=50, visibility_s=30)
+        await asyncio.sleep(0.3)
+        await store.extend("slow", [held.entry_id])  # still working on it
+        await asyncio.sleep(0.3)
+        assert await store.claim("other", 1, block_ms=50, visibility_s=0.5) == []  # 0.3 s idle, not 0.6
+        await asyncio.sleep(0.4)
+        assert [r.line for r in await store.claim("other", 1, block_ms=50, visibility_s=0.5)] == [held.line]
+        await client.aclose()
+
+    asyncio.run(scenario())
