@@ -82,14 +82,16 @@ def twin(tmp_path_factory):
     config["http_options"]["port"] = http_port
     config_path = workdir / "serve-cpu.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    cluster = Cluster(workdir, env)
+    cluster = None
     try:
+        cluster = Cluster(workdir, env)
         deployed = cluster.serve("deploy", str(config_path))
         assert deployed.returncode == 0, deployed.stderr
         wait_until(lambda: _app_status(cluster)["status"] == "RUNNING", 420, "the twin app")
         yield cluster, f"http://127.0.0.1:{http_port}", redis_server, chroma
     finally:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         chroma.stop()
         redis_server.stop()
         shutil.rmtree(workdir / "ray", ignore_errors=True)
