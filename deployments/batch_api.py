@@ -34,6 +34,15 @@ def _stores(request: Request) -> tuple[FileStore, BatchStore, Principal]:
     return state.files, state.batches, request.state.principal
 
 
+async def _own_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    """The caller's batch (any batch for the master key), else 404: another key's looks like none at all."""
+    _, batches, principal = _stores(request)
+    found = await batches.get(principal.kid, batch_id, principal.admin)
+    if found is None:
+        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
+    return found
+
+
 @router.post("/v1/files")
 async def create_file(
     request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
@@ -121,20 +130,14 @@ async def list_batches(
 
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    _, batches, principal = _stores(request)
-    found = await batches.get(principal.kid, batch_id, principal.admin)
-    if found is None:
-        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
-    return found
+    return await _own_batch(request, batch_id)
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
     """Stop the batch: requests not yet started are skipped; those running finish and are kept."""
     _, batches, principal = _stores(request)
-    found = await batches.get(principal.kid, batch_id, principal.admin)
-    if found is None:
-        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
+    found = await _own_batch(request, batch_id)
     if not await batches.cancel(batch_id) and found["status"] not in ("cancelling", "cancelled"):
         raise InvalidRequest(f"batch {batch_id!r} is {found['status']} and cannot be cancelled", param="batch_id")
     return await batches.get(principal.kid, batch_id, principal.admin)

@@ -64,13 +64,7 @@ class RedisServer:
 
     def stop(self, kill: bool = False) -> None:
         """SIGTERM: a clean shutdown (AOF flushed). kill=True: SIGKILL, a crash."""
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(timeout=20)
+        _stop(self.process, kill)
         self.process = None
 
 
@@ -104,10 +98,8 @@ class SentinelServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
+        _stop(self.process)
+        self.process = None
 
 
 @dataclass
@@ -133,10 +125,19 @@ class ChromaServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
+        _stop(self.process)
+        self.process = None
+
+
+def _stop(process: subprocess.Popen | None, kill: bool = False) -> None:
+    """SIGTERM (a clean shutdown) or SIGKILL (a crash), then wait for it."""
+    if process is None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    process.wait(timeout=20)
 
 
 def _redis_server() -> str:
