@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from benchmarks.loadgen import median_of, run_level, run_poisson, summarize
+from benchmarks.loadgen import Record, median_of, run_level, run_poisson, samples_ms, summarize
 
 _WORDS = [
     "the",
@@ -106,18 +106,18 @@ def measure(
     results: dict[str, dict] = {}
     for c in concurrency or ([] if rates else [1]):
         level = bodies[: max(workload.requests // 2, 2 * c)] if c == 1 and not duration_s else bodies
-        runs = [
-            summarize(*asyncio.run(run_level(url, headers, level, c, duration_s)), ttft_slo_s, tpot_slo_s)
-            for _ in range(repeats)
-        ]
-        results[f"c={c}"] = {"concurrency": c, **median_of(runs)}
+        runs = [asyncio.run(run_level(url, headers, level, c, duration_s)) for _ in range(repeats)]
+        results[f"c={c}"] = {"concurrency": c, **_combine(runs, ttft_slo_s, tpot_slo_s)}
     for rate in rates or []:
-        runs = [
-            summarize(*asyncio.run(run_poisson(url, headers, bodies, rate, workload.seed + i)), ttft_slo_s, tpot_slo_s)
-            for i in range(repeats)
-        ]
-        results[f"rate={rate:g}"] = {"rate": rate, **median_of(runs)}
+        runs = [asyncio.run(run_poisson(url, headers, bodies, rate, workload.seed + i)) for i in range(repeats)]
+        results[f"rate={rate:g}"] = {"rate": rate, **_combine(runs, ttft_slo_s, tpot_slo_s)}
     return results
+
+
+def _combine(runs: list[tuple[list[Record], float]], ttft_slo_s: float | None, tpot_slo_s: float | None) -> dict:
+    """Medians over repeats of each metric, and every repeat's raw latencies under "samples" (for CDFs)."""
+    medians = median_of([summarize(records, wall, ttft_slo_s, tpot_slo_s) for records, wall in runs])
+    return {**medians, "samples": samples_ms([r for records, _ in runs for r in records])}
 
 
 TABLE_COLUMNS = {

@@ -148,16 +148,20 @@ def plot(results: dict[str, dict], out_dir: Path) -> None:
     fig.savefig(out_dir / "throughput_ttft.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for target, levels in results.items():
-        m = list(levels.values())[-1]
-        qs = [("mean", "ttft_mean_ms"), ("p50", "ttft_p50_ms"), ("p90", "ttft_p90_ms"), ("p99", "ttft_p99_ms")]
-        ax.plot([label for label, _ in qs], [m[k] for _, k in qs], marker="o", label=target)
-    ax.set(ylabel="TTFT (ms)", title=f"TTFT distribution at the highest level ({list(results['vllm'])[-1]})")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    level = list(results["vllm"])[-1]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    kinds = (("ttft", "TTFT"), ("itl", "inter-token latency"), ("e2e", "end-to-end"))
+    for ax, (key, label) in zip(axes, kinds, strict=True):
+        for target, levels in results.items():
+            values = sorted(levels[level].get("samples", {}).get(key, []))
+            if values:
+                ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post", label=target)
+        ax.set(xlabel=f"{label} (ms)", ylabel="fraction of requests" if key != "itl" else "fraction of gaps")
+        ax.set(title=f"{label} CDF at {level}", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "ttft_distribution.png", dpi=110)
+    fig.savefig(out_dir / "latency_cdf.png", dpi=110)
     plt.close(fig)
 
 

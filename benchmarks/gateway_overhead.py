@@ -172,7 +172,19 @@ def main(
             proc.terminate()
             proc.wait(timeout=30)
 
-    table = Table("target", "c", "req/s", "TTFT p50", "TTFT p99", "added p50", "added p99", "e2e p50", "errors")
+    table = Table(
+        "target",
+        "c",
+        "req/s",
+        "tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "added p50",
+        "added p99",
+        "TPOT p50",
+        "e2e p50",
+        "errors",
+    )
     for name, by_level in result.items():
         for level, m in by_level.items():
             base = result["direct"][level]
@@ -180,10 +192,12 @@ def main(
                 name,
                 str(level),
                 f"{m['req_per_s']:.1f}",
+                f"{m['output_tok_per_s']:.0f}",
                 f"{m['ttft_p50_ms']:.1f}",
                 f"{m['ttft_p99_ms']:.1f}",
                 f"{m['ttft_p50_ms'] - base['ttft_p50_ms']:+.1f}",
                 f"{m['ttft_p99_ms'] - base['ttft_p99_ms']:+.1f}",
+                f"{m['tpot_p50_ms']:.1f}",
                 f"{m['e2e_p50_ms']:.1f}",
                 f"{m['errors']:.0f}",
             )

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
 
 import httpx
+
+# One INFO line per request (a process that started Ray logs at INFO) costs the load generator CPU it needs.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -138,6 +142,16 @@ def summarize(
         "output_tok_per_s": sum(r.completion_tokens for r in ok) / wall_s if wall_s else 0.0,
         "goodput_req_per_s": len(good) / wall_s if wall_s else 0.0,
         **spread,
+    }
+
+
+def samples_ms(records: list[Record]) -> dict[str, list[float]]:
+    """The raw latencies of successful requests (ms), for CDF plots."""
+    ok = [r for r in records if r.status == 200 and r.ttft_s is not None]
+    return {
+        "ttft": [round(r.ttft_s * 1000, 2) for r in ok],
+        "itl": [round(g * 1000, 2) for r in ok for g in r.itl_s],
+        "e2e": [round(r.e2e_s * 1000, 2) for r in ok],
     }
 
 

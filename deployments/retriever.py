@@ -1,5 +1,10 @@
 """Retriever deployment: embeds queries and searches Chroma; also the ingestion path while the app runs
-(an on-disk Chroma index is only searchable by the process that wrote it)."""
+(an on-disk Chroma index is only searchable by the process that wrote it).
+
+Queries that arrive together are embedded in one forward pass (`serve.batch`, no wait: a batch is whatever
+queued while the previous one ran), on `retriever_torch_threads` threads. Concurrent single-query passes,
+each with its own spinning OpenMP threads, took the engine's core on small machines.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from serve_app.settings import Settings
 class Retriever:
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._embedder = Embedder()
+        self._embedder = Embedder(torch_threads=settings.retriever_torch_threads)
+        self._embed_queries.set_max_batch_size(settings.retriever_batch_size)
         client = make_client(path=None if settings.chroma_url else settings.chroma_path, url=settings.chroma_url)
         self._store = ChunkStore(client)
         self._write_lock = asyncio.Lock()
@@ -30,16 +36,17 @@ class Retriever:
         name = validate_collection_name(collection or self._settings.rag_collection)
         if collection and not await asyncio.to_thread(self._store.has_collection, name):
             raise NotFound(f"RAG collection {name!r} does not exist; ingest documents first", param="rag.collection")
-        hits = await asyncio.to_thread(self._search, query, name, top_k)
+        vector = await self._embed_queries(query)
+        hits = await asyncio.to_thread(self._store.query, name, vector, top_k)
         return [
             Citation(source=h.source, chunk_id=h.chunk_id, score=round(h.score, 4), text=h.text)
             for h in hits
             if h.score >= min_score
         ]
 
-    def _search(self, query: str, collection: str, top_k: int):
-        [vector] = self._embedder.embed([query])
-        return self._store.query(collection, vector, top_k)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _embed_queries(self, queries: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._embedder.embed, queries)
 
     async def ingest(self, request: IngestRequest) -> IngestResponse:
         name = validate_collection_name(request.collection or self._settings.rag_collection)

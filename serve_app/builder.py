@@ -52,7 +52,9 @@ def compose(settings: Settings, llm: Application) -> Application:
 
     shipped = settings.for_deployments()  # replicas get the key's hash, never the key
     light = {"num_cpus": settings.light_num_cpus}
-    retriever = Retriever.options(num_replicas=settings.retriever_replicas, ray_actor_options=light).bind(shipped)
+    retriever = Retriever.options(
+        num_replicas=settings.retriever_replicas, ray_actor_options=light, max_ongoing_requests=256
+    ).bind(shipped)
     orchestrator = Orchestrator.options(
         num_replicas=settings.orchestrator_replicas, ray_actor_options=light, max_ongoing_requests=1000
     ).bind(shipped, llm, retriever)

@@ -219,6 +219,18 @@ class Settings(BaseSettings):
         1, ge=1, description="Retriever replicas. >1 needs chroma_url (on-disk Chroma is one process's)."
     )
     light_num_cpus: float = Field(0.1, gt=0, description="Logical CPUs reserved by each non-engine replica.")
+    retriever_torch_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Torch threads for embedding in each Retriever replica. With 1, and concurrent queries embedded as one "
+            "batch, 8 queries took 62 ms of CPU instead of 269 (benchmarks/retrieval_cpu.py), CPU the engine "
+            "gets back on a small machine; raise it where retrievers have cores of their own."
+        ),
+    )
+    retriever_batch_size: int = Field(
+        16, ge=1, description="Concurrent queries a Retriever replica embeds in one forward pass."
+    )
 
     # --- metrics -----------------------------------------------------------------------------------
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(

@@ -67,3 +67,17 @@ def test_a_timed_level_cycles_prompts_until_its_duration_is_up():
         records, wall = asyncio.run(run_level(url, {}, [BODY] * 2, concurrency=2, duration_s=1.0))
     assert 1.0 <= wall < 1.5  # no new request after 1 s; those in flight finish
     assert 10 <= len(records) <= 18 and all(r.status == 200 for r in records)
+
+
+def test_measure_keeps_every_repeats_raw_latencies_for_the_cdf_plots():
+    from benchmarks.bench import Workload, measure
+
+    with scripted_server(0.1, 50.0) as url:
+        results = measure(url, None, Workload(model="fake", requests=4, max_tokens=5), [2], repeats=2)
+    level = results["c=2"]
+    samples = level["samples"]
+    assert len(samples["ttft"]) == 8 and len(samples["e2e"]) == 8  # 4 requests x 2 repeats
+    assert len(samples["itl"]) == 8 * 4  # 5 tokens: 4 gaps each
+    assert sorted(samples["ttft"])[4] == pytest.approx(100, abs=30)
+    assert sorted(samples["itl"])[16] == pytest.approx(20, abs=10)
+    assert level["ttft_p50_ms"] == pytest.approx(100, abs=30)  # the medians are still there
