@@ -158,6 +158,8 @@ def plot(results: dict[str, dict], out_dir: Path) -> None:
                 ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post", label=target)
         ax.set(xlabel=f"{label} (ms)", ylabel="fraction of requests" if key != "itl" else "fraction of gaps")
         ax.set(title=f"{label} CDF at {level}", ylim=(0, 1.02))
+        if key == "itl":
+            ax.set_xscale("log")  # a few long gaps (prefills of other requests) would squash the rest
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
