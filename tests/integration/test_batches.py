@@ -196,5 +196,8 @@ def test_workers_scale_out_on_the_queue(openai_client, stack):
     while len(worker_replicas(app_name)) < 2:
         assert time.monotonic() < deadline, "60 queued requests at 10 per replica did not add a worker"
         time.sleep(1.0)
-    openai_client.batches.cancel(batch.id)
+    try:  # stop the rest of the work for the tests after this one
+        openai_client.batches.cancel(batch.id)
+    except openai.BadRequestError:  # the two workers finished all 60 first (seen on a fresh CI machine)
+        assert openai_client.batches.retrieve(batch.id).status == "completed"
     wait_for(openai_client, batch.id, ("cancelled", "completed"), timeout_s=180)
