@@ -6,7 +6,7 @@ exist. The master key sees everything.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -19,6 +19,7 @@ from state.batches import BatchStore
 from state.files import PURPOSES, FileStore
 
 router = APIRouter()
+T = TypeVar("T")
 
 
 class NewBatch(BaseModel):
@@ -34,13 +35,17 @@ def _stores(request: Request) -> tuple[FileStore, BatchStore, Principal]:
     return state.files, state.batches, request.state.principal
 
 
+def _found(value: T | None, kind: str, ident: str) -> T:
+    """What a store found for the caller (anything for the master key), else 404: another key's file or batch
+    looks like none at all."""
+    if value is None:
+        raise NotFound(f"no {kind} {ident!r}", param=f"{kind}_id")
+    return value
+
+
 async def _own_batch(request: Request, batch_id: str) -> dict[str, Any]:
-    """The caller's batch (any batch for the master key), else 404: another key's looks like none at all."""
     _, batches, principal = _stores(request)
-    found = await batches.get(principal.kid, batch_id, principal.admin)
-    if found is None:
-        raise NotFound(f"no batch {batch_id!r}", param="batch_id")
-    return found
+    return _found(await batches.get(principal.kid, batch_id, principal.admin), "batch", batch_id)
 
 
 @router.post("/v1/files")
@@ -71,18 +76,13 @@ async def list_files(
 @router.get("/v1/files/{file_id}")
 async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
     files, _, principal = _stores(request)
-    found = await files.get(principal.kid, file_id, principal.admin)
-    if found is None:
-        raise NotFound(f"no file {file_id!r}", param="file_id")
-    return found
+    return _found(await files.get(principal.kid, file_id, principal.admin), "file", file_id)
 
 
 @router.get("/v1/files/{file_id}/content")
 async def file_content(request: Request, file_id: str) -> Response:
     files, _, principal = _stores(request)
-    content = await files.content(principal.kid, file_id, principal.admin)
-    if content is None:
-        raise NotFound(f"no file {file_id!r}", param="file_id")
+    content = _found(await files.content(principal.kid, file_id, principal.admin), "file", file_id)
     return Response(content, media_type="application/octet-stream")
 
 

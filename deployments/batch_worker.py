@@ -69,7 +69,7 @@ class BatchWorker:
         self._orchestrator = configured(orchestrator, settings)
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task] = set()
-        self._generating: dict[asyncio.Task, QueuedRequest] = {}  # waiting on the orchestrator now
+        self._generating: set[asyncio.Task] = set()  # waiting on the orchestrator now
         self._held: dict[str, QueuedRequest] = {}  # stream entry id -> request, while this replica works on it
         self._preempted: set[asyncio.Task] = set()
         self.preemptions = 0
@@ -202,7 +202,7 @@ class BatchWorker:
         request_id = f"{request.batch_id}-{request.line}"
         started = time.perf_counter()
         task = asyncio.current_task()
-        self._generating[task] = request
+        self._generating.add(task)
         try:
             chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
             response: ChatResponse = await self._orchestrator.chat.remote(chat)
@@ -213,7 +213,7 @@ class BatchWorker:
             self._preempted.discard(task)
             self.preemptions += 1
             prom.inc("llmserve_batch_requests_total", result="preempted")
-            await asyncio.shield(self.store.give_back(request))
+            await asyncio.shield(self.store.requeue(request, uncount=True))
             return
         except Exception as exc:
             status, body = error_body(exc, request_id)
@@ -226,7 +226,7 @@ class BatchWorker:
             await self._commit(request, "err", record)
             return
         finally:
-            self._generating.pop(task, None)
+            self._generating.discard(task)
         elapsed = time.perf_counter() - started
         prom.observe("llmserve_batch_request_seconds", elapsed)
         body = response.model_dump(mode="json", exclude_none=True)

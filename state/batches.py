@@ -226,21 +226,19 @@ class BatchStore:
             entries = [e for _, items in reply or [] for e in items]
         return [_queued(entry_id, fields) for entry_id, fields in entries]
 
-    async def requeue(self, request: QueuedRequest) -> None:
+    async def requeue(self, request: QueuedRequest, uncount: bool = False) -> None:
         """Put a request that failed for a passing reason (overload, a replica gone) at the back of the queue:
-        ack and delete its entry and add it again, in one transaction."""
+        ack and delete its entry and add it again, in one transaction. `uncount`: also take back the delivery
+        `attempt` counted (the request was stopped on purpose, it did not fail)."""
         entry = {"batch": request.batch_id, "line": str(request.line), "custom_id": request.custom_id}
         entry |= {"owner": request.owner, "body": json.dumps(request.body), "at": repr(request.enqueued_at)}
         async with self._redis.pipeline(transaction=True) as pipe:
+            if uncount:
+                pipe.hincrby(f"{self.key(request.batch_id)}:attempts", str(request.line), -1)
             pipe.xack(self.stream, GROUP, request.entry_id)
             pipe.xdel(self.stream, request.entry_id)
             pipe.xadd(self.stream, entry)
             await pipe.execute()
-
-    async def give_back(self, request: QueuedRequest) -> None:
-        """A request stopped on purpose (preempted): back in the queue, and its delivery not counted."""
-        await self._redis.hincrby(f"{self.key(request.batch_id)}:attempts", str(request.line), -1)
-        await self.requeue(request)
 
     async def unfinished(self) -> list[dict[str, str]]:
         """Batches not in a final state (for the janitor)."""

@@ -228,3 +228,22 @@ def test_a_live_worker_keeps_its_entries_from_being_reclaimed(redis_prefix):
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_preempted_request_goes_back_without_spending_an_attempt(redis_prefix, redis_url):
+    async def scenario():
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        store, files, _ = await stores(client, redis_prefix)
+        await new_batch(store, files, GOOD[:1])
+        [first] = await store.claim("w1", 1, block_ms=50, visibility_s=30)
+        assert await store.attempt(first) == 1
+        await store.requeue(first, uncount=True)  # preempted
+        [again] = await store.claim("w2", 1, block_ms=50, visibility_s=30)
+        assert (again.line, again.custom_id) == (first.line, first.custom_id) and again.entry_id != first.entry_id
+        assert await store.attempt(again) == 1  # the preempted delivery did not count
+        await store.requeue(again)  # a passing failure does count
+        [third] = await store.claim("w3", 1, block_ms=50, visibility_s=30)
+        assert await store.attempt(third) == 2
+        await client.aclose()
+
+    asyncio.run(scenario())
