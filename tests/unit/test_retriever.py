@@ -1,11 +1,14 @@
 """The Retriever deployment's class, outside Serve: real Chroma on disk, the real embedder. Queries that arrive
-together are embedded in one pass, and each still gets its own answer."""
+together are embedded in one pass, and each still gets its own answer.
+
+The scenario runs in a subprocess: calling the `serve.batch` method leaves state on the class that Serve then
+cannot pickle, which would break any later test in this process that deploys the app."""
 
 import asyncio
-
-from deployments.retriever import Retriever
-from serve_app.models import IngestDocument, IngestRequest
-from serve_app.settings import Settings
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 TOPICS = {
     "volcano": "Volcanoes erupt molten lava and ash from magma chambers deep under the crust.",
@@ -21,28 +24,44 @@ QUESTIONS = {
 }
 
 
-def test_concurrent_queries_share_one_embedding_pass_and_each_gets_its_own_answer(tmp_path, monkeypatch):
+def scenario(data_dir: Path) -> dict:
     from ray.serve import batching
 
+    from deployments.retriever import Retriever
+    from serve_app.models import IngestDocument, IngestRequest
+    from serve_app.settings import Settings
+
     # The only part of serve.batch that needs a live replica: a warning that reads its max_ongoing_requests.
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    retriever = Retriever.func_or_class(Settings(data_dir=tmp_path, retriever_batch_size=16))
+    batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
+    retriever = Retriever.func_or_class(Settings(data_dir=data_dir, retriever_batch_size=16))
     docs = [IngestDocument(source=f"{name}.md", text=text) for name, text in TOPICS.items()]
+    passes: list[int] = []
+    embed = retriever._embedder.embed
 
-    async def scenario():
+    def counting_embed(texts):
+        passes.append(len(texts))
+        return embed(texts)
+
+    async def run():
         await retriever.ingest(IngestRequest(collection="topics", documents=docs))
-        passes = []
-        embed = retriever._embedder.embed
-
-        def counting_embed(texts):
-            passes.append(len(texts))
-            return embed(texts)
-
         retriever._embedder.embed = counting_embed
         names = list(QUESTIONS) * 2  # 8 queries at once
-        answers = await asyncio.gather(*(retriever.retrieve(QUESTIONS[name], "topics", 1, -1.0) for name in names))
-        return names, answers, passes
+        answers = await asyncio.gather(*(retriever.retrieve(QUESTIONS[n], "topics", 1, -1.0) for n in names))
+        return {"names": names, "sources": [a[0].source for a in answers], "passes": passes}
 
-    names, answers, passes = asyncio.run(scenario())
-    assert [a[0].source for a in answers] == [f"{name}.md" for name in names]
+    return asyncio.run(run())
+
+
+def test_concurrent_queries_share_one_embedding_pass_and_each_gets_its_own_answer(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.unit.test_retriever", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["sources"] == [f"{name}.md" for name in result["names"]]  # each its own answer
+    passes = result["passes"]
     assert sum(passes) == 8 and len(passes) < 8, passes  # batched, none lost or doubled
+
+
+if __name__ == "__main__":
+    print(json.dumps(scenario(Path(sys.argv[1]))))
