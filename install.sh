@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ENGINE="${1:-${LLMSERVE_ENGINE:-cpu}}"
+# (not LLMSERVE_ENGINE: that name is the settings group `engine`, LLMSERVE_ENGINE__<FIELD>)
+ENGINE="${1:-${LLMSERVE_INSTALL_ENGINE:-cpu}}"
 VENV="${LLMSERVE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 case "$ENGINE" in cpu|gpu) ;; *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;; esac

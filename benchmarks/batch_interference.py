@@ -27,7 +27,7 @@ from rich.table import Table
 
 from benchmarks.bench import Workload
 from benchmarks.loadgen import run_poisson, summarize
-from serve_app.settings import Settings
+from core.settings import Settings
 
 console = Console()
 
@@ -91,7 +91,9 @@ def main(
     # A data folder of its own: the embedded Redis persists, and an earlier run's queue must not be measured.
     data_dir = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     settings = Settings(
-        port=port, proxy_port=port + 1, metrics_export_port=port + 2, wandb_mode="disabled", data_dir=data_dir
+        data_dir=data_dir,
+        server={"port": port, "proxy_port": port + 1},
+        metrics={"export_port": port + 2, "wandb_mode": "disabled"},
     )
     stack = start_local(settings, say=console.log)
     try:

@@ -1,4 +1,4 @@
-"""`llmserve bench`: load against one OpenAI-compatible endpoint, with the metrics of `vllm bench serve`.
+"""`python -m benchmarks bench`: load against one OpenAI-compatible endpoint, with the metrics of `vllm bench serve`.
 
 Prompts are random word sequences of seeded random lengths, or lines of a text file. Each level (a fixed
 concurrency, or a Poisson arrival rate) runs after a warm-up, `repeats` times; the medians are reported.
@@ -133,7 +133,7 @@ TABLE_COLUMNS = {
 
 
 def results_table(results: dict[str, dict]) -> Table:
-    """The rich table `llmserve bench` and the GPU smoke script print (latencies in ms)."""
+    """The rich table `python -m benchmarks bench` and the GPU smoke script print (latencies in ms)."""
     table = Table("level", *TABLE_COLUMNS)
     for level, metrics in results.items():
         table.add_row(level, *(f"{metrics[key]:.1f}" for key in TABLE_COLUMNS.values()))

@@ -1,6 +1,7 @@
-"""`llmserve bench --compare`: the same workload against (a) bare vLLM, (b) ray.serve.llm's build_openai_app,
-(c) llmserve without RAG and (d) llmserve with RAG, one after the other on this machine, same model and engine
-arguments. Writes results.json, results.md (ratios against (a)), PNG plots and a W&B run with the numbers.
+"""`python -m benchmarks bench --compare`: the same workload against (a) bare vLLM, (b) ray.serve.llm's
+build_openai_app, (c) llmserve without RAG and (d) llmserve with RAG, one after the other on this machine, same
+model and engine arguments. Writes results.json, results.md (ratios against (a)), PNG plots and a W&B run with
+the numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_compare(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = engine_settings(8000)
-    model_dir = resolve_model_source(settings.model, settings.model_cache_dir)
+    model_dir = resolve_model_source(settings.engine.model, settings.engine.model_cache_dir)
     results: dict[str, dict] = {}
     started = time.monotonic()
 

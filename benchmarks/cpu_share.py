@@ -1,7 +1,7 @@
 """Who uses the CPU while a stack serves: every process on this machine, grouped by role (the engine's
 worker and scheduler, our deployments, Ray's own processes, the load generator), over a window.
 
-    .venv/bin/python -m benchmarks.cpu_share --window 20            # run beside `llmserve bench`
+    .venv/bin/python -m benchmarks.cpu_share --window 20            # run beside `python -m benchmarks bench`
     .venv/bin/python -m benchmarks.cpu_share --window 20 --json out.json
 
 On a 2-core machine every percent our layers take is a percent the engine may miss; this shows which layer
@@ -35,7 +35,6 @@ GROUPS = (
     ("wandb", "wandb"),
     ("redis", "redis"),
     ("benchmarks", "load generator"),
-    ("llmserve bench", "load generator"),
 )
 
 

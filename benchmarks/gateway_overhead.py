@@ -89,25 +89,23 @@ def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, w
     from pydantic import SecretStr
 
     from benchmarks.fake_engine import FakeLLMServer
+    from core.settings import Settings
     from serve_app.builder import compose
     from serve_app.runtime import start_local
-    from serve_app.settings import Settings
 
     master = "sk-bench-" + uuid.uuid4().hex
     settings = Settings(
         app_name="gateway-bench",
-        port=port,
-        proxy_port=free_port(),
-        redis_url=redis_url,
-        redis_prefix=f"llmserve-bench-{uuid.uuid4().hex[:8]}",
         master_key=SecretStr(master),
         data_dir=workdir / "data",
-        served_model_name=MODEL,
-        rag_enabled=False,
-        max_inflight_per_model=capacity,
+        server={"port": port, "proxy_port": free_port()},
+        state={"redis_url": redis_url, "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:8]}"},
+        engine={"served_model_name": MODEL},
+        rag={"enabled": False},
+        limits={"max_inflight_per_model": capacity},
     )
     fake = FakeLLMServer.bind(ttft_ms / 1000, tokens_per_s)
-    stack = start_local(settings, say=lambda m: None, build=lambda s: compose(s, fake))
+    stack = start_local(settings, say=lambda m: None, build=lambda s: compose(s, fake, model_source="fake"))
     limits = {"name": "bench", "rpm": 10**6, "tpm": 10**9, "max_parallel": 1000, "budget_usd": 10**6}
     created = httpx.post(f"{stack.url}/admin/keys", json=limits, headers={"Authorization": f"Bearer {master}"})
     created.raise_for_status()

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from benchmarks.bench import Workload, measure, results_table
-from serve_app.settings import Settings
+from core.settings import Settings
 
 console = Console()
 
@@ -38,17 +38,19 @@ def gpu_names() -> list[str]:
 def smoke_settings(model: str, accelerator: str, port: int, tensor_parallel_size: int) -> Settings:
     gpu = accelerator == "gpu"
     return Settings(
-        model=model,
-        accelerator=accelerator,
-        dtype="auto" if gpu else "float32",
-        kv_cache_memory_bytes=None if gpu else 256 * 1024**2,
-        enforce_eager=not gpu,
-        tensor_parallel_size=tensor_parallel_size,
-        stream_batching_interval_ms=10 if gpu else 0,
-        llm_max_ongoing_requests=256 if gpu else 64,
-        port=port,
-        rag_enabled=False,  # the engine path; RAG has its own benchmark in `llmserve bench --compare`
-        wandb_mode="offline",
+        engine={
+            "model": model,
+            "accelerator": accelerator,
+            "dtype": "auto" if gpu else "float32",
+            "kv_cache_memory_bytes": None if gpu else 256 * 1024**2,
+            "enforce_eager": not gpu,
+            "tensor_parallel_size": tensor_parallel_size,
+            "stream_batching_interval_ms": 10 if gpu else 0,
+            "max_ongoing_requests": 256 if gpu else 64,
+        },
+        server={"port": port},
+        rag={"enabled": False},  # the engine path; RAG has its own benchmark in `python -m benchmarks bench --compare`
+        metrics={"wandb_mode": "offline"},
     )
 
 

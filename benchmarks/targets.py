@@ -15,7 +15,7 @@ import sys
 import threading
 import uuid
 
-from serve_app.settings import Settings
+from core.settings import Settings
 
 RAG_DOCS = [
     {
@@ -28,11 +28,15 @@ RAG_DOCS = [
 
 
 def engine_settings(port: int) -> Settings:
-    return Settings(port=port, proxy_port=port + 1, metrics_export_port=port + 2, wandb_mode="disabled")
+    return Settings(
+        server={"port": port, "proxy_port": port + 1},
+        metrics={"export_port": port + 2, "wandb_mode": "disabled"},
+    )
 
 
 def vllm_command(settings: Settings, model_dir: str, port: int) -> list[str]:
     """Bare vLLM with exactly the engine arguments build_llm_config gives ray.serve.llm."""
+    engine = settings.engine
     cmd = [
         sys.executable,
         "-m",
@@ -40,20 +44,20 @@ def vllm_command(settings: Settings, model_dir: str, port: int) -> list[str]:
         "--model",
         model_dir,
         "--served-model-name",
-        settings.model_name,
+        engine.model_name,
         "--dtype",
-        settings.dtype,
+        engine.dtype,
         "--max-model-len",
-        str(settings.max_model_len),
+        str(engine.max_model_len),
         "--seed",
-        str(settings.seed),
+        str(engine.seed),
         "--port",
         str(port),
     ]
-    if settings.enforce_eager:
+    if engine.enforce_eager:
         cmd.append("--enforce-eager")
-    if settings.kv_cache_memory_bytes:
-        cmd += ["--kv-cache-memory-bytes", str(settings.kv_cache_memory_bytes)]
+    if engine.kv_cache_memory_bytes:
+        cmd += ["--kv-cache-memory-bytes", str(engine.kv_cache_memory_bytes)]
     return cmd
 
 
@@ -75,7 +79,8 @@ def serve_rayllm(port: int) -> None:
 
     settings = engine_settings(port)
     engine_environment()
-    config = build_llm_config(settings, resolve_model_source(settings.model, settings.model_cache_dir))
+    engine = settings.engine
+    config = build_llm_config(engine, resolve_model_source(engine.model, engine.model_cache_dir))
     config.experimental_configs = {}  # ray.serve.llm's own default stream batching
     ray.init(num_cpus=8, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -93,15 +98,13 @@ def serve_ours(port: int, redis_url: str) -> None:
     from serve_app.runtime import start_local
 
     key = "sk-bench-" + uuid.uuid4().hex
-    settings = engine_settings(port).model_copy(
-        update={
-            "redis_url": redis_url,
-            "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:6]}",
-            "master_key": SecretStr(key),
-            "data_dir": settings_dir(),
-            "wandb_mode": "offline",
-            "max_inflight_per_model": 1000,
-        }
+    settings = Settings(
+        master_key=SecretStr(key),
+        data_dir=settings_dir(),
+        server={"port": port, "proxy_port": port + 1},
+        metrics={"export_port": port + 2, "wandb_mode": "offline"},
+        state={"redis_url": redis_url, "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:6]}"},
+        limits={"max_inflight_per_model": 1000},
     )
     stack = start_local(settings, say=lambda _: None)
     ingest = httpx.post(

@@ -10,17 +10,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from serve_app.errors import ServiceUnavailable
-from serve_app.settings import Settings
+from core.errors import ServiceUnavailable
+from core.setting_groups import EngineSettings, LimitsSettings
 
 
-def model_capacity(settings: Settings) -> int:
+def model_capacity(limits: LimitsSettings, engine: EngineSettings, ingress_replicas: int) -> int:
     """Requests one ingress replica lets in per model: an explicit setting, or what the vLLM replicas can hold
     (running + queued at their maximum scale), shared among the ingress replicas."""
-    if settings.max_inflight_per_model is not None:
-        return settings.max_inflight_per_model
-    total = settings.llm_max_replicas * settings.llm_max_ongoing_requests + settings.llm_max_queued_requests
-    return max(1, math.ceil(total / settings.ingress_replicas))
+    if limits.max_inflight_per_model is not None:
+        return limits.max_inflight_per_model
+    total = engine.max_replicas * engine.max_ongoing_requests + engine.max_queued_requests
+    return max(1, math.ceil(total / ingress_replicas))
 
 
 class Slot:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import InvalidRequest, NotFound
 from deployments.batch_jobs import ENDPOINT, intake
 from deployments.gateway import Principal
-from serve_app.errors import InvalidRequest, NotFound
+from deployments.ingress_state import IngressState, ingress_state
 from state.batches import BatchStore
 from state.files import PURPOSES, FileStore
 
 router = APIRouter()
 T = TypeVar("T")
+State = Annotated[IngressState, Depends(ingress_state)]
 
 
 class NewBatch(BaseModel):
@@ -31,8 +33,8 @@ class NewBatch(BaseModel):
 
 
 def _stores(request: Request) -> tuple[FileStore, BatchStore, Principal]:
-    state = request.app.state
-    return state.files, state.batches, request.state.principal
+    ingress: IngressState = ingress_state(request)
+    return ingress.files, ingress.batches, request.state.principal
 
 
 def _found(value: T | None, kind: str, ident: str) -> T:
@@ -95,10 +97,9 @@ async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
 
 
 @router.post("/v1/batches")
-async def create_batch(request: Request, body: NewBatch) -> dict[str, Any]:
+async def create_batch(request: Request, body: NewBatch, ingress: State) -> dict[str, Any]:
     """Validate the input file's lines (malformed ones go to the error file) and queue the rest."""
     files, batches, principal = _stores(request)
-    settings = request.app.state.settings
     return await intake(
         batches,
         files,
@@ -107,7 +108,7 @@ async def create_batch(request: Request, body: NewBatch) -> dict[str, Any]:
         body.endpoint,
         body.completion_window,
         body.metadata,
-        settings.batch_max_lines,
+        ingress.batch.max_lines,
     )
 
 
@@ -144,10 +145,9 @@ async def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
 
 
 @router.get("/admin/batch-queue")
-async def batch_queue(request: Request) -> dict[str, Any]:
+async def batch_queue(ingress: State) -> dict[str, Any]:
     """The queue's depth and the age of its oldest request, and what a worker replica is doing."""
-    _, batches, _ = _stores(request)
-    depth, oldest = await batches.stats()
-    worker = request.app.state.batch_worker
+    depth, oldest = await ingress.batches.stats()
+    worker = ingress.batch_worker
     status = await worker.status.remote() if worker is not None else None
     return {"queue_depth": depth, "oldest_age_s": round(oldest, 3), "worker": status}

@@ -15,8 +15,8 @@ import uuid
 
 from pydantic import ValidationError
 
-from serve_app.errors import InvalidRequest, NotFound
-from serve_app.models import ChatRequest
+from core.errors import InvalidRequest, NotFound
+from core.models import ChatRequest
 from state.batches import TERMINAL, BatchStore
 from state.files import FileStore
 

@@ -1,11 +1,11 @@
 """Batch workers: a Serve deployment whose replicas drain the batch queue through the orchestrator (same
 providers, retries and accounting as interactive requests), only while the interactive path has headroom.
 
-Each replica runs one loop: yield while interactive requests are in flight (`batch_yield_at`) -- and with
-`batch_preempt`, cancel the batch requests generating at that moment and put them back in the queue --, else
-claim up to `batch_max_inflight` queued requests (reclaiming those a dead worker held past the visibility timeout),
+Each replica runs one loop: yield while interactive requests are in flight (`batch.yield_at`) -- and with
+`batch.preempt`, cancel the batch requests generating at that moment and put them back in the queue --, else
+claim up to `batch.max_inflight` queued requests (reclaiming those a dead worker held past the visibility timeout),
 run them, and commit each result exactly once. Passing failures (overload, a replica gone) go back to the
-queue; a request delivered `batch_max_attempts` times goes to the error file. Replicas autoscale on the
+queue; a request delivered `batch.max_attempts` times goes to the error file. Replicas autoscale on the
 queue's depth and the age of its oldest request (`queue_autoscaling_policy`).
 """
 
@@ -22,14 +22,14 @@ from ray import serve
 from ray.serve.config import AutoscalingContext
 from ray.serve.handle import DeploymentHandle
 
+from core.errors import QuotaExceeded, error_body
+from core.models import ChatRequest, ChatResponse
+from core.pricing import Price
+from core.setting_groups import BatchSettings, MetricsSettings, StateSettings
 from deployments.batch_jobs import error_record, finalize, response_record
 from deployments.handles import configured
-from deployments.http_errors import error_body
 from observability import prom
 from observability.wandb_sink import MetricsSink
-from serve_app.errors import QuotaExceeded
-from serve_app.models import ChatRequest, ChatResponse
-from serve_app.settings import Settings
 from state.batches import TERMINAL, BatchStore, QueuedRequest
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
@@ -44,8 +44,8 @@ _STALE_FINALIZE_S = 30.0
 
 
 def queue_autoscaling_policy(ctx: AutoscalingContext) -> tuple[int, dict]:
-    """Replicas for the queue: one per `batch_queue_per_replica` requests waiting, one more while the oldest
-    has waited past `batch_max_age_s`. Every replica reports the same queue-wide numbers; take the max."""
+    """Replicas for the queue: one per `batch.queue_per_replica` requests waiting, one more while the oldest
+    has waited past `batch.max_age_s`. Every replica reports the same queue-wide numbers; take the max."""
     metrics = ctx.aggregated_metrics or {}
     depth = max((metrics.get("queue_depth") or {}).values(), default=0.0)
     age = max((metrics.get("queue_oldest_age_s") or {}).values(), default=0.0)
@@ -59,14 +59,27 @@ def queue_autoscaling_policy(ctx: AutoscalingContext) -> tuple[int, dict]:
 
 @serve.deployment(name="BatchWorker")
 class BatchWorker:
-    def __init__(self, settings: Settings, orchestrator: DeploymentHandle):
-        self._settings = settings
-        client = async_redis(settings.redis_url)
-        self.store = BatchStore(client, settings.redis_prefix)
-        self._files = FileStore(client, settings.redis_prefix)
-        self._limiter = Limiter(client, settings.redis_prefix)
-        self._load = InteractiveLoad(client, settings.redis_prefix)
-        self._orchestrator = configured(orchestrator, settings)
+    """`price`: the self-hosted price, for a response that came without a cost."""
+
+    def __init__(
+        self,
+        orchestrator: DeploymentHandle,
+        *,
+        batch: BatchSettings,
+        state: StateSettings,
+        metrics: MetricsSettings,
+        price: Price,
+        model_name: str,
+        grpc: bool = True,
+    ):
+        self._batch = batch
+        self._price = price
+        client = async_redis(state.redis_url)
+        self.store = BatchStore(client, state.redis_prefix)
+        self._files = FileStore(client, state.redis_prefix)
+        self._limiter = Limiter(client, state.redis_prefix)
+        self._load = InteractiveLoad(client, state.redis_prefix)
+        self._orchestrator = configured(orchestrator, grpc)
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task] = set()
         self._generating: set[asyncio.Task] = set()  # waiting on the orchestrator now
@@ -75,14 +88,8 @@ class BatchWorker:
         self.preemptions = 0
         self._stats = (0, 0.0)
         self._failing_rounds = 0
-        self._sink = MetricsSink(
-            mode=settings.resolved_wandb_mode(),
-            project=settings.wandb_project,
-            directory=settings.wandb_dir,
-            run_name=f"batch-worker-{self._consumer}",
-            group=settings.app_name,
-            flush_interval_s=settings.metrics_flush_interval_s,
-            config={"model": settings.model_name, "role": "batch-worker"},
+        self._sink = MetricsSink.for_settings(
+            metrics, run_name=f"batch-worker-{self._consumer}", config={"model": model_name, "role": "batch-worker"}
         )
         self._loop = asyncio.get_event_loop().create_task(self._run())
 
@@ -92,8 +99,8 @@ class BatchWorker:
         return {
             "queue_depth": float(depth),
             "queue_oldest_age_s": age,
-            "queue_per_replica": float(self._settings.batch_queue_per_replica),
-            "queue_max_age_s": self._settings.batch_max_age_s,
+            "queue_per_replica": float(self._batch.queue_per_replica),
+            "queue_max_age_s": self._batch.max_age_s,
         }
 
     async def check_health(self) -> None:
@@ -123,15 +130,15 @@ class BatchWorker:
                     janitor_at = time.monotonic() + _JANITOR_EVERY_S
                     await self._janitor()
                 if self._held and time.monotonic() >= extend_at:
-                    extend_at = time.monotonic() + self._settings.batch_visibility_timeout_s / 3
+                    extend_at = time.monotonic() + self._batch.visibility_timeout_s / 3
                     await self.store.extend(self._consumer, list(self._held))
-                if await self._load.total() >= self._settings.batch_yield_at:  # interactive traffic: yield
+                if await self._load.total() >= self._batch.yield_at:  # interactive traffic: yield
                     self._failing_rounds = 0
-                    if self._settings.batch_preempt:
+                    if self._batch.preempt:
                         self._preempt()
                     await asyncio.sleep(0.1)
                     continue
-                room = self._settings.batch_max_inflight - len(self._inflight)
+                room = self._batch.max_inflight - len(self._inflight)
                 if room <= 0:
                     self._failing_rounds = 0
                     await asyncio.sleep(0.1)
@@ -140,7 +147,7 @@ class BatchWorker:
                     self._consumer,
                     room,
                     block_ms=200 if self._inflight else 1000,  # keep watching the interactive load while busy
-                    visibility_s=self._settings.batch_visibility_timeout_s,
+                    visibility_s=self._batch.visibility_timeout_s,
                 )
                 for request in claimed:
                     task = asyncio.ensure_future(self._process(request))
@@ -195,7 +202,7 @@ class BatchWorker:
             await self._commit(request, "skip", None)
             return
         attempts = await self.store.attempt(request)
-        if attempts > self._settings.batch_max_attempts:
+        if attempts > self._batch.max_attempts:
             message = f"gave up after {attempts - 1} attempts (the request kept failing or its worker kept dying)"
             await self._commit(request, "err", error_record(request.custom_id, "max_attempts", message, request.line))
             return
@@ -217,8 +224,9 @@ class BatchWorker:
             return
         except Exception as exc:
             status, body = error_body(exc, request_id)
+            prom.inc("llmserve_errors_total", type=body["error"]["type"], status=str(status))
             final = status in _FINAL_STATUSES or isinstance(exc, QuotaExceeded)
-            if not final and attempts < self._settings.batch_max_attempts:
+            if not final and attempts < self._batch.max_attempts:
                 await asyncio.sleep(min(2.0**attempts, 30.0))  # back off, then to the back of the queue
                 await self.store.requeue(request)
                 return
@@ -233,8 +241,7 @@ class BatchWorker:
         usage = response.usage
         cost = response.cost_usd
         if cost is None:
-            cost = (usage.prompt_tokens * self._settings.price_input_per_mtok
-                    + usage.completion_tokens * self._settings.price_output_per_mtok) / 1e6  # fmt: skip
+            cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens)
         record = response_record(request.custom_id, request_id, 200, body)
         if await self._commit(request, "ok", record, (usage.prompt_tokens, usage.completion_tokens, cost)):
             depth, age = self._stats

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from deployments.admission import AdmissionGate, Slot, model_capacity
-from serve_app.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
-from serve_app.models import ChatChunk, ChatRequest, Usage
-from serve_app.settings import Settings
-from state.api_keys import KeyLimits, KeyRecord, KeyStore, key_hash
+from core.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
+from core.keys import key_hash
+from core.models import ChatChunk, ChatRequest, Usage
+from core.pricing import Price
+from core.setting_groups import LimitsSettings
+from core.tokens import estimate_prompt_tokens, estimate_tokens, resolve_max_tokens
+from deployments.admission import AdmissionGate, Slot
+from state.api_keys import KeyLimits, KeyRecord, KeyStore
 from state.limits import Limiter
 
 MASTER_KID = "master"
-# Prompt-size estimate for reservations (real usage replaces it at settlement): ~4 characters a token,
-# plus a few template tokens per message.
-_CHARS_PER_TOKEN = 4
-_TOKENS_PER_MESSAGE = 4
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,26 @@ class Principal:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, client: aioredis.Redis):
-        self._settings = settings
-        self._master = settings.master_key_hash()
+    """`price`: what the self-hosted model's tokens cost, for reservations and for settling a request whose
+    providers reported no cost; `capacity`: requests let in per model (deployments/admission.py)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        master_key_hash: str,
+        redis_prefix: str,
+        limits: LimitsSettings,
+        price: Price,
+        capacity: int,
+    ):
+        self._master = master_key_hash
+        self._limits = limits
+        self._price = price
         self.redis = client
-        self.keys = KeyStore(client, settings.redis_prefix)
-        self.limiter = Limiter(client, settings.redis_prefix, lease_s=settings.request_lease_s)
-        self.admission = AdmissionGate(model_capacity(settings), settings.overload_retry_after_s)
+        self.keys = KeyStore(client, redis_prefix)
+        self.limiter = Limiter(client, redis_prefix, lease_s=limits.request_lease_s)
+        self.admission = AdmissionGate(capacity, limits.overload_retry_after_s)
         self._pending: set[asyncio.Task] = set()
 
     async def authenticate(self, authorization: str) -> Principal:
@@ -60,25 +71,15 @@ class Gateway:
             record.key_id, record.name, False, KeyLimits(**record.model_dump(include=set(KeyLimits.model_fields)))
         )
 
-    def max_tokens(self, request: ChatRequest) -> int:
-        return request.max_tokens or self._settings.default_max_tokens
-
-    def estimate_prompt_tokens(self, request: ChatRequest) -> int:
-        chars = sum(len(m.content) for m in request.messages)
-        return math.ceil(chars / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(request.messages)
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        s = self._settings
-        return (prompt_tokens * s.price_input_per_mtok + completion_tokens * s.price_output_per_mtok) / 1e6
-
     async def admit(self, principal: Principal, request: ChatRequest, reservation_id: str) -> None:
         limits = principal.limits
         if limits.models is not None and request.model not in limits.models:
             raise PermissionDenied(f"this API key may not use model {request.model!r}", param="model")
-        prompt = self.estimate_prompt_tokens(request)
-        tokens = prompt + self.max_tokens(request)
+        prompt = estimate_prompt_tokens(request.messages)
+        completion = resolve_max_tokens(request.max_tokens, self._limits)
+        tokens = prompt + completion
         admission = await self.limiter.admit(
-            principal.kid, limits, reservation_id, tokens, self.cost(prompt, tokens - prompt)
+            principal.kid, limits, reservation_id, tokens, self._price.cost(prompt, completion)
         )
         if admission.allowed:
             return
@@ -103,7 +104,7 @@ class Gateway:
         slot = self.admission.enter(request.model)
         # Reserved and settled under an id of our own: the x-request-id is the client's to choose, and a
         # reused one must neither skip the count nor share a reservation.
-        ticket = Ticket(self, principal, uuid.uuid4().hex, self.estimate_prompt_tokens(request), slot)
+        ticket = Ticket(self, principal, uuid.uuid4().hex, estimate_prompt_tokens(request.messages), slot)
         try:
             await self.admit(principal, request, ticket.reservation_id)
         except BaseException:
@@ -121,7 +122,7 @@ class Gateway:
     ) -> None:
         """Settle in a task of its own: it must happen even when the request's task is being cancelled
         (client disconnect). The cost is what the providers charged when known, else the list price."""
-        cost = self.cost(prompt_tokens, completion_tokens) if cost_usd is None else cost_usd
+        cost = self._price.cost(prompt_tokens, completion_tokens) if cost_usd is None else cost_usd
         task = asyncio.ensure_future(
             self.limiter.settle(principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
         )
@@ -137,7 +138,7 @@ class Ticket:
         self.reservation_id = reservation_id
         self.usage: Usage | None = None  # the real usage, once the engine reported it
         self.cost_usd: float | None = None  # what the providers charged, once known
-        self.deltas = 0  # content chunks seen, for the estimate when no usage came
+        self.streamed_chars = 0  # answer text seen, for the estimate when no usage came
         self._gateway = gateway
         self._principal = principal
         self._prompt_estimate = prompt_estimate
@@ -152,7 +153,9 @@ class Ticket:
         if self.usage is not None:
             prompt, completion = self.usage.prompt_tokens, self.usage.completion_tokens
         else:  # failed or cut short: what was generated, and the prompt only if the engine started on it
-            prompt, completion = (self._prompt_estimate if self.deltas else 0), self.deltas
+            # (core/tokens.py's estimate: the ingress holds no tokenizer; the orchestrator counts exactly)
+            completion = estimate_tokens(self.streamed_chars)
+            prompt = self._prompt_estimate if completion else 0
         self._gateway.settle_later(self._principal, self.reservation_id, prompt, completion, self.cost_usd)
 
     async def stream(
@@ -168,7 +171,7 @@ class Ticket:
                         self.usage, self.cost_usd = chunk.usage, chunk.cost_usd
                         if not client_wants_usage:
                             continue
-                    self.deltas += sum(1 for c in chunk.choices if c.delta.content)
+                    self.streamed_chars += sum(len(c.delta.content or "") for c in chunk.choices)
                     out.append(chunk)
                 if out:
                     yield out

@@ -1,23 +1,18 @@
-"""The one error converter: our typed exceptions -> (status, OpenAI error body); its streaming twin; and the
-FastAPI handlers that route every failure through it. Unknown exceptions are 500s with a request id."""
+"""The HTTP side of the one error mapping (core/errors.py): OpenAI error responses, their streaming twin, and
+the FastAPI handlers that route every failure through it, each counted in llmserve_errors_total."""
 
 from __future__ import annotations
 
 import json
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.serve.exceptions import BackPressureError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core import errors
+from core.errors import LLMServeError, QuotaExceeded
 from observability import prom
-from serve_app.errors import LLMServeError, QuotaExceeded, ServiceUnavailable
-
-logger = logging.getLogger("llmserve.ingress")
 
 _STARLETTE_TYPES = {
     400: ("invalid_request_error", "invalid_body"),
@@ -29,46 +24,15 @@ _STARLETTE_TYPES = {
 }
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """Ray re-raises a remote exception as RayTaskError(<cls>), an instance of both classes whose
-    original is in `.cause`: follow causes to our typed error if there is one."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            break
-        cause = getattr(seen, "cause", None)
-        if isinstance(cause, BaseException):
-            seen = cause
-            continue
-        if isinstance(seen, LLMServeError):
-            return seen
-        seen = seen.__cause__
-    return exc
-
-
-def typed(exc: BaseException) -> BaseException:
-    """Our typed error for `exc` where there is one (unwrapping Ray, converting Serve's back-pressure)."""
-    exc = unwrap(exc)
-    if isinstance(exc, BackPressureError):  # a deployment's queue (max_queued_requests) is full
-        return ServiceUnavailable("the server is at capacity; retry shortly", code="overloaded", retry_after_s=1)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):  # Redis down, or no free connection in time
-        return ServiceUnavailable(f"state store unavailable: {type(exc).__name__}", retry_after_s=1)
-    return exc
-
-
 def error_body(exc: BaseException, request_id: str | None) -> tuple[int, dict]:
-    exc = typed(exc)
-    if isinstance(exc, LLMServeError):
-        prom.inc("llmserve_errors_total", type=exc.type, status=str(exc.status))
-        return exc.status, exc.to_error_body()
-    prom.inc("llmserve_errors_total", type="internal_error", status="500")
-    logger.error("request %s failed: %r", request_id, exc, exc_info=exc)
-    message = f"internal server error (request id {request_id})" if request_id else "internal server error"
-    return 500, {"error": {"message": message, "type": "internal_error", "param": None, "code": "internal_error"}}
+    """core.errors.error_body, counted."""
+    status, body = errors.error_body(exc, request_id)
+    prom.inc("llmserve_errors_total", type=body["error"]["type"], status=str(status))
+    return status, body
 
 
 def error_response(exc: BaseException, request_id: str | None) -> JSONResponse:
-    exc = typed(exc)
+    exc = errors.typed(exc)
     status, body = error_body(exc, request_id)
     headers = {}
     if isinstance(exc, QuotaExceeded):
@@ -97,13 +61,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
+        problems = exc.errors()
+        first = problems[0] if problems else {}
         param = _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             message, code, param = "the request body is not valid JSON", "invalid_json", None
         else:
-            message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
+            message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in problems[:5])
             code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
         prom.inc("llmserve_errors_total", type="invalid_request_error", status="400")

@@ -12,20 +12,23 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import LLMServeError, PayloadTooLarge, PermissionDenied
 from deployments.gateway import Gateway
 from deployments.http_errors import error_response
-from serve_app.errors import LLMServeError, PayloadTooLarge, PermissionDenied
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GUARDED = ("/v1/", "/admin/")
 
 
 class GatewayMiddleware:
-    """Reads `gateway` (a Gateway), `max_body_bytes` and `max_file_bytes` (uploads to /v1/files) from the app's
-    state, set by the ingress replica."""
+    """`gateway` authenticates; bodies over `max_body_bytes` (over `max_file_bytes` for uploads to /v1/files)
+    get 413."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, *, gateway: Gateway, max_body_bytes: int, max_file_bytes: int):
         self.app = app
+        self._gateway = gateway
+        self._max_body_bytes = max_body_bytes
+        self._max_file_bytes = max_file_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,14 +42,12 @@ class GatewayMiddleware:
         # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
         path: str = scope["path"]
         if path.startswith(_GUARDED):
-            app_state = scope["app"].state
             try:
-                gateway: Gateway = app_state.gateway
-                state["principal"] = principal = await gateway.authenticate(headers.get("authorization", ""))
+                state["principal"] = principal = await self._gateway.authenticate(headers.get("authorization", ""))
                 if path.startswith("/admin/") and not principal.admin:
                     raise PermissionDenied("admin routes need the master key")
                 uploading = path == "/v1/files" and scope.get("method") == "POST"
-                limit = app_state.max_file_bytes if uploading else app_state.max_body_bytes
+                limit = self._max_file_bytes if uploading else self._max_body_bytes
                 receive = await _bounded_body(headers, receive, limit)
             except LLMServeError as exc:
                 await error_response(exc, request_id)(scope, receive, send)

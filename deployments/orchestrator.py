@@ -1,8 +1,14 @@
-"""Orchestrator deployment: conversation state, retrieval, prompt, engine streaming, turn commit, metrics.
+"""Orchestrator deployment: the stages of a turn, independent of HTTP.
 
-Independent of HTTP: it takes and yields the typed models of serve_app.models and raises our typed errors.
-Its stream yields *lists* of chunks, one list per engine item, so chunks that arrive together cross the
-Ray hop as one item (the number of items per hop, not their size, is what costs).
+    prepare  validate the request, load the conversation and retrieve context (together), build the prompt
+             within the context window, fix the generation parameters
+    stream   route to the providers and turn their deltas into chat chunks; the turn is committed to the
+             conversation the moment the answer is whole, before its last chunk leaves
+    finish   count usage and cost per provider, record metrics (Prometheus, W&B)
+
+It takes and yields the typed models of core/models.py and raises our typed errors. Its stream yields *lists*
+of chunks, one list per engine item, so chunks that arrive together cross the Ray hop as one item (the number
+of items per hop, not their size, is what costs).
 """
 
 from __future__ import annotations
@@ -16,16 +22,10 @@ from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from redis.exceptions import RedisError
 
-from deployments.handles import configured
-from deployments.prompt import build_prompt, retrieval_query
-from deployments.providers.base import GenerationParams
-from deployments.providers.factory import build_providers, build_router
-from deployments.providers.router import RoutedStream
-from observability import prom
-from observability.wandb_sink import MetricsSink
-from serve_app.errors import InvalidRequest, NotFound, ServiceUnavailable
-from serve_app.models import (
+from core.errors import NotFound, ServiceUnavailable
+from core.models import (
     ChatChunk,
     ChatMessage,
     ChatRequest,
@@ -40,7 +40,23 @@ from serve_app.models import (
     Usage,
     new_id,
 )
-from serve_app.settings import Settings
+from core.setting_groups import (
+    EngineSettings,
+    LimitsSettings,
+    MetricsSettings,
+    PricingSettings,
+    RagSettings,
+    RoutingSettings,
+    StateSettings,
+)
+from core.tokens import TokenCounter, resolve_max_tokens
+from deployments.handles import configured
+from deployments.prompt import build_prompt, retrieval_query
+from deployments.providers.base import EngineDelta, GenerationParams
+from deployments.providers.factory import build_providers, build_router
+from deployments.providers.router import RoutedStream
+from deployments.run_metrics import Timing, export_prometheus, wandb_record
+from observability.wandb_sink import MetricsSink
 from state.conversations import ConversationStore
 from state.provider_usage import ProviderUsage
 from state.redis_client import async_redis
@@ -49,35 +65,70 @@ logger = logging.getLogger("llmserve.orchestrator")
 
 
 @dataclass
-class _Timing:
-    start: float = field(default_factory=time.perf_counter)
-    retrieval_s: float = 0.0
-    prompt_done: float | None = None
-    first_token: float | None = None
+class Turn:
+    """One request on its way through the stages: what prepare decided, what stream produced."""
+
+    request: ChatRequest
+    chunk_id: str
+    run_id: str  # ours, unique: the engine's request id and the turn's commit key
+    conversation_id: str | None
+    citations: list[Citation]
+    prompt: list[dict[str, str]]
+    params: GenerationParams
+    timing: Timing
+    created: int = field(default_factory=lambda: int(time.time()))
+    routed: RoutedStream = field(default_factory=RoutedStream)
+    answer: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    committed: bool = False
+
+    def chunk(self, **fields) -> ChatChunk:
+        return ChatChunk(id=self.chunk_id, created=self.created, model=self.request.model, **fields)
 
 
 @serve.deployment(name="Orchestrator")
 class Orchestrator:
-    def __init__(self, settings: Settings, llm: DeploymentHandle, retriever: DeploymentHandle):
-        if not settings.redis_url:
-            raise ValueError("redis_url is required (llmserve up starts an embedded Redis when none is set)")
-        self._settings = settings
-        self._retriever = configured(retriever, settings)
-        self._redis = async_redis(settings.redis_url)
-        self._providers = build_providers(settings, configured(llm, settings))
-        self._router = build_router(settings, self._providers, self._redis)
-        self._provider_usage = ProviderUsage(self._redis, settings.redis_prefix)
+    """`model_source`: what vLLM loads (its tokenizer counts tokens here); `served_models`: the model names
+    clients may ask for; `self_hosted_slots`: requests this replica keeps on the self-hosted replicas before
+    they queue."""
+
+    def __init__(
+        self,
+        llm: DeploymentHandle,
+        retriever: DeploymentHandle,
+        *,
+        engine: EngineSettings,
+        limits: LimitsSettings,
+        state: StateSettings,
+        rag: RagSettings,
+        routing: RoutingSettings,
+        pricing: PricingSettings,
+        metrics: MetricsSettings,
+        model_source: str,
+        served_models: list[str],
+        self_hosted_slots: int,
+        grpc: bool = True,
+    ):
+        if not state.redis_url:
+            raise ValueError("state.redis_url is required (llmserve up starts an embedded Redis when none is set)")
+        self._engine = engine
+        self._limits = limits
+        self._state = state
+        self._rag = rag
+        self._served = set(served_models)
+        self._retriever = configured(retriever, grpc)
+        self._redis = async_redis(state.redis_url)
+        self._tokens = TokenCounter.for_model(model_source)
+        self._providers = build_providers(routing, pricing, engine.model_name, configured(llm, grpc))
+        self._router = build_router(
+            routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, self._tokens
+        )
+        self._provider_usage = ProviderUsage(self._redis, state.redis_prefix)
         self._pending: set[asyncio.Task] = set()
-        self._conversations = ConversationStore(self._redis, settings.redis_prefix, settings.conversation_ttl_s)
+        self._conversations = ConversationStore(self._redis, state.redis_prefix, state.conversation_ttl_s)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
-        self._metrics = MetricsSink(
-            mode=settings.resolved_wandb_mode(),
-            project=settings.wandb_project,
-            directory=settings.wandb_dir,
-            run_name=f"orchestrator-{replica}",
-            group=settings.app_name,
-            flush_interval_s=settings.metrics_flush_interval_s,
-            config={"model": settings.model_name, "replica": replica},
+        self._metrics = MetricsSink.for_settings(
+            metrics, run_name=f"orchestrator-{replica}", config={"model": engine.model_name, "replica": replica}
         )
 
     def __del__(self):
@@ -91,6 +142,7 @@ class Orchestrator:
             yield chunks
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
+        """The whole answer, folded from the same stream (one code path for both modes)."""
         text, finish, usage, head, tail = [], None, Usage(), None, None
         async for chunks in self._run(request.model_copy(update={"stream": False})):
             for chunk in chunks:
@@ -139,55 +191,33 @@ class Orchestrator:
     async def flush_metrics(self) -> bool:
         return await asyncio.to_thread(self._metrics.flush)
 
-    # --- the request path ---------------------------------------------------------------------------
-    def _max_tokens(self, request: ChatRequest) -> int:
-        if request.max_tokens is None:
-            return self._settings.default_max_tokens
-        if request.max_tokens > self._settings.max_tokens_cap:
-            raise InvalidRequest(
-                f"max_tokens {request.max_tokens} exceeds this server's limit of {self._settings.max_tokens_cap}",
-                param="max_tokens",
-            )
-        return request.max_tokens
-
-    async def _retrieve(self, request: ChatRequest) -> list[Citation]:
-        options = request.rag
-        enabled = options.enabled if options is not None else self._settings.rag_enabled
-        query = retrieval_query(request.messages)
-        if not enabled or query is None:
-            return []
-        return await self._retriever.retrieve.remote(
-            query,
-            options.collection if options else None,
-            (options.top_k if options and options.top_k else None) or self._settings.rag_top_k,
-            options.min_score if options and options.min_score is not None else self._settings.rag_min_score,
-        )
-
+    # --- the stages of a turn -----------------------------------------------------------------------
     async def _run(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        timing = _Timing()
-        if request.model not in self._settings.served_models():
-            raise NotFound(f"model {request.model!r} does not exist; try {self._settings.model_name!r}", param="model")
-        max_tokens = self._max_tokens(request)
-        request_id = request.request_id or new_id("req")
-        # The request id may be the client's x-request-id, so it only labels (chunk ids, logs). What must be
-        # unique (the engine's request id, the turn's commit key) gets an id of our own.
-        run_id = new_id("run")
-        conversation_id = request.conversation_id
-        history_task = (
-            self._conversations.history(conversation_id, self._settings.history_max_messages)
-            if conversation_id
-            else _empty()
-        )
+        turn = await self._prepare(request)
+        status = "error"
         try:
-            history, citations = await asyncio.gather(history_task, self._retrieve_timed(request, timing))
-        except (ConnectionError, OSError) as exc:
-            raise ServiceUnavailable(f"state store unavailable: {exc}") from exc
+            async for chunks in self._stream(turn):
+                yield chunks
+            status = "ok"
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            self._finish(turn, status)
+
+    async def _prepare(self, request: ChatRequest) -> Turn:
+        timing = Timing()
+        if request.model not in self._served:
+            raise NotFound(f"model {request.model!r} does not exist; try {self._engine.model_name!r}", param="model")
+        max_tokens = resolve_max_tokens(request.max_tokens, self._limits)
+        history, citations = await asyncio.gather(self._history(request), self._retrieve(request, timing))
         prompt = build_prompt(
             history,
             request.messages,
             citations,
-            max_model_len=self._settings.max_model_len,
+            max_model_len=self._engine.max_model_len,
             max_tokens=max_tokens,
+            tokens=self._tokens,
         )
         timing.prompt_done = time.perf_counter()
         params = GenerationParams(
@@ -199,144 +229,117 @@ class Orchestrator:
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
         )
-        chunk_id, created = f"chatcmpl-{request_id}", int(time.time())
-        model = request.model
+        # The request id may be the client's x-request-id, so it only labels (chunk ids, logs).
+        return Turn(
+            request=request,
+            chunk_id=f"chatcmpl-{request.request_id or new_id('req')}",
+            run_id=new_id("run"),
+            conversation_id=request.conversation_id,
+            citations=citations,
+            prompt=prompt,
+            params=params,
+            timing=timing,
+        )
 
-        def chunk(**kwargs) -> ChatChunk:
-            return ChatChunk(id=chunk_id, created=created, model=model, **kwargs)
-
-        answer: list[str] = []
-        routed = RoutedStream()
-        finish: str | None = None
-        status = "error"
-        try:
-            first = True
-            async for deltas in self._router.stream(model, prompt, params, run_id, routed):
-                out: list[ChatChunk] = []
-                if first:
-                    timing.first_token = time.perf_counter()
-                    out.append(
-                        chunk(
-                            choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
-                            conversation_id=conversation_id,
-                            citations=citations,
-                            provider=routed.providers[0],
-                        )
-                    )
-                    first = False
-                for d in deltas:
-                    if d.text or d.finish_reason:
-                        answer.append(d.text)
-                        finish = d.finish_reason or finish
-                        out.append(
-                            chunk(
-                                choices=[
-                                    ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
-                                ]
-                            )
-                        )
-                if finish is not None and conversation_id:
-                    # Commit before the last chunks leave: once the client has the whole answer, so does Redis.
-                    new_turn = [*request.messages, ChatMessage(role="assistant", content="".join(answer))]
-                    await self._conversations.commit_turn(conversation_id, run_id, new_turn)
-                    conversation_id = None  # committed once
-                if out:
-                    yield out
+    async def _stream(self, turn: Turn) -> AsyncIterator[list[ChatChunk]]:
+        first = True
+        async for deltas in self._router.stream(turn.request.model, turn.prompt, turn.params, turn.run_id, turn.routed):
+            out: list[ChatChunk] = []
             if first:
-                raise ServiceUnavailable("the engine ended the stream without output")
-            if request.include_usage or not request.stream:
-                yield [chunk(usage=routed.usage(), provider="+".join(routed.providers), cost_usd=routed.cost_usd)]
-            status = "ok"
-        except asyncio.CancelledError:
-            status = "cancelled"
-            raise
-        finally:
-            self._record(timing, routed, len(citations), request.stream, status)
+                turn.timing.first_token = time.perf_counter()
+                out.append(
+                    turn.chunk(
+                        choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
+                        conversation_id=turn.conversation_id,
+                        citations=turn.citations,
+                        provider=turn.routed.providers[0],
+                    )
+                )
+                first = False
+            out.extend(self._answer_chunks(turn, deltas))
+            if turn.finish_reason is not None:
+                # Commit before the last chunks leave: once the client has the whole answer, so does Redis.
+                await self._commit(turn)
+            if out:
+                yield out
+        if first:
+            raise ServiceUnavailable("the engine ended the stream without output")
+        if turn.request.include_usage or not turn.request.stream:
+            routed = turn.routed
+            yield [turn.chunk(usage=routed.usage(), provider="+".join(routed.providers), cost_usd=routed.cost_usd)]
 
-    async def _retrieve_timed(self, request: ChatRequest, timing: _Timing) -> list[Citation]:
+    @staticmethod
+    def _answer_chunks(turn: Turn, deltas: list[EngineDelta]) -> list[ChatChunk]:
+        out = []
+        for d in deltas:
+            if d.text or d.finish_reason:
+                turn.answer.append(d.text)
+                turn.finish_reason = d.finish_reason or turn.finish_reason
+                choice = ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
+                out.append(turn.chunk(choices=[choice]))
+        return out
+
+    async def _commit(self, turn: Turn) -> None:
+        """The request's new messages and the whole answer, appended to the conversation once."""
+        if turn.conversation_id is None or turn.committed:
+            return
+        new_turn = [*turn.request.messages, ChatMessage(role="assistant", content="".join(turn.answer))]
+        await self._conversations.commit_turn(turn.conversation_id, turn.run_id, new_turn)
+        turn.committed = True
+
+    def _finish(self, turn: Turn, status: str) -> None:
+        """Usage per provider (Redis, off the request path) and the request's metrics."""
+        task = asyncio.ensure_future(self._count_provider_usage(turn.routed))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        end = time.perf_counter()
+        export_prometheus(turn.timing, turn.routed, end, status)
+        self._metrics.record(
+            wandb_record(turn.timing, turn.routed, end, status, len(turn.citations), turn.request.stream)
+        )
+
+    # --- prepare's parts ----------------------------------------------------------------------------
+    async def _history(self, request: ChatRequest) -> list[ChatMessage]:
+        if not request.conversation_id:
+            return []
+        return await self._conversations.history(request.conversation_id, self._state.history_max_messages)
+
+    async def _retrieve(self, request: ChatRequest, timing: Timing) -> list[Citation]:
+        options = request.rag
+        enabled = options.enabled if options is not None else self._rag.enabled
+        query = retrieval_query(request.messages)
+        if not enabled or query is None:
+            return []
         t0 = time.perf_counter()
         try:
-            return await self._retrieve(request)
+            return await self._retriever.retrieve.remote(
+                query,
+                options.collection if options else None,
+                (options.top_k if options and options.top_k else None) or self._rag.top_k,
+                options.min_score if options and options.min_score is not None else self._rag.min_score,
+            )
         finally:
             timing.retrieval_s = time.perf_counter() - t0
 
-    def _record(self, timing: _Timing, routed: RoutedStream, rag_chunks: int, stream: bool, status: str) -> None:
-        task = asyncio.ensure_future(self._count_provider_usage(routed))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        usage = routed.usage()
-        end = time.perf_counter()
-        e2e = end - timing.start
-        ttft = (timing.first_token - timing.start) if timing.first_token else None
-        decode_s = (end - timing.first_token) if timing.first_token else 0.0
-        self._export(timing, routed, usage, end, status)
-        self._metrics.record(
-            {
-                "ttft_s": ttft,
-                "e2e_latency_s": e2e,
-                "retrieval_s": timing.retrieval_s,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "tokens_per_s": usage.completion_tokens / e2e if e2e > 0 else 0.0,
-                "decode_tokens_per_s": (usage.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
-                "rag_chunks": rag_chunks,
-                "stream": int(stream),
-                "ok": int(status == "ok"),
-                "status": status,
-                "provider": "+".join(routed.providers),
-                "failovers": len(routed.failures),
-                "cost_usd": routed.cost_usd,
-            }
-        )
-
-    @staticmethod
-    def _export(timing: _Timing, routed: RoutedStream, usage: Usage, end: float, status: str) -> None:
-        """Prometheus (through Ray's metrics agent): latencies, stages, tokens, outcomes, cost."""
-        provider = "+".join(routed.providers) or "none"
-        prom.inc("llmserve_requests_total", provider=provider, status=status)
-        prom.observe("llmserve_e2e_seconds", end - timing.start, provider=provider, status=status)
-        prom.observe("llmserve_stage_seconds", timing.retrieval_s, stage="retrieval")
-        if timing.prompt_done is not None:
-            prom.observe(
-                "llmserve_stage_seconds", timing.prompt_done - timing.start - timing.retrieval_s, stage="prompt"
-            )
-        if timing.first_token is not None:
-            prom.observe("llmserve_ttft_seconds", timing.first_token - timing.start, provider=provider)
-            if timing.prompt_done is not None:
-                prom.observe("llmserve_stage_seconds", timing.first_token - timing.prompt_done, stage="queue")
-            prom.observe("llmserve_stage_seconds", end - timing.first_token, stage="decode")
-            if usage.completion_tokens > 1:
-                tpot = (end - timing.first_token) / (usage.completion_tokens - 1)
-                prom.observe("llmserve_tpot_seconds", tpot, provider=provider)
-        prom.inc("llmserve_tokens_total", usage.prompt_tokens, provider=provider, kind="prompt")
-        prom.inc("llmserve_tokens_total", usage.completion_tokens, provider=provider, kind="completion")
-        for leg in routed.legs:
-            prom.inc("llmserve_cost_usd_total", leg.cost_usd, provider=leg.provider)
-        for name, count in routed.failed.items():
-            prom.inc("llmserve_failovers_total", count, provider=name)
-
+    # --- finish's parts -----------------------------------------------------------------------------
     async def _count_provider_usage(self, routed: RoutedStream) -> None:
         """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""
         try:
             for leg in routed.legs:
-                usage = leg.usage
+                usage = leg.usage or Usage()
                 await self._provider_usage.add(
                     leg.provider,
                     requests=1,
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else leg.deltas,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
                     cost_usd=leg.cost_usd,
                 )
             for name, count in routed.failed.items():
                 await self._provider_usage.add(name, failures=count)
             for name, seconds in self._router.stats.take_busy_seconds().items():
                 await self._provider_usage.add(name, busy_s=seconds)
-        except (ConnectionError, OSError) as exc:
+        except RedisError as exc:
             logger.warning("provider usage not counted: %r", exc)
-
-
-async def _empty() -> list:
-    return []
 
 
 async def _awaitable(value):

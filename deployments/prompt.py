@@ -3,15 +3,15 @@
 Retrieved context goes into the *last user message* (not a system message): small instruct models follow
 context next to the question far better, and the request's own system prompt stays untouched. The stored
 turn keeps the user's original words, so context never accumulates in the history.
+
+The window is measured in the model's own tokens (core/tokens.py): the oldest history is dropped until the
+rendered prompt plus `max_tokens` fits `max_model_len`.
 """
 
 from __future__ import annotations
 
-from serve_app.models import ChatMessage, Citation
-
-# A deliberately conservative characters-per-token estimate (English BPE averages ~4): trimming a little
-# too much history is better than a context-length error from the engine.
-CHARS_PER_TOKEN = 3
+from core.models import ChatMessage, Citation
+from core.tokens import TokenCounter
 
 
 def format_context(citations: list[Citation]) -> str:
@@ -29,16 +29,15 @@ def augment_question(question: str, citations: list[Citation]) -> str:
     )
 
 
-def _chars(messages: list[ChatMessage]) -> int:
-    return sum(len(m.content) + 8 for m in messages)  # + role and template tokens
+def _engine_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
 
 
-def trim_history(history: list[ChatMessage], budget_chars: int) -> list[ChatMessage]:
-    """Drop the oldest messages until the history fits; never start on an assistant message."""
-    kept = list(history)
-    while kept and (_chars(kept) > budget_chars or kept[0].role == "assistant"):
-        kept.pop(0)
-    return kept
+def _start_on_user(history: list[ChatMessage], start: int) -> int:
+    """History kept from `start` never begins with an assistant message (its question was dropped)."""
+    while start < len(history) and history[start].role == "assistant":
+        start += 1
+    return start
 
 
 def build_prompt(
@@ -48,8 +47,11 @@ def build_prompt(
     *,
     max_model_len: int,
     max_tokens: int,
+    tokens: TokenCounter,
 ) -> list[dict[str, str]]:
-    """Messages for the engine: request system messages first, then history, then the new turn."""
+    """Messages for the engine: request system messages first, then as much of the history (newest kept) as
+    fits, then the new turn. A turn that alone does not fit is sent whole: the engine answers with its
+    context-length error."""
     system = [m for m in messages if m.role in ("system", "developer")]
     turn = [m for m in messages if m.role not in ("system", "developer")]
     if citations:
@@ -57,13 +59,21 @@ def build_prompt(
         if last_user is not None:
             original = turn[last_user]
             turn[last_user] = original.model_copy(update={"content": augment_question(original.content, citations)})
-    budget = (max_model_len - max_tokens) * CHARS_PER_TOKEN - _chars(system) - _chars(turn)
-    kept = trim_history(history, max(0, budget))
-    out = []
-    for m in [*system, *kept, *turn]:
-        role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": m.content})
-    return out
+    budget = max_model_len - max_tokens
+
+    def prompt(start: int) -> list[dict[str, str]]:
+        return _engine_messages([*system, *history[_start_on_user(history, start) :], *turn])
+
+    # The smallest number of oldest messages to drop: the prompt shrinks as more are dropped, so a binary
+    # search needs about log2(len(history)) counts; the usual case (it fits) needs one.
+    low, high = 0, len(history)
+    while low < high:
+        middle = (low + high) // 2
+        if tokens.count_messages(prompt(middle)) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return prompt(low)
 
 
 def retrieval_query(messages: list[ChatMessage]) -> str | None:

@@ -2,7 +2,7 @@
 (an on-disk Chroma index is only searchable by the process that wrote it).
 
 Queries that arrive together are embedded in one forward pass (`serve.batch`, no wait: a batch is whatever
-queued while the previous one ran), on `retriever_torch_threads` threads. Concurrent single-query passes,
+queued while the previous one ran), on `rag.torch_threads` threads. Concurrent single-query passes,
 each with its own spinning OpenMP threads, took the engine's core on small machines.
 """
 
@@ -12,28 +12,28 @@ import asyncio
 
 from ray import serve
 
+from core.errors import NotFound
+from core.models import Citation, IngestRequest, IngestResponse
+from core.setting_groups import RagSettings
 from rag.embedder import Embedder
 from rag.ingest import ingest_document
 from rag.store import ChunkStore, make_client, validate_collection_name
-from serve_app.errors import NotFound
-from serve_app.models import Citation, IngestRequest, IngestResponse
-from serve_app.settings import Settings
 
 
 @serve.deployment(name="Retriever")
 class Retriever:
-    def __init__(self, settings: Settings):
-        self._settings = settings
-        self._embedder = Embedder(torch_threads=settings.retriever_torch_threads)
-        self._embed_queries.set_max_batch_size(settings.retriever_batch_size)
-        client = make_client(path=None if settings.chroma_url else settings.chroma_path, url=settings.chroma_url)
+    def __init__(self, rag: RagSettings):
+        self._rag = rag
+        self._embedder = Embedder(torch_threads=rag.torch_threads)
+        self._embed_queries.set_max_batch_size(rag.batch_size)
+        client = make_client(path=None if rag.chroma_url else rag.chroma_path, url=rag.chroma_url)
         self._store = ChunkStore(client)
         self._write_lock = asyncio.Lock()
 
     async def retrieve(self, query: str, collection: str | None, top_k: int, min_score: float) -> list[Citation]:
         """Chunks at least `min_score` similar to `query`. A collection named explicitly must exist;
         the default one may not yet (a fresh install has ingested nothing)."""
-        name = validate_collection_name(collection or self._settings.rag_collection)
+        name = validate_collection_name(collection or self._rag.collection)
         if collection and not await asyncio.to_thread(self._store.has_collection, name):
             raise NotFound(f"RAG collection {name!r} does not exist; ingest documents first", param="rag.collection")
         vector = await self._embed_queries(query)
@@ -49,7 +49,7 @@ class Retriever:
         return await asyncio.to_thread(self._embedder.embed, queries)
 
     async def ingest(self, request: IngestRequest) -> IngestResponse:
-        name = validate_collection_name(request.collection or self._settings.rag_collection)
+        name = validate_collection_name(request.collection or self._rag.collection)
         results = []
         async with self._write_lock:
             for document in request.documents:
@@ -60,8 +60,8 @@ class Retriever:
                         self._embedder,
                         name,
                         document,
-                        self._settings.chunk_chars,
-                        self._settings.chunk_overlap_chars,
+                        self._rag.chunk_chars,
+                        self._rag.chunk_overlap_chars,
                     )
                 )
         return IngestResponse(collection=name, data=results)

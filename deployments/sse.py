@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from core.models import ChatChunk
 from deployments.http_errors import sse_error_frame
-from serve_app.models import ChatChunk
 
 logger = logging.getLogger("llmserve.ingress")
 

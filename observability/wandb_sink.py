@@ -13,6 +13,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from core.setting_groups import MetricsSettings
+
 logger = logging.getLogger(__name__)
 _WINDOW = 1000
 
@@ -49,6 +51,19 @@ class MetricsSink:
         if mode != "disabled":
             self._thread = threading.Thread(target=self._loop, name="wandb-sink", daemon=True)
             self._thread.start()
+
+    @classmethod
+    def for_settings(cls, metrics: MetricsSettings, run_name: str, config: dict[str, Any]) -> MetricsSink:
+        """A sink configured by the metrics settings group (its W&B dir and group already resolved)."""
+        return cls(
+            mode=metrics.resolved_wandb_mode(),
+            project=metrics.wandb_project,
+            directory=metrics.wandb_dir or Path("."),
+            run_name=run_name,
+            group=metrics.wandb_group or "llmserve",
+            flush_interval_s=metrics.flush_interval_s,
+            config=config,
+        )
 
     @property
     def run_dir(self) -> str | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.models import IngestDocument, IngestResult
 from rag.chunking import chunk_text
 from rag.embedder import Embedder
 from rag.store import ChunkStore, content_hash
-from serve_app.models import IngestDocument, IngestResult
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
 

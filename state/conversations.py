@@ -14,7 +14,7 @@ import json
 
 import redis.asyncio as aioredis
 
-from serve_app.models import ChatMessage
+from core.models import ChatMessage
 
 _COMMIT_TURN = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then

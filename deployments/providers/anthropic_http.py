@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.models import Usage
 from deployments.providers.base import EngineDelta, GenerationParams, ProviderError
 from deployments.providers.http_common import HTTPProvider, sse_events
-from serve_app.models import Usage
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 _RETRYABLE_ERRORS = {"overloaded_error", "rate_limit_error", "api_error", "timeout_error"}

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from serve_app.models import Usage
+from core.models import Usage
+from core.pricing import Price
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,6 @@ def status_error(provider: str, status: int, headers: Mapping[str, str], body: s
         retry_after_s=parse_retry_after(headers),
         client_error=status in (400, 413, 422),
     )
-
-
-@dataclass(frozen=True)
-class Price:
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
 class Provider(Protocol):

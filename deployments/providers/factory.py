@@ -1,41 +1,32 @@
-"""Providers and the router, built from settings."""
+"""Providers and the router, built from the routing and pricing settings."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 from ray.serve.handle import DeploymentHandle
 
-from deployments.llm import ServeLLMEngine
+from core.pricing import price_of
+from core.setting_groups import PricingSettings, RoutingSettings
+from core.tokens import TokenCounter
 from deployments.providers.anthropic_http import AnthropicProvider
-from deployments.providers.base import Price, Provider
+from deployments.providers.base import Provider
 from deployments.providers.openai_http import OpenAIProvider
 from deployments.providers.retry import RetryPolicy
 from deployments.providers.router import ProviderRouter
 from deployments.providers.routing import LoadStats, strategy
-from serve_app.provider_config import ProviderConfig
-from serve_app.settings import Settings
+from deployments.providers.self_hosted import ServeLLMEngine
 from state.breaker import BreakerPolicy, CircuitBreaker
 
 
-def price_of(config: ProviderConfig, settings: Settings) -> Price:
-    own = config.kind == "self_hosted"
-    return Price(
-        input_per_mtok=config.price_input_per_mtok
-        if config.price_input_per_mtok is not None
-        else (settings.price_input_per_mtok if own else 0.0),
-        output_per_mtok=config.price_output_per_mtok
-        if config.price_output_per_mtok is not None
-        else (settings.price_output_per_mtok if own else 0.0),
-    )
-
-
-def build_providers(settings: Settings, llm: DeploymentHandle | None) -> list[Provider]:
+def build_providers(
+    routing: RoutingSettings, pricing: PricingSettings, model_name: str, llm: DeploymentHandle | None
+) -> list[Provider]:
     providers: list[Provider] = []
-    for config in settings.providers:
-        price = price_of(config, settings)
+    for config in routing.providers:
+        price = price_of(config, pricing)
         if config.kind == "self_hosted":
             if llm is not None:
-                providers.append(ServeLLMEngine(llm, settings.model_name, name=config.name, price=price))
+                providers.append(ServeLLMEngine(llm, model_name, name=config.name, price=price))
         elif config.kind == "openai":
             providers.append(OpenAIProvider(config, price))
         else:
@@ -43,18 +34,28 @@ def build_providers(settings: Settings, llm: DeploymentHandle | None) -> list[Pr
     return providers
 
 
-def build_router(settings: Settings, providers: list[Provider], client: aioredis.Redis | None) -> ProviderRouter:
-    breaker = None
-    if client is not None:
-        policy = BreakerPolicy(settings.breaker_failures, settings.breaker_window_s, settings.breaker_open_s)
-        breaker = CircuitBreaker(client, settings.redis_prefix, policy)
-    slots = settings.llm_max_replicas * settings.llm_target_ongoing_requests // max(1, settings.orchestrator_replicas)
+def breaker_policy(routing: RoutingSettings) -> BreakerPolicy:
+    return BreakerPolicy(routing.breaker_failures, routing.breaker_window_s, routing.breaker_open_s)
+
+
+def build_router(
+    routing: RoutingSettings,
+    providers: list[Provider],
+    client: aioredis.Redis | None,
+    redis_prefix: str,
+    self_hosted_slots: int,
+    tokens: TokenCounter | None = None,
+) -> ProviderRouter:
+    """`self_hosted_slots`: requests this orchestrator replica may keep on the self-hosted replicas before they
+    queue (cost_aware spills past it)."""
+    breaker = CircuitBreaker(client, redis_prefix, breaker_policy(routing)) if client is not None else None
     return ProviderRouter(
         providers,
-        strategy(settings.routing),
-        LoadStats(self_hosted_slots=max(1, slots), ttft_target_s=settings.ttft_target_s),
+        strategy(routing.strategy),
+        LoadStats(self_hosted_slots=max(1, self_hosted_slots), ttft_target_s=routing.ttft_target_s),
         breaker,
-        RetryPolicy(settings.retry_max_attempts, settings.retry_base_s, settings.retry_max_wait_s),
-        settings.request_deadline_s,
-        {c.name: c.first_token_timeout_s for c in settings.providers},
+        RetryPolicy(routing.retry_max_attempts, routing.retry_base_s, routing.retry_max_wait_s),
+        routing.request_deadline_s,
+        {c.name: c.first_token_timeout_s for c in routing.providers},
+        tokens or TokenCounter(),
     )

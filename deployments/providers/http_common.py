@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
+from core.provider_config import ProviderConfig
 from deployments.providers.base import Price, ProviderError, status_error
-from serve_app.provider_config import ProviderConfig
 
 
 def make_client(config: ProviderConfig) -> httpx.AsyncClient:

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from deployments.providers.factory import price_of
-from serve_app.settings import Settings
-from state.breaker import BreakerPolicy, CircuitBreaker
+from core.pricing import price_of
+from core.setting_groups import PricingSettings, RoutingSettings
+from deployments.providers.factory import breaker_policy
+from state.breaker import CircuitBreaker
 from state.provider_usage import ProviderUsage, self_hosted_economics
 
 
-async def provider_report(settings: Settings, client: aioredis.Redis, gpu_hour_usd: float | None = None) -> dict:
-    usage = ProviderUsage(client, settings.redis_prefix)
-    breaker = CircuitBreaker(client, settings.redis_prefix, BreakerPolicy())
-    gpu_hour = settings.gpu_hour_usd if gpu_hour_usd is None else gpu_hour_usd
+async def provider_report(
+    routing: RoutingSettings,
+    pricing: PricingSettings,
+    gpus_per_replica: int,
+    client: aioredis.Redis,
+    redis_prefix: str,
+    gpu_hour_usd: float | None = None,
+) -> dict:
+    usage = ProviderUsage(client, redis_prefix)
+    breaker = CircuitBreaker(client, redis_prefix, breaker_policy(routing))
+    gpu_hour = pricing.gpu_hour_usd if gpu_hour_usd is None else gpu_hour_usd
     rows, own_usage = [], None
-    for config in settings.providers:
+    for config in routing.providers:
         u = await usage.get(config.name)
         tokens = u["prompt_tokens"] + u["completion_tokens"]
-        price = price_of(config, settings)
+        price = price_of(config, pricing)
         rows.append(
             {
                 "name": config.name,
@@ -33,12 +41,7 @@ async def provider_report(settings: Settings, client: aioredis.Redis, gpu_hour_u
         )
         if config.kind == "self_hosted":
             own_usage = u
-    report: dict = {
-        "object": "list",
-        "data": rows,
-        "gpu_hour_usd": gpu_hour,
-        "gpus_per_replica": settings.tensor_parallel_size,
-    }
+    report: dict = {"object": "list", "data": rows, "gpu_hour_usd": gpu_hour, "gpus_per_replica": gpus_per_replica}
     if own_usage is not None:
         managed = [r for r in rows if r["kind"] != "self_hosted"]
         mix = _output_share(own_usage)
@@ -47,7 +50,7 @@ async def provider_report(settings: Settings, client: aioredis.Redis, gpu_hour_u
                 r["usd_per_mtok_list"] = (1 - mix) * r["price_input_per_mtok"] + mix * r["price_output_per_mtok"]
         cheapest = min(managed, key=_per_mtok, default=None)
         managed_price = _per_mtok(cheapest) if cheapest else None
-        economics = self_hosted_economics(own_usage, gpu_hour, settings.tensor_parallel_size, managed_price)
+        economics = self_hosted_economics(own_usage, gpu_hour, gpus_per_replica, managed_price)
         report["self_hosted"] = {**economics, "compared_with": cheapest["name"] if cheapest else None}
     return report
 

@@ -10,30 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+from redis.exceptions import RedisError
+
+from core.errors import InvalidRequest, ServiceUnavailable
+from core.models import Usage
+from core.tokens import TokenCounter
 from deployments.providers.base import EngineDelta, GenerationParams, Provider, ProviderError
 from deployments.providers.retry import RetryPolicy, open_stream
 from deployments.providers.routing import LoadStats, Strategy
-from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.models import Usage
 from state.breaker import CircuitBreaker
 
 logger = logging.getLogger("llmserve.router")
-_CHARS_PER_TOKEN = 4
 
 
 @dataclass
 class Leg:
-    """One provider's share of an answer."""
+    """One provider's share of an answer. `usage` is what the provider reported, or, when it stopped before
+    reporting, the exact count of what it was sent and what it produced (set when the leg ends)."""
 
     provider: str
     text: str = ""
-    deltas: int = 0
     usage: Usage | None = None
     cost_usd: float = 0.0
 
@@ -55,8 +56,9 @@ class RoutedStream:
         return "".join(leg.text for leg in self.legs)
 
     def usage(self) -> Usage:
+        """The prompt as the first provider saw it, and the completion tokens of every leg."""
         prompt = next((leg.usage.prompt_tokens for leg in self.legs if leg.usage), 0)
-        completion = sum(leg.usage.completion_tokens if leg.usage else leg.deltas for leg in self.legs)
+        completion = sum(leg.usage.completion_tokens for leg in self.legs if leg.usage)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
     @property
@@ -74,6 +76,7 @@ class ProviderRouter:
         policy: RetryPolicy,
         deadline_s: float,
         first_token_timeout_s: dict[str, float] | None = None,
+        tokens: TokenCounter | None = None,
     ):
         self.providers = providers
         self.stats = stats
@@ -82,13 +85,14 @@ class ProviderRouter:
         self._policy = policy
         self._deadline_s = deadline_s
         self._first_token_timeout_s = first_token_timeout_s or {}
+        self._tokens = tokens or TokenCounter()
 
     async def _allowed(self, provider: Provider) -> bool:
         if self._breaker is None:
             return True
         try:
             return await self._breaker.allow(provider.name) != "open"
-        except (ConnectionError, OSError):  # no Redis: no breaker, still serve
+        except RedisError:  # no Redis: no breaker, still serve
             return True
 
     async def _record(self, provider: Provider, ok: bool) -> None:
@@ -96,7 +100,7 @@ class ProviderRouter:
             return
         try:
             await (self._breaker.success(provider.name) if ok else self._breaker.failure(provider.name))
-        except (ConnectionError, OSError):
+        except RedisError:
             logger.warning("circuit breaker state for %s not recorded: Redis unavailable", provider.name)
 
     async def _failed(self, provider: Provider, out: RoutedStream) -> None:
@@ -112,7 +116,6 @@ class ProviderRouter:
         queue = list(route.providers)
         retried_mid_stream: set[str] = set()
         deadline = time.monotonic() + self._deadline_s
-        prompt_chars = sum(len(m["content"]) for m in messages)
         while queue and time.monotonic() < deadline:
             provider = queue.pop(0)
             if not await self._allowed(provider):
@@ -149,7 +152,6 @@ class ProviderRouter:
                     while True:
                         for d in batch:
                             leg.text += d.text
-                            leg.deltas += 1 if d.text else 0
                             leg.usage = d.usage or leg.usage
                             out.finish_reason = d.finish_reason or out.finish_reason
                         yield batch
@@ -165,7 +167,7 @@ class ProviderRouter:
                         queue.append(provider)
                     continue
                 finally:
-                    leg.cost_usd = self._cost(provider, leg, prompt_chars)
+                    self._settle_leg(provider, leg, attempt_messages)
                 await self._record(provider, ok=True)
                 return
             finally:
@@ -176,12 +178,12 @@ class ProviderRouter:
             retry_after_s=1,
         )
 
-    @staticmethod
-    def _cost(provider: Provider, leg: Leg, prompt_chars: int) -> float:
-        if leg.usage is not None:
-            return provider.price.cost(leg.usage.prompt_tokens, leg.usage.completion_tokens)
-        # cut off before the provider reported usage: what it was sent and what it produced, estimated
-        return provider.price.cost(math.ceil(prompt_chars / _CHARS_PER_TOKEN), leg.deltas)
+    def _settle_leg(self, provider: Provider, leg: Leg, messages: list[dict[str, str]]) -> None:
+        """The leg's usage (counted exactly when the provider stopped before reporting it) and its cost."""
+        if leg.usage is None:
+            prompt, completion = self._tokens.count_messages(messages), self._tokens.count_text(leg.text)
+            leg.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        leg.cost_usd = provider.price.cost(leg.usage.prompt_tokens, leg.usage.completion_tokens)
 
 
 def _starter(

@@ -18,6 +18,7 @@ ADMISSION_CAPACITY = 24
 FALLBACK_ONLY_MODEL = "managed-only"
 FALLBACK_CONTINUATION = " [continued by the fallback provider]"
 BATCH_VISIBILITY_S = 8.0
+MODEL_CACHE_DIR = os.environ.get("LLMSERVE_TEST_MODEL_CACHE_DIR", os.path.expanduser("~/.llmserve/models"))
 
 
 def _free_port() -> int:
@@ -41,40 +42,40 @@ def fallback():
 def stack(tmp_path_factory, fallback):
     from pydantic import SecretStr
 
-    from serve_app.provider_config import ProviderConfig
+    from core.provider_config import ProviderConfig
+    from core.settings import Settings
     from serve_app.runtime import start_local
-    from serve_app.settings import Settings
 
     prefix = f"llmserve-it-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         app_name="llmserve-test",
-        port=_free_port(),
-        proxy_port=_free_port(),
-        metrics_export_port=_free_port(),
-        redis_url=REDIS_URL,
-        redis_prefix=prefix,
         master_key=SecretStr(MASTER_KEY),
         data_dir=tmp_path_factory.mktemp("llmserve-data"),
-        model_cache_dir=os.environ.get("LLMSERVE_MODEL_CACHE_DIR", os.path.expanduser("~/.llmserve/models")),
-        max_tokens_cap=512,
-        max_inflight_per_model=ADMISSION_CAPACITY,
-        metrics_flush_interval_s=0.5,
-        # Batch workers: a short visibility timeout so a killed worker's requests come back within a test.
-        batch_visibility_timeout_s=BATCH_VISIBILITY_S,
-        batch_max_inflight=4,
-        batch_queue_per_replica=10,  # small, so a test batch makes the workers scale out
-        batch_worker_max_replicas=2,
-        providers=[
-            ProviderConfig(name="self-hosted", kind="self_hosted"),
-            ProviderConfig(
-                name="fallback",
-                kind="openai",
-                base_url=fallback.url,
-                models={MODEL: "fake-model", FALLBACK_ONLY_MODEL: "fake-model"},
-                price_input_per_mtok=1.0,
-                price_output_per_mtok=2.0,
-            ),
-        ],
+        server={"port": _free_port(), "proxy_port": _free_port()},
+        metrics={"export_port": _free_port(), "flush_interval_s": 0.5},
+        state={"redis_url": REDIS_URL, "redis_prefix": prefix},
+        engine={"model_cache_dir": MODEL_CACHE_DIR},
+        limits={"max_tokens_cap": 512, "max_inflight_per_model": ADMISSION_CAPACITY},
+        batch={
+            # a short visibility timeout so a killed worker's requests come back within a test
+            "visibility_timeout_s": BATCH_VISIBILITY_S,
+            "max_inflight": 4,
+            "queue_per_replica": 10,  # small, so a test batch makes the workers scale out
+            "worker_max_replicas": 2,
+        },
+        routing={
+            "providers": [
+                ProviderConfig(name="self-hosted", kind="self_hosted"),
+                ProviderConfig(
+                    name="fallback",
+                    kind="openai",
+                    base_url=fallback.url,
+                    models={MODEL: "fake-model", FALLBACK_ONLY_MODEL: "fake-model"},
+                    price_input_per_mtok=1.0,
+                    price_output_per_mtok=2.0,
+                ),
+            ]
+        },
     )
     started = time.perf_counter()
     local = start_local(settings)

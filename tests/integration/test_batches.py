@@ -191,10 +191,12 @@ def test_interactive_traffic_preempts_batch_work_which_is_redone_later(openai_cl
 def test_workers_scale_out_on_the_queue(openai_client, stack):
     app_name = stack.settings.app_name
     assert len(worker_replicas(app_name)) >= 1
-    batch = submit(openai_client, [request_line(f"s{i}", f"Name a colour, {i}.", 16) for i in range(60)])
+    # Enough work that one worker cannot drain the queue before the autoscaler acts (60 requests of 16 tokens were
+    # done by one worker first on a loaded machine); the rest is cancelled once the second worker is there.
+    batch = submit(openai_client, [request_line(f"s{i}", f"Name a colour, {i}.", 32) for i in range(150)])
     deadline = time.monotonic() + 90  # metrics reach the controller every few seconds; upscale delay 10 s
     while len(worker_replicas(app_name)) < 2:
-        assert time.monotonic() < deadline, "60 queued requests at 10 per replica did not add a worker"
+        assert time.monotonic() < deadline, "150 queued requests at 10 per replica did not add a worker"
         time.sleep(1.0)
     try:  # stop the rest of the work for the tests after this one
         openai_client.batches.cancel(batch.id)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.integration.conftest import FALLBACK_ONLY_MODEL, MODEL
+from tests.integration.conftest import FALLBACK_ONLY_MODEL, MODEL, MODEL_CACHE_DIR
 
 pytestmark = pytest.mark.integration
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -23,6 +23,24 @@ def test_chat_answers_paris(openai_client):
     usage = response.usage
     assert usage.prompt_tokens > 10 and usage.completion_tokens > 2
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_our_token_count_is_the_engines(openai_client):
+    """core/tokens.py counts a chat prompt exactly as vLLM does (its trimming and its usage when a provider stops
+    early rely on that): the engine's own prompt_tokens, for prompts with and without a system message."""
+    from core.tokens import TokenCounter
+
+    counter = TokenCounter.for_model(f"{MODEL_CACHE_DIR}/{MODEL}")
+    assert counter.exact
+    for messages in (
+        QUESTION,
+        [{"role": "system", "content": "Answer in one word."}, *QUESTION],
+        [*QUESTION, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy? Ünïcødé ✓"}],
+    ):
+        response = openai_client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=1, extra_body={"rag": False}
+        )
+        assert response.usage.prompt_tokens == counter.count_messages(messages)
 
 
 def test_streaming_answers_paris_with_usage_that_adds_up(openai_client):

@@ -140,7 +140,7 @@ def test_model_restrictions_and_admin_routes(base_url):
 def test_no_plaintext_key_anywhere_in_redis(base_url, stack):
     key = create_key(base_url, "--name", "scan-me")
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    for name in client.scan_iter(f"{stack.settings.redis_prefix}:*"):
+    for name in client.scan_iter(f"{stack.settings.state.redis_prefix}:*"):
         kind = client.type(name)
         values = {
             "hash": lambda n: list(client.hgetall(n).values()),

@@ -45,7 +45,7 @@ def test_prometheus_exposes_latency_histograms_stages_tokens_and_errors(stack, o
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body={"rag": False}
     )
     http.post("/v1/chat/completions", json={"model": MODEL})  # a 400, counted by type
-    url = f"http://127.0.0.1:{stack.settings.metrics_export_port}/metrics"
+    url = f"http://127.0.0.1:{stack.settings.metrics.export_port}/metrics"
     wanted = [
         "ray_llmserve_ttft_seconds_bucket{",
         "ray_llmserve_tpot_seconds_bucket{",

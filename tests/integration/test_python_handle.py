@@ -46,7 +46,7 @@ def test_conversation_through_the_handle_is_the_same_as_over_http(stack, http):
 
 
 def test_typed_errors_reach_python_callers(stack):
-    from serve_app.errors import NotFound
+    from core.errors import NotFound
 
     handle = serve.get_app_handle(stack.settings.app_name)
     with pytest.raises(NotFound):

@@ -73,10 +73,10 @@ def twin(tmp_path_factory):
     redis_server = RedisServer(workdir / "redis").start()
     chroma = ChromaServer(workdir / "chroma").start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LLMSERVE_"))}
-    env |= {"REDIS_URL": redis_server.url, "LLMSERVE_CHROMA_URL": chroma.url, "LLMSERVE_MASTER_KEY": KEY}
+    env |= {"REDIS_URL": redis_server.url, "LLMSERVE_RAG__CHROMA_URL": chroma.url, "LLMSERVE_MASTER_KEY": KEY}
     env |= {"LLMSERVE_DATA_DIR": str(workdir / "data"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if "LLMSERVE_MODEL_CACHE_DIR" in os.environ:
-        env["LLMSERVE_MODEL_CACHE_DIR"] = os.environ["LLMSERVE_MODEL_CACHE_DIR"]
+    if "LLMSERVE_TEST_MODEL_CACHE_DIR" in os.environ:
+        env["LLMSERVE_ENGINE__MODEL_CACHE_DIR"] = os.environ["LLMSERVE_TEST_MODEL_CACHE_DIR"]
     config = yaml.safe_load(TWIN.read_text())
     http_port = free_port()
     config["http_options"]["port"] = http_port

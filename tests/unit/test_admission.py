@@ -5,14 +5,17 @@ import asyncio
 
 import pytest
 
+from core.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
+from core.keys import key_hash
+from core.models import ChatRequest, Usage
+from core.pricing import Price
+from core.setting_groups import EngineSettings, LimitsSettings
+from core.tokens import estimate_tokens
 from deployments.admission import AdmissionGate, model_capacity
 from deployments.gateway import Gateway, Principal
 from deployments.middleware import _bounded_body
-from serve_app.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
-from serve_app.models import ChatRequest, Usage
-from serve_app.settings import Settings
 from state.api_keys import KeyLimits
-from tests.conftest import REDIS_URL, redis_client
+from tests.conftest import redis_client
 
 REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "hello there"}], max_tokens=10)
 
@@ -36,14 +39,20 @@ def test_the_gate_rejects_beyond_capacity_per_model_and_reopens_on_release():
 
 
 def test_capacity_defaults_to_what_the_engine_replicas_hold():
-    settings = Settings(llm_max_replicas=3, llm_max_ongoing_requests=10, llm_max_queued_requests=6, ingress_replicas=2)
-    assert model_capacity(settings) == 18  # (3 * 10 + 6) / 2 ingress replicas
-    assert model_capacity(settings.model_copy(update={"max_inflight_per_model": 5})) == 5
+    engine = EngineSettings(max_replicas=3, max_ongoing_requests=10, max_queued_requests=6)
+    assert model_capacity(LimitsSettings(), engine, ingress_replicas=2) == 18  # (3 * 10 + 6) / 2 ingress replicas
+    assert model_capacity(LimitsSettings(max_inflight_per_model=5), engine, ingress_replicas=2) == 5
 
 
 def _gateway(client, prefix, capacity=10):
-    settings = Settings(redis_url=REDIS_URL, redis_prefix=prefix, max_inflight_per_model=capacity)
-    return Gateway(settings, client)
+    return Gateway(
+        client,
+        master_key_hash=key_hash("sk-master"),
+        redis_prefix=prefix,
+        limits=LimitsSettings(),
+        price=Price(0.1, 0.2),
+        capacity=capacity,
+    )
 
 
 async def _settled(gateway):
@@ -85,13 +94,13 @@ def test_a_request_refused_by_its_key_limits_keeps_no_place(redis_prefix):
 
 
 def test_a_stream_cut_short_settles_what_was_generated(redis_prefix):
-    from serve_app.models import ChatChunk, ChunkChoice, Delta
+    from core.models import ChatChunk, ChunkChoice, Delta
 
     def chunk(text):
         return ChatChunk(id="c", created=0, model="m", choices=[ChunkChoice(delta=Delta(content=text))])
 
     async def engine():
-        yield [chunk("a"), chunk("b")]
+        yield [chunk("The capital"), chunk(" of France")]
         raise ConnectionError("replica died")
 
     async def main():
@@ -104,7 +113,9 @@ def test_a_stream_cut_short_settles_what_was_generated(redis_prefix):
                     pass
             await _settled(gateway)
             usage = await gateway.limiter.usage("k3")
-            assert usage["completion_tokens"] == 2 and usage["prompt_tokens"] > 0
+            # No usage came: the ingress charges core/tokens.py's documented estimate of what it streamed.
+            assert usage["completion_tokens"] == estimate_tokens(len("The capital of France")) == 6
+            assert usage["prompt_tokens"] > 0
             assert gateway.admission.inflight("m") == 0
 
     asyncio.run(main())

@@ -1,6 +1,7 @@
 import asyncio
 
-from state.api_keys import KeyLimits, KeyStore, key_hash
+from core.keys import key_hash
+from state.api_keys import KeyLimits, KeyStore
 from tests.conftest import redis_client
 
 

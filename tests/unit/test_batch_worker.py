@@ -8,11 +8,12 @@ import json
 
 import redis.asyncio as aioredis
 
+from core.errors import InvalidRequest, ServiceUnavailable
+from core.models import ChatResponse
+from core.pricing import Price
+from core.setting_groups import BatchSettings, MetricsSettings, StateSettings
 from deployments.batch_jobs import intake
 from deployments.batch_worker import BatchWorker
-from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.models import ChatResponse
-from serve_app.settings import Settings
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
 from tests.conftest import REDIS_URL
@@ -39,10 +40,20 @@ def line(custom_id: str) -> str:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 
 
-async def run_batch(prefix: str, answer, lines: list[str], before=None, **settings):
-    config = Settings(redis_url=REDIS_URL, redis_prefix=prefix, wandb_mode="disabled", **settings)
+def scripted_worker(prefix: str, orchestrator, **batch) -> BatchWorker:
+    return BatchWorker.func_or_class(
+        orchestrator,
+        batch=BatchSettings(**batch),
+        state=StateSettings(redis_url=REDIS_URL, redis_prefix=prefix),
+        metrics=MetricsSettings(wandb_mode="disabled"),
+        price=Price(0.1, 0.2),
+        model_name="m",
+    )
+
+
+async def run_batch(prefix: str, answer, lines: list[str], before=None, **batch):
     orchestrator = ScriptedOrchestrator(answer)
-    worker = BatchWorker.func_or_class(config, orchestrator)
+    worker = scripted_worker(prefix, orchestrator, **batch)
     client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     files = FileStore(client, prefix)
     uploaded = await files.create("kid", "in.jsonl", "batch", ("\n".join(lines) + "\n").encode())
@@ -66,7 +77,7 @@ def test_a_passing_failure_is_retried_then_filed_with_its_status(redis_prefix):
     async def overloaded(request):
         raise ServiceUnavailable("engine at capacity", code="overloaded")
 
-    batch, errors, calls = asyncio.run(run_batch(redis_prefix, overloaded, [line("a")], batch_max_attempts=2))
+    batch, errors, calls = asyncio.run(run_batch(redis_prefix, overloaded, [line("a")], max_attempts=2))
     assert batch["status"] == "completed" and batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
     assert len(calls) == 2  # retried once, then given up
     assert errors[0]["custom_id"] == "a" and errors[0]["response"]["status_code"] == 503
@@ -98,7 +109,7 @@ def test_a_poison_request_is_filed_without_another_call(redis_prefix):
         worker.store.attempt = died_twice
 
     batch, errors, calls = asyncio.run(
-        run_batch(redis_prefix, never, [line("p")], before=two_workers_died_on_it, batch_max_attempts=2)
+        run_batch(redis_prefix, never, [line("p")], before=two_workers_died_on_it, max_attempts=2)
     )
     assert calls == [] and errors[0]["error"]["code"] == "max_attempts"
     assert batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
@@ -128,9 +139,8 @@ def test_no_batch_work_starts_while_interactive_requests_run(redis_prefix):
                 await asyncio.sleep(0.5)
 
         publisher = asyncio.ensure_future(keep_publishing())
-        config = Settings(redis_url=REDIS_URL, redis_prefix=redis_prefix, wandb_mode="disabled")
         orchestrator = ScriptedOrchestrator(answer)
-        worker = BatchWorker.func_or_class(config, orchestrator)
+        worker = scripted_worker(redis_prefix, orchestrator)
         files = FileStore(client, redis_prefix)
         uploaded = await files.create("kid", "in.jsonl", "batch", (line("i") + "\n").encode())
         batch = await intake(worker.store, files, "kid", uploaded["id"], "/v1/chat/completions", "24h", None, 10)

@@ -206,8 +206,8 @@ def test_a_redis_crash_with_aof_loses_no_queued_or_committed_work(tmp_path):
 
 @pytest.mark.parametrize("window", ["24", "0h", "1000h", "1d"])
 def test_bad_completion_windows_are_refused(window):
+    from core.errors import InvalidRequest
     from deployments.batch_jobs import window_seconds
-    from serve_app.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="completion_window"):
         window_seconds(window)

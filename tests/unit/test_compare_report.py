@@ -1,4 +1,4 @@
-"""`llmserve bench --compare`'s report: ratios against bare vLLM, and the plots, from known numbers."""
+"""`python -m benchmarks bench --compare`'s report: ratios against bare vLLM, and the plots, from known numbers."""
 
 from benchmarks.compare import COLUMNS, markdown, plot
 

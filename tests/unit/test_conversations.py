@@ -1,7 +1,7 @@
 import asyncio
 import contextlib
 
-from serve_app.models import ChatMessage
+from core.models import ChatMessage
 from state.conversations import ConversationStore
 from tests.conftest import redis_client
 

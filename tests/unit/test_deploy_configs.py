@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import jsonschema
@@ -14,14 +15,15 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.settings import Settings
+from core.legacy_settings import DeprecatedSettingWarning
+from core.settings import Settings
 from tests.unit.kuberay_schema import RAYSERVICE
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 GPU, CPU = DEPLOY / "serve-gpu.yaml", DEPLOY / "serve-cpu.yaml"
 KUBERNETES = "1.33.0"
 # Addresses and secrets come from the nodes' environment, as in production.
-NODE_ENV = {"REDIS_URL": "redis://:pw@redis:6379/0", "LLMSERVE_CHROMA_URL": "http://chroma:8000"}
+NODE_ENV = {"REDIS_URL": "redis://:pw@redis:6379/0", "LLMSERVE_RAG__CHROMA_URL": "http://chroma:8000"}
 
 
 def load(path: Path) -> dict:
@@ -32,7 +34,14 @@ def app_settings(config: dict, monkeypatch) -> Settings:
     for name, value in NODE_ENV.items():
         monkeypatch.setenv(name, value)
     (app,) = config["applications"]
-    return Settings(**app["args"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedSettingWarning)  # our own configs use the nested names
+        return Settings(**app["args"])
+
+
+def flat(args: dict) -> set[str]:
+    """`group.field` for every value the args set."""
+    return {f"{group}.{name}" for group, fields in args.items() for name in fields}
 
 
 @pytest.mark.parametrize("path", [GPU, CPU], ids=["gpu", "cpu-twin"])
@@ -48,14 +57,14 @@ def test_the_twin_is_the_same_application_on_other_hardware(monkeypatch):
     gpu, cpu = load(GPU), load(CPU)
     (gpu_app,), (cpu_app,) = gpu["applications"], cpu["applications"]
     assert {k: v for k, v in gpu_app.items() if k != "args"} == {k: v for k, v in cpu_app.items() if k != "args"}
-    assert set(gpu_app["args"]) - set(cpu_app["args"]) <= {
-        "served_model_name", "quantization", "accelerator_type", "gpu_memory_utilization", "gpu_hour_usd",
-        "price_input_per_mtok", "price_output_per_mtok",
+    assert flat(gpu_app["args"]) - flat(cpu_app["args"]) <= {
+        "engine.served_model_name", "engine.quantization", "engine.accelerator_type", "engine.gpu_memory_utilization",
+        "pricing.gpu_hour_usd", "pricing.input_per_mtok", "pricing.output_per_mtok",
     }  # fmt: skip
-    assert set(cpu_app["args"]) <= set(gpu_app["args"])
+    assert flat(cpu_app["args"]) <= flat(gpu_app["args"])
     settings = app_settings(gpu, monkeypatch)
-    assert settings.accelerator == "gpu" and settings.llm_max_replicas > settings.llm_min_replicas
-    assert settings.wandb_mode == "online" and settings.retriever_replicas > 1
+    assert settings.engine.accelerator == "gpu" and settings.engine.max_replicas > settings.engine.min_replicas
+    assert settings.metrics.wandb_mode == "online" and settings.rag.replicas > 1
 
 
 def test_secrets_are_not_in_the_configs():
@@ -66,8 +75,8 @@ def test_secrets_are_not_in_the_configs():
 
 def test_an_unknown_serve_setting_is_refused(monkeypatch):
     config = load(GPU)
-    config["applications"][0]["args"]["llm_max_replica"] = 8  # a typo must not deploy a one-replica app
-    with pytest.raises(ValueError, match="llm_max_replica"):
+    config["applications"][0]["args"]["engine"]["max_replica"] = 8  # a typo must not deploy a one-replica app
+    with pytest.raises(ValueError, match="max_replica"):
         app_settings(config, monkeypatch)
 
 
@@ -107,12 +116,12 @@ def test_rayservice_serves_the_gpu_config_on_gpu_workers_it_can_scale_to(rayserv
     assert gpu_groups and cluster["enableInTreeAutoscaling"]
     for group in gpu_groups:
         gpus = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-        assert gpus >= settings.tensor_parallel_size, "a vLLM replica must fit on one worker"
+        assert gpus >= settings.engine.tensor_parallel_size, "a vLLM replica must fit on one worker"
     capacity = sum(
         g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
         for g in gpu_groups
     )
-    assert capacity >= settings.llm_max_replicas * settings.tensor_parallel_size
+    assert capacity >= settings.engine.max_replicas * settings.engine.tensor_parallel_size
 
 
 def test_the_image_is_built_on_the_same_ray(rayservice):

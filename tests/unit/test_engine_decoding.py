@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from deployments.llm import decode_sse_items
-from serve_app.errors import EngineError, InvalidRequest
+from core.errors import EngineError, InvalidRequest
+from deployments.providers.self_hosted import decode_sse_items
 
 
 def frame(payload):

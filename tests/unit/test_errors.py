@@ -2,8 +2,8 @@ import pickle
 
 from ray.exceptions import RayTaskError
 
-from deployments.http_errors import error_body, sse_error_frame, unwrap
-from serve_app.errors import InvalidRequest, NotFound
+from core.errors import InvalidRequest, NotFound, unwrap
+from deployments.http_errors import error_body, sse_error_frame
 
 
 def test_typed_errors_map_to_openai_bodies():

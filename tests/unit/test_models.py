@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.models import ChatRequest
+from core.models import ChatRequest
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -4,10 +4,11 @@ import asyncio
 
 import pytest
 
+from core.pricing import Price
+from core.provider_config import ProviderConfig
 from deployments.providers.anthropic_http import AnthropicProvider, to_anthropic
-from deployments.providers.base import GenerationParams, Price, ProviderError, parse_retry_after
+from deployments.providers.base import GenerationParams, ProviderError, parse_retry_after
 from deployments.providers.openai_http import OpenAIProvider
-from serve_app.provider_config import ProviderConfig
 from tests.fakes.managed_api import Fault, serve_fake
 
 HI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the answer?"}]

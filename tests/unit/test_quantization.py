@@ -5,9 +5,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from core.quantization import QUANTIZATION_MODES, QuantizationError, check_quantization
+from core.settings import Settings
 from serve_app.builder import preflight
-from serve_app.quantization import QUANTIZATION_MODES, QuantizationError, check_quantization
-from serve_app.settings import Settings
 
 
 def checkpoint(tmp_path, quant_method: str | None):
@@ -26,18 +26,18 @@ def test_the_mode_list_is_vllms_own():
 
 def test_an_unknown_mode_is_refused_by_the_settings():
     with pytest.raises(ValidationError, match="unknown quantization 'awq4'"):
-        Settings(quantization="awq4")
+        Settings(engine={"quantization": "awq4"})
 
 
 def test_a_gpu_only_mode_on_cpu_is_refused_with_what_runs_instead():
     with pytest.raises(ValidationError, match=r"'fp8' needs a GPU.*awq"):
-        Settings(quantization="fp8", accelerator="cpu")
+        Settings(engine={"quantization": "fp8", "accelerator": "cpu"})
 
 
 def test_a_mode_the_gpu_type_is_too_old_for_is_refused():
     with pytest.raises(ValidationError, match=r"'fbgemm_fp8' needs CUDA compute capability 8\.0; T4 has 7\.5"):
-        Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="T4", dtype="auto")
-    Settings(quantization="fbgemm_fp8", accelerator="gpu", accelerator_type="A10G", dtype="auto")
+        Settings(engine={"quantization": "fbgemm_fp8", "accelerator": "gpu", "accelerator_type": "T4", "dtype": "auto"})
+    Settings(engine={"quantization": "fbgemm_fp8", "accelerator": "gpu", "accelerator_type": "A10G", "dtype": "auto"})
 
 
 def test_awq_needs_an_awq_checkpoint(tmp_path):
@@ -65,7 +65,7 @@ def test_online_fp8_takes_a_full_precision_checkpoint_but_not_an_int4_one(tmp_pa
 
 
 def test_preflight_refuses_before_anything_starts(tmp_path):
-    settings = Settings(model=checkpoint(tmp_path, None), quantization="gptq", data_dir=tmp_path)
+    settings = Settings(engine={"model": checkpoint(tmp_path, None), "quantization": "gptq"}, data_dir=tmp_path)
     with pytest.raises(QuantizationError, match="gptq"):
         preflight(settings)
 
@@ -73,7 +73,9 @@ def test_preflight_refuses_before_anything_starts(tmp_path):
 def test_the_mode_reaches_the_vllm_engine_arguments(tmp_path):
     from deployments.llm import build_llm_config
 
-    settings = Settings(quantization="awq", accelerator="gpu", accelerator_type="A10G", dtype="auto")
-    config = build_llm_config(settings, checkpoint(tmp_path, "awq"))
+    settings = Settings(
+        engine={"quantization": "awq", "accelerator": "gpu", "accelerator_type": "A10G", "dtype": "auto"}
+    )
+    config = build_llm_config(settings.engine, checkpoint(tmp_path, "awq"))
     assert config.engine_kwargs["quantization"] == "awq"
     assert config.accelerator_type == "A10G"

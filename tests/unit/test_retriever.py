@@ -27,13 +27,13 @@ QUESTIONS = {
 def scenario(data_dir: Path) -> dict:
     from ray.serve import batching
 
+    from core.models import IngestDocument, IngestRequest
+    from core.settings import Settings
     from deployments.retriever import Retriever
-    from serve_app.models import IngestDocument, IngestRequest
-    from serve_app.settings import Settings
 
     # The only part of serve.batch that needs a live replica: a warning that reads its max_ongoing_requests.
     batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
-    retriever = Retriever.func_or_class(Settings(data_dir=data_dir, retriever_batch_size=16))
+    retriever = Retriever.func_or_class(Settings(data_dir=data_dir, rag={"batch_size": 16}).rag)
     docs = [IngestDocument(source=f"{name}.md", text=text) for name, text in TOPICS.items()]
     passes: list[int] = []
     embed = retriever._embedder.embed

