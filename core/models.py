@@ -6,18 +6,26 @@ and are echoed in responses, so the stock `openai` SDK works unchanged (`extra_b
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+from core.names import CONVERSATION_ID_RE, CONVERSATION_ID_RULE
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Caller(BaseModel):
+    """Who a request acts for: decided by the ingress from the API key, never from the request body. In-cluster
+    Python callers (trusted, no key) act for the tenant they name."""
+
+    tenant: str
+    key_id: str = "internal"
+    admin: bool = False
 
 
 class ChatMessage(BaseModel):
@@ -95,7 +103,7 @@ class ChatRequest(BaseModel):
     @classmethod
     def _conversation_id(cls, value: str | None) -> str | None:
         if value is not None and not CONVERSATION_ID_RE.match(value):
-            raise ValueError("conversation_id must be 1-128 characters of [A-Za-z0-9._:-], starting alphanumeric")
+            raise ValueError(f"conversation_id must be {CONVERSATION_ID_RULE}")
         return value
 
     @field_validator("stop")
@@ -185,6 +193,21 @@ class ConversationMessages(BaseModel):
     messages: list[ChatMessage]
 
 
+class ConversationSummary(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    updated_at: int = Field(..., description="When its last turn was stored (unix seconds).")
+    messages: int = Field(..., description="Messages kept (older ones are trimmed past the retention caps).")
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ConversationSummary]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
 class IngestDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(..., min_length=1, max_length=1024)
@@ -207,3 +230,28 @@ class IngestResponse(BaseModel):
     object: Literal["list"] = "list"
     collection: str
     data: list[IngestResult]
+
+
+class CollectionInfo(BaseModel):
+    id: str = Field(..., description="The name requests use: the tenant's own, or 'shared.<name>'.")
+    object: Literal["rag.collection"] = "rag.collection"
+    shared: bool = False
+    chunks: int
+
+
+class DocumentInfo(BaseModel):
+    source: str
+    object: Literal["rag.document"] = "rag.document"
+    chunks: int
+    content_sha256: str
+
+
+class DocumentChunk(BaseModel):
+    chunk_id: str
+    index: int
+    text: str
+
+
+class DocumentDetail(DocumentInfo):
+    collection: str
+    data: list[DocumentChunk]

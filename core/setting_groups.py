@@ -85,7 +85,17 @@ class StateSettings(Group):
         ),
     )
     redis_prefix: str = Field("llmserve", description="Prefix of every Redis key this app writes.")
-    conversation_ttl_s: int = Field(7 * 86400, ge=60, description="Idle conversations expire after this.")
+    conversation_ttl_s: int = Field(
+        7 * 86400, ge=60, description="Retention: a conversation with no new turn for this long is deleted."
+    )
+    conversation_max_messages: int = Field(
+        200, ge=2, description="Messages kept per conversation; the oldest are dropped past it (never the newest turn)."
+    )
+    conversation_max_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        description="Stored bytes (JSON) per conversation; the oldest messages are dropped past it.",
+    )
     history_max_messages: int = Field(
         40, ge=0, description="At most this many stored messages are prepended to a request."
     )

@@ -83,6 +83,7 @@ def window_seconds(window: str) -> int:
 async def intake(
     store: BatchStore,
     files: FileStore,
+    tenant: str,
     owner: str,
     input_file_id: str,
     endpoint: str,
@@ -94,13 +95,13 @@ async def intake(
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint must be {ENDPOINT!r}; other endpoints are not batched", param="endpoint")
     window_s = window_seconds(completion_window)
-    info = await files.get(owner, input_file_id)
+    info = await files.get(tenant, input_file_id)
     if info is None:
         raise NotFound(f"no file {input_file_id!r}", param="input_file_id")
     if info["purpose"] != "batch":
         raise InvalidRequest(f"file {input_file_id!r} has purpose {info['purpose']!r}, not 'batch'", "input_file_id")
-    batch_id = await store.create(owner, input_file_id, endpoint, window_s, completion_window, metadata)
-    raw = await files.content(owner, input_file_id) or b""
+    batch_id = await store.create(tenant, owner, input_file_id, endpoint, window_s, completion_window, metadata)
+    raw = await files.content(tenant, input_file_id) or b""
     try:
         lines = [(n, line) for n, line in enumerate(raw.decode("utf-8").splitlines(), 1) if line.strip()]
     except UnicodeDecodeError:
@@ -114,37 +115,38 @@ async def intake(
             problem = ("too_many_requests", f"the input file has {len(lines)} requests; at most {max_lines}")
     if problem:
         errors = json.dumps([{"code": problem[0], "message": problem[1], "param": "input_file_id", "line": None}])
-        await store.set_status(batch_id, "failed", errors=errors)
-        return await store.get(owner, batch_id)
+        await store.set_status(tenant, batch_id, "failed", errors=errors)
+        return await store.get(tenant, batch_id)
 
     seen: set[str] = set()
     valid, rejected = [], []
     for number, line in lines:
         parsed = parse_line(line, number, endpoint, seen)
         (rejected if isinstance(parsed, dict) else valid).append((number, parsed))
-    await store.set_total(batch_id, len(lines))
+    await store.set_total(tenant, batch_id, len(lines))
     for number, record in rejected:
-        await store.commit_rejected(batch_id, number, record)
-    if await store.start(batch_id):
-        await store.enqueue(batch_id, owner, [(n, cid, body) for n, (cid, body) in valid])
-    if not valid or (await store.fields(batch_id))["status"] == "cancelling":
-        await finalize(store, files, batch_id)
-    return await store.get(owner, batch_id)
+        await store.commit_rejected(tenant, batch_id, number, record)
+    if await store.start(tenant, batch_id):
+        await store.enqueue(tenant, batch_id, owner, [(n, cid, body) for n, (cid, body) in valid])
+    if not valid or (await store.fields(tenant, batch_id))["status"] == "cancelling":
+        await finalize(store, files, tenant, batch_id)
+    return await store.get(tenant, batch_id)
 
 
-async def finalize(store: BatchStore, files: FileStore, batch_id: str) -> None:
+async def finalize(store: BatchStore, files: FileStore, tenant: str, batch_id: str) -> None:
     """Write the output and error files and the batch's final status. Safe to run twice."""
-    fields = await store.fields(batch_id)
+    fields = await store.fields(tenant, batch_id)
     if not fields or fields["status"] in TERMINAL:
         return
     owner = fields["owner"]
     updates: dict[str, str] = {}
     for which, field, suffix in (("out", "output_file_id", "output"), ("err", "error_file_id", "error")):
-        lines = await store.result_lines(batch_id, which)
+        lines = await store.result_lines(tenant, batch_id, which)
         if lines:
             content = ("\n".join(lines) + "\n").encode()
             name = f"{batch_id}_{suffix}.jsonl"
-            made = await files.create(owner, name, "batch_output", content, file_id=f"file-{batch_id}-{suffix}")
+            file_id = f"file-{batch_id}-{suffix}"
+            made = await files.create(tenant, owner, name, "batch_output", content, file_id=file_id)
             updates[field] = made["id"]
     now = repr(time.time())
     if fields["status"] == "cancelling":
@@ -156,4 +158,4 @@ async def finalize(store: BatchStore, files: FileStore, batch_id: str) -> None:
     updates |= {"status": final, f"{final}_at": now}
     if not fields.get("finalizing_at"):
         updates["finalizing_at"] = now
-    await store.update(batch_id, updates)
+    await store.update(tenant, batch_id, updates)

@@ -23,9 +23,10 @@ from ray.serve.config import AutoscalingContext
 from ray.serve.handle import DeploymentHandle
 
 from core.errors import QuotaExceeded, error_body
-from core.models import ChatRequest, ChatResponse
+from core.models import Caller, ChatRequest, ChatResponse
 from core.pricing import Price
-from core.setting_groups import BatchSettings, MetricsSettings, StateSettings
+from core.setting_groups import BatchSettings, LimitsSettings, MetricsSettings, StateSettings
+from deployments.batch_accounts import BatchAccounts
 from deployments.batch_jobs import error_record, finalize, response_record
 from deployments.handles import configured
 from observability import prom
@@ -33,7 +34,7 @@ from observability.wandb_sink import MetricsSink
 from state.batches import TERMINAL, BatchStore, QueuedRequest
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
-from state.limits import Limiter
+from state.limits import Scope
 from state.redis_client import async_redis
 
 logger = logging.getLogger("ray.serve")
@@ -67,6 +68,7 @@ class BatchWorker:
         *,
         batch: BatchSettings,
         state: StateSettings,
+        limits: LimitsSettings,
         metrics: MetricsSettings,
         price: Price,
         model_name: str,
@@ -77,7 +79,7 @@ class BatchWorker:
         client = async_redis(state.redis_url)
         self.store = BatchStore(client, state.redis_prefix)
         self._files = FileStore(client, state.redis_prefix)
-        self._limiter = Limiter(client, state.redis_prefix)
+        self._accounts = BatchAccounts(client, state.redis_prefix, limits, price)
         self._load = InteractiveLoad(client, state.redis_prefix)
         self._orchestrator = configured(orchestrator, grpc)
         self._consumer = f"worker-{uuid.uuid4().hex[:12]}"
@@ -181,7 +183,7 @@ class BatchWorker:
             done = sum(int(fields.get(k, 0)) for k in ("completed", "failed", "skipped"))
             stale = now - float(fields.get("finalizing_at") or now) > _STALE_FINALIZE_S
             if (status == "finalizing" and stale) or (status == "cancelling" and done >= int(fields["total"])):
-                await finalize(self.store, self._files, batch_id)
+                await finalize(self.store, self._files, fields["tenant"], batch_id)
 
     # --- one request ----------------------------------------------------------------------------------
     async def _process(self, request: QueuedRequest) -> None:
@@ -195,24 +197,38 @@ class BatchWorker:
             self._preempted.discard(asyncio.current_task())  # preempted after its answer came: nothing to undo
 
     async def _process_once(self, request: QueuedRequest) -> None:
-        fields = await self.store.fields(request.batch_id)
+        fields = await self.store.fields(request.tenant, request.batch_id)
         over = not fields or fields["status"] in ("cancelling", *TERMINAL)
         if over or time.time() > float(fields.get("expires_at") or "inf") or await self.store.is_done(request):
             # Cancelled, expired, finished, gone, or this line already answered: ack it without running it.
             await self._commit(request, "skip", None)
             return
+        scope = await self._accounts.scope(request)
         attempts = await self.store.attempt(request)
         if attempts > self._batch.max_attempts:
             message = f"gave up after {attempts - 1} attempts (the request kept failing or its worker kept dying)"
             await self._commit(request, "err", error_record(request.custom_id, "max_attempts", message, request.line))
             return
         request_id = f"{request.batch_id}-{request.line}"
+        chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
+        refused = await self._accounts.reserve(scope, request_id, chat)
+        if refused is not None:  # over its key's or tenant's budget: no provider is called
+            record = response_record(request.custom_id, request_id, refused.status, refused.to_error_body())
+            await self._commit(request, "err", record)
+            return
+        try:
+            await self._generate(request, scope, chat, attempts)
+        finally:
+            await asyncio.shield(self._accounts.release(scope, request_id))
+
+    async def _generate(self, request: QueuedRequest, scope: Scope, chat: ChatRequest, attempts: int) -> None:
+        request_id = chat.request_id or ""
         started = time.perf_counter()
         task = asyncio.current_task()
         self._generating.add(task)
         try:
-            chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
-            response: ChatResponse = await self._orchestrator.chat.remote(chat)
+            caller = Caller(tenant=request.tenant, key_id=request.owner)
+            response: ChatResponse = await self._orchestrator.chat.remote(chat, caller)
         except asyncio.CancelledError:
             if task not in self._preempted:
                 raise  # the replica is stopping: the visibility timeout redelivers the request
@@ -243,7 +259,7 @@ class BatchWorker:
         if cost is None:
             cost = self._price.cost(usage.prompt_tokens, usage.completion_tokens)
         record = response_record(request.custom_id, request_id, 200, body)
-        if await self._commit(request, "ok", record, (usage.prompt_tokens, usage.completion_tokens, cost)):
+        if await self._commit(request, "ok", record, (usage.prompt_tokens, usage.completion_tokens, cost), scope):
             depth, age = self._stats
             self._sink.record(
                 {
@@ -257,15 +273,21 @@ class BatchWorker:
             )
 
     async def _commit(
-        self, request: QueuedRequest, kind: str, record: dict | None, usage: tuple[int, int, float] = (0, 0, 0.0)
+        self,
+        request: QueuedRequest,
+        kind: str,
+        record: dict | None,
+        usage: tuple[int, int, float] = (0, 0, 0.0),
+        scope: Scope | None = None,
     ) -> bool:
-        """Commit once; True when this was the line's first result."""
-        charge = self._limiter.charge_keys(request.owner)
+        """Commit once (an answer charges `usage` to `scope`'s key and tenant); True when this was the line's
+        first result."""
+        charge = self._accounts.limiter.charge_keys(scope) if scope is not None else []
         first, finish = await self.store.commit(request, kind, record, charge, usage)
         if first:
             prom.inc("llmserve_batch_requests_total", result=kind)
         if finish:
-            await finalize(self.store, self._files, request.batch_id)
+            await finalize(self.store, self._files, request.tenant, request.batch_id)
         return first
 
     def __del__(self):

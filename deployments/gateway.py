@@ -1,35 +1,49 @@
-"""The ingress's gateway logic, apart from HTTP: who is calling (master key or a Redis API key), whether the
-request is let in (the model's capacity, then its key's limits), and settling its real usage and cost after."""
+"""The ingress's gateway logic, apart from HTTP: who is calling (master key or a Redis API key, and the tenant it
+acts for), whether the request is let in (the model's capacity, then its key's and its tenant's limits), and
+settling its real usage and cost after."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
 from core.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
 from core.keys import key_hash
-from core.models import ChatChunk, ChatRequest, Usage
+from core.models import Caller, ChatChunk, ChatRequest, Usage
+from core.names import ADMIN_TENANT
 from core.pricing import Price
 from core.setting_groups import LimitsSettings
 from core.tokens import estimate_prompt_tokens, estimate_tokens, resolve_max_tokens
 from deployments.admission import AdmissionGate, Slot
-from state.api_keys import KeyLimits, KeyRecord, KeyStore
-from state.limits import Limiter
+from state.api_keys import KeyRecord, KeyStore, Limits
+from state.limits import Limiter, Scope
+from state.tenants import TenantStore
 
 MASTER_KID = "master"
 
 
 @dataclass(frozen=True)
 class Principal:
+    """An authenticated caller: its key, the tenant it acts for, and the limits of both."""
+
     kid: str
     name: str
+    tenant: str
     admin: bool
-    limits: KeyLimits
+    limits: Limits
+    tenant_limits: Limits
+
+    def caller(self) -> Caller:
+        return Caller(tenant=self.tenant, key_id=self.kid, admin=self.admin)
+
+    def scope(self) -> Scope:
+        return Scope(self.tenant, self.kid, self.limits, self.tenant_limits)
 
 
 class Gateway:
@@ -51,6 +65,7 @@ class Gateway:
         self._price = price
         self.redis = client
         self.keys = KeyStore(client, redis_prefix)
+        self.tenants = TenantStore(client, redis_prefix)
         self.limiter = Limiter(client, redis_prefix, lease_s=limits.request_lease_s)
         self.admission = AdmissionGate(capacity, limits.overload_retry_after_s)
         self._pending: set[asyncio.Task] = set()
@@ -62,41 +77,40 @@ class Gateway:
             raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
         digest = key_hash(token)
         if self._master and hmac.compare_digest(digest, self._master):
-            return Principal(MASTER_KID, "master", True, KeyLimits())
+            return Principal(MASTER_KID, "master", ADMIN_TENANT, True, Limits(), Limits())
         record: KeyRecord | None = await self.keys.lookup(digest)
         # The lookup is by the digest itself, so the stored digest equals it; no timing leak on the key.
         if record is None or record.revoked:
             raise AuthenticationFailed("incorrect API key provided")
-        return Principal(
-            record.key_id, record.name, False, KeyLimits(**record.model_dump(include=set(KeyLimits.model_fields)))
-        )
+        if record.expired():
+            expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(record.expires_at))
+            raise AuthenticationFailed(f"this API key expired at {expired}", code="expired_api_key")
+        tenant = await self.tenants.get(record.tenant)
+        tenant_limits = tenant.limits if tenant is not None else Limits()
+        return Principal(record.key_id, record.name, record.tenant, record.admin, record.limits(), tenant_limits)
+
+    async def acting_for(self, principal: Principal, tenant: str) -> Principal:
+        """An admin key acting for another tenant (the X-LLMServe-Tenant header): that tenant's objects and
+        limits; the request is counted in that tenant's usage."""
+        if tenant == principal.tenant:
+            return principal
+        if not principal.admin:
+            raise PermissionDenied("only admin keys may act for another tenant (X-LLMServe-Tenant)")
+        record = await self.tenants.get(tenant)
+        return replace(principal, tenant=tenant, tenant_limits=record.limits if record is not None else Limits())
 
     async def admit(self, principal: Principal, request: ChatRequest, reservation_id: str) -> None:
-        limits = principal.limits
-        if limits.models is not None and request.model not in limits.models:
-            raise PermissionDenied(f"this API key may not use model {request.model!r}", param="model")
+        for limits, whose in ((principal.limits, "API key"), (principal.tenant_limits, "tenant")):
+            if limits.models is not None and request.model not in limits.models:
+                raise PermissionDenied(f"this {whose} may not use model {request.model!r}", param="model")
         prompt = estimate_prompt_tokens(request.messages)
         completion = resolve_max_tokens(request.max_tokens, self._limits)
         tokens = prompt + completion
         admission = await self.limiter.admit(
-            principal.kid, limits, reservation_id, tokens, self._price.cost(prompt, completion)
+            principal.scope(), reservation_id, tokens, self._price.cost(prompt, completion)
         )
-        if admission.allowed:
-            return
-        if admission.reason == "budget":
-            raise QuotaExceeded(f"API key {principal.kid} has spent its budget of ${limits.budget_usd:g}")
-        if admission.reason == "tpm_exceeds_limit":
-            raise InvalidRequest(
-                f"this request may use {tokens} tokens, more than this key's {limits.tpm} tokens per minute; "
-                "lower max_tokens or shorten the prompt",
-                param="max_tokens",
-            )
-        what = {"rpm": "requests per minute", "tpm": "tokens per minute", "max_parallel": "parallel requests"}
-        raise RateLimited(
-            f"rate limit reached for API key {principal.kid}: {what.get(admission.reason, admission.reason)}",
-            code="rate_limit_exceeded",
-            retry_after_s=admission.retry_after_s,
-        )
+        if not admission.allowed:
+            raise refusal(principal, admission.reason, admission.level, admission.retry_after_s, tokens)
 
     async def open(self, principal: Principal, request: ChatRequest) -> Ticket:
         """Let a request in: a place under the model's capacity (503 when full, before any Redis call, so a
@@ -124,10 +138,31 @@ class Gateway:
         (client disconnect). The cost is what the providers charged when known, else the list price."""
         cost = self._price.cost(prompt_tokens, completion_tokens) if cost_usd is None else cost_usd
         task = asyncio.ensure_future(
-            self.limiter.settle(principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
+            self.limiter.settle(principal.tenant, principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
         )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def refusal(principal: Principal, reason: str, level: str, retry_after_s: int, tokens: int) -> Exception:
+    """The error for a request a key's or a tenant's limit refused (`level`: key | tenant)."""
+    limits = principal.tenant_limits if level == "tenant" else principal.limits
+    whose = f"tenant {principal.tenant}" if level == "tenant" else f"API key {principal.kid}"
+    if reason == "budget":
+        window = "" if limits.budget_window == "total" else f" ({limits.budget_window})"
+        return QuotaExceeded(f"{whose} has spent its budget of ${limits.budget_usd:g}{window}")
+    if reason == "tpm_exceeds_limit":
+        return InvalidRequest(
+            f"this request may use {tokens} tokens, more than the {limits.tpm} tokens per minute of {whose}; "
+            "lower max_tokens or shorten the prompt",
+            param="max_tokens",
+        )
+    what = {"rpm": "requests per minute", "tpm": "tokens per minute", "max_parallel": "parallel requests"}
+    return RateLimited(
+        f"rate limit reached for {whose}: {what.get(reason, reason)}",
+        code="rate_limit_exceeded",
+        retry_after_s=retry_after_s,
+    )
 
 
 class Ticket:

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.models import ChatChunk, ChatRequest, ChatResponse, ConversationMessages
+from core.models import Caller, ChatChunk, ChatRequest, ChatResponse, ConversationMessages
+from core.names import ADMIN_TENANT
 from core.pricing import self_hosted_price
 from core.setting_groups import (
     BatchSettings,
@@ -30,8 +31,10 @@ from deployments.handles import configured
 from deployments.http_app import build_http_app
 from deployments.ingress_state import IngressState
 from state.batches import BatchStore
+from state.conversations import ConversationStore
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
+from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
 
 
@@ -44,6 +47,7 @@ class Ingress:
     def __init__(
         self,
         orchestrator: DeploymentHandle,
+        retriever: DeploymentHandle,
         batch_worker: DeploymentHandle | None = None,
         *,
         master_key_hash: str,
@@ -72,11 +76,20 @@ class Ingress:
         self._state = IngressState(
             gateway=gateway,
             orchestrator=configured(orchestrator, grpc),
+            retriever=configured(retriever, grpc),
             batch_worker=configured(batch_worker, grpc) if batch_worker is not None else None,
             redis=client,
             redis_prefix=state.redis_prefix,
+            conversations=ConversationStore(
+                client,
+                state.redis_prefix,
+                state.conversation_ttl_s,
+                state.conversation_max_messages,
+                state.conversation_max_bytes,
+            ),
             files=FileStore(client, state.redis_prefix),
             batches=BatchStore(client, state.redis_prefix),
+            grants=SharedGrants(client, state.redis_prefix),
             batch=batch,
             routing=routing,
             pricing=pricing,
@@ -91,16 +104,17 @@ class Ingress:
         return build_http_app(self._state, self._max_body_bytes)
 
     # --- typed Python surface (serve.get_app_handle(app_name).chat.remote(...)) ----------------------
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        """Whole answer. Trusted in-cluster callers: no API key."""
-        return await self._state.orchestrator.chat.remote(request)
+    # Trusted in-cluster callers: no API key; they act for the tenant they name (the admin tenant by default).
+    async def chat(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> ChatResponse:
+        """Whole answer."""
+        return await self._state.orchestrator.chat.remote(request, Caller(tenant=tenant))
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def chat_stream(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> AsyncIterator[ChatChunk]:
         """Streamed answer, chunk by chunk: `handle.options(stream=True).chat_stream.remote(request)`."""
         request = request.model_copy(update={"stream": True})
-        async for chunks in self._state.orchestrator_stream.chat_stream.remote(request):
+        async for chunks in self._state.orchestrator_stream.chat_stream.remote(request, Caller(tenant=tenant)):
             for chunk in chunks:
                 yield chunk
 
-    async def get_conversation(self, conversation_id: str) -> ConversationMessages:
-        return await self._state.orchestrator.conversation.remote(conversation_id)
+    async def get_conversation(self, conversation_id: str, tenant: str = ADMIN_TENANT) -> ConversationMessages:
+        return await self._state.orchestrator.conversation.remote(conversation_id, Caller(tenant=tenant))

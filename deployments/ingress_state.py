@@ -12,20 +12,25 @@ from fastapi import Request
 from ray.serve.handle import DeploymentHandle
 
 from core.setting_groups import BatchSettings, PricingSettings, RoutingSettings
-from deployments.gateway import Gateway
+from deployments.gateway import Gateway, Principal
 from state.batches import BatchStore
+from state.conversations import ConversationStore
 from state.files import FileStore
+from state.rag_grants import SharedGrants
 
 
 @dataclass
 class IngressState:
     gateway: Gateway
     orchestrator: DeploymentHandle
+    retriever: DeploymentHandle
     batch_worker: DeploymentHandle | None
     redis: aioredis.Redis
     redis_prefix: str
+    conversations: ConversationStore
     files: FileStore
     batches: BatchStore
+    grants: SharedGrants
     batch: BatchSettings
     routing: RoutingSettings
     pricing: PricingSettings
@@ -41,3 +46,8 @@ class IngressState:
 def ingress_state(request: Request) -> IngressState:
     """FastAPI dependency: the replica's IngressState."""
     return request.app.state.ingress
+
+
+def principal(request: Request) -> Principal:
+    """FastAPI dependency: the authenticated caller (set by the gateway middleware), acting for its tenant."""
+    return request.state.principal

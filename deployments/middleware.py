@@ -1,7 +1,11 @@
 """The ingress's door, as plain ASGI middleware (Starlette's BaseHTTPMiddleware would re-pipe every streamed
-chunk through an extra task): a request id, the caller's identity, admin-only routes, and the body size limit,
-all decided before the body is parsed, so an unauthenticated request gets 401 and an oversized one 413
-without being read into a model.
+chunk through an extra task): a request id, the caller's identity and the tenant it acts for, admin-only routes,
+and the body size limit, all decided before the body is parsed, so an unauthenticated request gets 401 and an
+oversized one 413 without being read into a model.
+
+Every decision is made on the path the app routes: under a Serve route prefix the ASGI path still holds the
+prefix (`/api/admin/keys`, root_path `/api`), and the app routes what follows the root path. Deciding on the
+raw path would leave `/<prefix>/admin/...` unguarded.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import LLMServeError, PayloadTooLarge, PermissionDenied
+from core.names import validate_tenant_id
 from deployments.gateway import Gateway
 from deployments.http_errors import error_response
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GUARDED = ("/v1/", "/admin/")
+TENANT_HEADER = "x-llmserve-tenant"  # an admin key acting for another tenant
 
 
 class GatewayMiddleware:
@@ -40,12 +46,16 @@ class GatewayMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
-        path: str = scope["path"]
-        if path.startswith(_GUARDED):
+        path = route_path(scope)
+        if path.startswith(_GUARDED) or path in ("/v1", "/admin"):
             try:
-                state["principal"] = principal = await self._gateway.authenticate(headers.get("authorization", ""))
-                if path.startswith("/admin/") and not principal.admin:
-                    raise PermissionDenied("admin routes need the master key")
+                principal = await self._gateway.authenticate(headers.get("authorization", ""))
+                if path.startswith("/admin") and not principal.admin:
+                    raise PermissionDenied("admin routes need an admin key")
+                if headers.get(TENANT_HEADER):
+                    tenant = validate_tenant_id(headers[TENANT_HEADER], param=TENANT_HEADER)
+                    principal = await self._gateway.acting_for(principal, tenant)
+                state["principal"] = principal
                 uploading = path == "/v1/files" and scope.get("method") == "POST"
                 limit = self._max_file_bytes if uploading else self._max_body_bytes
                 receive = await _bounded_body(headers, receive, limit)
@@ -53,6 +63,17 @@ class GatewayMiddleware:
                 await error_response(exc, request_id)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes: the ASGI path after the root path (as starlette._utils.get_route_path, which
+    Starlette's router matches with)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return "/"
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 def _headers(scope: Scope) -> dict[str, str]:

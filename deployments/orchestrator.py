@@ -1,4 +1,4 @@
-"""Orchestrator deployment: the stages of a turn, independent of HTTP.
+"""Orchestrator deployment: the stages of a turn, independent of HTTP, for the tenant the caller acts for.
 
     prepare  validate the request, load the conversation and retrieve context (together), build the prompt
              within the context window, fix the generation parameters
@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from core.errors import NotFound, ServiceUnavailable
 from core.models import (
+    Caller,
     ChatChunk,
     ChatMessage,
     ChatRequest,
@@ -35,11 +36,10 @@ from core.models import (
     Citation,
     ConversationMessages,
     Delta,
-    IngestRequest,
-    IngestResponse,
     Usage,
     new_id,
 )
+from core.names import SHARED_PREFIX, is_shared, validate_collection_name
 from core.setting_groups import (
     EngineSettings,
     LimitsSettings,
@@ -59,6 +59,7 @@ from deployments.run_metrics import Timing, export_prometheus, wandb_record
 from observability.wandb_sink import MetricsSink
 from state.conversations import ConversationStore
 from state.provider_usage import ProviderUsage
+from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
 
 logger = logging.getLogger("llmserve.orchestrator")
@@ -69,6 +70,7 @@ class Turn:
     """One request on its way through the stages: what prepare decided, what stream produced."""
 
     request: ChatRequest
+    caller: Caller
     chunk_id: str
     run_id: str  # ours, unique: the engine's request id and the turn's commit key
     conversation_id: str | None
@@ -125,7 +127,14 @@ class Orchestrator:
         )
         self._provider_usage = ProviderUsage(self._redis, state.redis_prefix)
         self._pending: set[asyncio.Task] = set()
-        self._conversations = ConversationStore(self._redis, state.redis_prefix, state.conversation_ttl_s)
+        self._conversations = ConversationStore(
+            self._redis,
+            state.redis_prefix,
+            state.conversation_ttl_s,
+            state.conversation_max_messages,
+            state.conversation_max_bytes,
+        )
+        self._grants = SharedGrants(self._redis, state.redis_prefix)
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
         self._metrics = MetricsSink.for_settings(
             metrics, run_name=f"orchestrator-{replica}", config={"model": engine.model_name, "replica": replica}
@@ -137,14 +146,14 @@ class Orchestrator:
             metrics.close(timeout_s=10)
 
     # --- public methods (called through the handle) -------------------------------------------------
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        async for chunks in self._run(request):
+    async def chat_stream(self, request: ChatRequest, caller: Caller) -> AsyncIterator[list[ChatChunk]]:
+        async for chunks in self._run(request, caller):
             yield chunks
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    async def chat(self, request: ChatRequest, caller: Caller) -> ChatResponse:
         """The whole answer, folded from the same stream (one code path for both modes)."""
         text, finish, usage, head, tail = [], None, Usage(), None, None
-        async for chunks in self._run(request.model_copy(update={"stream": False})):
+        async for chunks in self._run(request.model_copy(update={"stream": False}), caller):
             for chunk in chunks:
                 head = head or chunk
                 for choice in chunk.choices:
@@ -165,14 +174,11 @@ class Orchestrator:
             cost_usd=tail.cost_usd if tail else None,
         )
 
-    async def conversation(self, conversation_id: str) -> ConversationMessages:
-        if not await self._conversations.exists(conversation_id):
+    async def conversation(self, conversation_id: str, caller: Caller) -> ConversationMessages:
+        messages = await self._conversations.history(caller.tenant, conversation_id)
+        if not messages:
             raise NotFound(f"conversation {conversation_id!r} not found", param="conversation_id")
-        messages = await self._conversations.history(conversation_id)
         return ConversationMessages(id=conversation_id, messages=messages)
-
-    async def ingest(self, request: IngestRequest) -> IngestResponse:
-        return await self._retriever.ingest.remote(request)
 
     async def health(self) -> dict[str, str]:
         """Each dependency really checked: Redis PING, Chroma heartbeat, the engine's own health check."""
@@ -192,8 +198,8 @@ class Orchestrator:
         return await asyncio.to_thread(self._metrics.flush)
 
     # --- the stages of a turn -----------------------------------------------------------------------
-    async def _run(self, request: ChatRequest) -> AsyncIterator[list[ChatChunk]]:
-        turn = await self._prepare(request)
+    async def _run(self, request: ChatRequest, caller: Caller) -> AsyncIterator[list[ChatChunk]]:
+        turn = await self._prepare(request, caller)
         status = "error"
         try:
             async for chunks in self._stream(turn):
@@ -205,12 +211,14 @@ class Orchestrator:
         finally:
             self._finish(turn, status)
 
-    async def _prepare(self, request: ChatRequest) -> Turn:
+    async def _prepare(self, request: ChatRequest, caller: Caller) -> Turn:
         timing = Timing()
         if request.model not in self._served:
             raise NotFound(f"model {request.model!r} does not exist; try {self._engine.model_name!r}", param="model")
         max_tokens = resolve_max_tokens(request.max_tokens, self._limits)
-        history, citations = await asyncio.gather(self._history(request), self._retrieve(request, timing))
+        history, citations = await asyncio.gather(
+            self._history(request, caller), self._retrieve(request, caller, timing)
+        )
         prompt = build_prompt(
             history,
             request.messages,
@@ -232,6 +240,7 @@ class Orchestrator:
         # The request id may be the client's x-request-id, so it only labels (chunk ids, logs).
         return Turn(
             request=request,
+            caller=caller,
             chunk_id=f"chatcmpl-{request.request_id or new_id('req')}",
             run_id=new_id("run"),
             conversation_id=request.conversation_id,
@@ -284,7 +293,7 @@ class Orchestrator:
         if turn.conversation_id is None or turn.committed:
             return
         new_turn = [*turn.request.messages, ChatMessage(role="assistant", content="".join(turn.answer))]
-        await self._conversations.commit_turn(turn.conversation_id, turn.run_id, new_turn)
+        await self._conversations.commit_turn(turn.caller.tenant, turn.conversation_id, turn.run_id, new_turn)
         turn.committed = True
 
     def _finish(self, turn: Turn, status: str) -> None:
@@ -299,22 +308,30 @@ class Orchestrator:
         )
 
     # --- prepare's parts ----------------------------------------------------------------------------
-    async def _history(self, request: ChatRequest) -> list[ChatMessage]:
+    async def _history(self, request: ChatRequest, caller: Caller) -> list[ChatMessage]:
         if not request.conversation_id:
             return []
-        return await self._conversations.history(request.conversation_id, self._state.history_max_messages)
+        return await self._conversations.history(
+            caller.tenant, request.conversation_id, self._state.history_max_messages
+        )
 
-    async def _retrieve(self, request: ChatRequest, timing: Timing) -> list[Citation]:
+    async def _retrieve(self, request: ChatRequest, caller: Caller, timing: Timing) -> list[Citation]:
+        """Chunks from what the caller may read: its tenant's own collections, or a shared one granted to it."""
         options = request.rag
         enabled = options.enabled if options is not None else self._rag.enabled
         query = retrieval_query(request.messages)
         if not enabled or query is None:
             return []
+        collection = validate_collection_name(options.collection) if options and options.collection else None
+        shared = collection is not None and is_shared(collection) and not caller.admin
+        if shared and not await self._grants.may_read(caller.tenant, collection[len(SHARED_PREFIX) :]):
+            raise NotFound(f"RAG collection {collection!r} does not exist", param="rag.collection")
         t0 = time.perf_counter()
         try:
             return await self._retriever.retrieve.remote(
                 query,
-                options.collection if options else None,
+                caller.tenant,
+                collection,
                 (options.top_k if options and options.top_k else None) or self._rag.top_k,
                 options.min_score if options and options.min_score is not None else self._rag.min_score,
             )

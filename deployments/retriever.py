@@ -1,5 +1,9 @@
-"""Retriever deployment: embeds queries and searches Chroma; also the ingestion path while the app runs
-(an on-disk Chroma index is only searchable by the process that wrote it).
+"""Retriever deployment: embeds queries and searches Chroma; also ingestion and the document routes while the app
+runs (an on-disk Chroma index is only searchable by the process that wrote it).
+
+Every method acts for a tenant, on the collections as that tenant names them (rag/collections.py): a tenant's
+"default" is its own, never another's. Whether a tenant may read or write a shared collection is decided by
+the caller before (the ingress and the orchestrator hold the grants).
 
 Queries that arrive together are embedded in one forward pass (`serve.batch`, no wait: a batch is whatever
 queued while the previous one ran), on `rag.torch_threads` threads. Concurrent single-query passes,
@@ -13,11 +17,21 @@ import asyncio
 from ray import serve
 
 from core.errors import NotFound
-from core.models import Citation, IngestRequest, IngestResponse
+from core.models import (
+    Citation,
+    CollectionInfo,
+    DocumentChunk,
+    DocumentDetail,
+    DocumentInfo,
+    IngestRequest,
+    IngestResponse,
+)
+from core.names import SHARED_PREFIX
 from core.setting_groups import RagSettings
+from rag.collections import physical_name, public_name, tenant_prefix
 from rag.embedder import Embedder
 from rag.ingest import ingest_document
-from rag.store import ChunkStore, make_client, validate_collection_name
+from rag.store import ChunkStore, make_client
 
 
 @serve.deployment(name="Retriever")
@@ -30,14 +44,17 @@ class Retriever:
         self._store = ChunkStore(client)
         self._write_lock = asyncio.Lock()
 
-    async def retrieve(self, query: str, collection: str | None, top_k: int, min_score: float) -> list[Citation]:
+    async def retrieve(
+        self, query: str, tenant: str, collection: str | None, top_k: int, min_score: float
+    ) -> list[Citation]:
         """Chunks at least `min_score` similar to `query`. A collection named explicitly must exist;
-        the default one may not yet (a fresh install has ingested nothing)."""
-        name = validate_collection_name(collection or self._rag.collection)
-        if collection and not await asyncio.to_thread(self._store.has_collection, name):
-            raise NotFound(f"RAG collection {name!r} does not exist; ingest documents first", param="rag.collection")
+        the default one may not yet (a fresh tenant has ingested nothing)."""
+        name = collection or self._rag.collection
+        physical = physical_name(tenant, name)
+        if collection:
+            await self._existing(physical, name, param="rag.collection")
         vector = await self._embed_queries(query)
-        hits = await asyncio.to_thread(self._store.query, name, vector, top_k)
+        hits = await asyncio.to_thread(self._store.query, physical, vector, top_k)
         return [
             Citation(source=h.source, chunk_id=h.chunk_id, score=round(h.score, 4), text=h.text)
             for h in hits
@@ -48,8 +65,9 @@ class Retriever:
     async def _embed_queries(self, queries: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self._embedder.embed, queries)
 
-    async def ingest(self, request: IngestRequest) -> IngestResponse:
-        name = validate_collection_name(request.collection or self._rag.collection)
+    async def ingest(self, request: IngestRequest, tenant: str) -> IngestResponse:
+        name = request.collection or self._rag.collection
+        physical = physical_name(tenant, name)
         results = []
         async with self._write_lock:
             for document in request.documents:
@@ -58,7 +76,7 @@ class Retriever:
                         ingest_document,
                         self._store,
                         self._embedder,
-                        name,
+                        physical,
                         document,
                         self._rag.chunk_chars,
                         self._rag.chunk_overlap_chars,
@@ -66,5 +84,58 @@ class Retriever:
                 )
         return IngestResponse(collection=name, data=results)
 
+    # --- the document routes ------------------------------------------------------------------------
+    async def collections(self, tenant: str, shared: list[str]) -> list[CollectionInfo]:
+        """The tenant's own collections, then the shared ones it may read (`shared`, by name)."""
+        own = await asyncio.to_thread(self._store.collections, tenant_prefix(tenant))
+        found = [CollectionInfo(id=public_name(p), chunks=n) for p, n in own.items()]
+        for name in shared:
+            physical = physical_name(tenant, SHARED_PREFIX + name)
+            if await asyncio.to_thread(self._store.has_collection, physical):
+                chunks = await asyncio.to_thread(self._store.count, physical)
+                found.append(CollectionInfo(id=SHARED_PREFIX + name, shared=True, chunks=chunks))
+        return found
+
+    async def documents(self, tenant: str, collection: str) -> list[DocumentInfo]:
+        physical = await self._existing(physical_name(tenant, collection), collection)
+        rows = await asyncio.to_thread(self._store.documents, physical)
+        return [DocumentInfo(source=s, chunks=n, content_sha256=h) for s, n, h in rows]
+
+    async def document(self, tenant: str, collection: str, source: str) -> DocumentDetail:
+        physical = await self._existing(physical_name(tenant, collection), collection)
+        chunks = await asyncio.to_thread(self._store.document_chunks, physical, source)
+        if not chunks:
+            raise NotFound(f"no document {source!r} in collection {collection!r}", param="source")
+        return DocumentDetail(
+            source=source,
+            collection=collection,
+            chunks=len(chunks),
+            content_sha256=chunks[0][3],
+            data=[DocumentChunk(chunk_id=c, index=i, text=t) for c, i, t, _ in chunks],
+        )
+
+    async def delete_document(self, tenant: str, collection: str, source: str) -> None:
+        await self.document(tenant, collection, source)  # 404 unless it is there
+        async with self._write_lock:
+            await asyncio.to_thread(self._store.delete_document, physical_name(tenant, collection), source)
+
+    async def delete_collection(self, tenant: str, collection: str) -> None:
+        physical = await self._existing(physical_name(tenant, collection), collection)
+        async with self._write_lock:
+            await asyncio.to_thread(self._store.delete_collection, physical)
+
+    async def delete_tenant(self, tenant: str) -> int:
+        """Delete every collection of a tenant; returns how many."""
+        async with self._write_lock:
+            names = await asyncio.to_thread(self._store.collections, tenant_prefix(tenant))
+            for physical in names:
+                await asyncio.to_thread(self._store.delete_collection, physical)
+        return len(names)
+
     async def health(self) -> None:
         await asyncio.to_thread(self._store.heartbeat)
+
+    async def _existing(self, physical: str, name: str, param: str = "collection") -> str:
+        if not await asyncio.to_thread(self._store.has_collection, physical):
+            raise NotFound(f"RAG collection {name!r} does not exist; ingest documents first", param=param)
+        return physical

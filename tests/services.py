@@ -25,6 +25,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_values(client, name: str) -> list:
+    """Every value a Redis key holds, whatever its type (for scans that must not find something)."""
+    return {
+        "hash": lambda: list(client.hgetall(name).values()),
+        "set": lambda: list(client.smembers(name)),
+        "string": lambda: [client.get(name)],
+        "list": lambda: client.lrange(name, 0, -1),
+        "zset": lambda: client.zrange(name, 0, -1),
+        "stream": lambda: [fields for _, fields in client.xrange(name)],
+    }[client.type(name)]()
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

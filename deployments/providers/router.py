@@ -143,7 +143,10 @@ class ProviderRouter:
                 except ProviderError as exc:
                     out.failures.append(str(exc))
                     if exc.client_error:
-                        raise InvalidRequest(f"rejected by provider {provider.name}: {exc}") from exc
+                        # What the provider said goes to the log, not to the client (it may echo anything).
+                        logger.warning("request %s: %s rejected it: %s", request_id, provider.name, exc)
+                        status = f" (HTTP {exc.status})" if exc.status else ""
+                        raise InvalidRequest(f"the request was rejected by provider {provider.name}{status}") from exc
                     continue
                 self.stats.observe_ttft(provider.name, time.perf_counter() - started)
                 out.legs.append(leg)
@@ -172,8 +175,10 @@ class ProviderRouter:
                 return
             finally:
                 self.stats.leave(provider.name)
+        logger.warning("request %s: no provider answered: %s", request_id, "; ".join(out.failures) or "none serves it")
+        tried = ", ".join(dict.fromkeys(p.name for p in route.providers)) or "none serves this model"
         raise ServiceUnavailable(
-            "no model provider could answer: " + "; ".join(out.failures[-5:] or ["none serves this model"]),
+            f"no model provider could answer (tried: {tried}); retry shortly",
             code="providers_unavailable",
             retry_after_s=1,
         )

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from core.names import ADMIN_TENANT
+from rag.collections import physical_name
 from tests.services import ROOT, ChromaServer, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -142,7 +144,7 @@ def test_the_twin_answers_with_rag_from_the_chroma_server_and_state_in_the_passw
     assert time.monotonic() - started < 60
     # The chunks live in the Chroma server, not on a local disk.
     server_side = chromadb.HttpClient(host="127.0.0.1", port=int(chroma.url.rsplit(":", 1)[1]))
-    assert server_side.get_collection("twin").count() >= 1
-    # The turn was committed to the password-protected Redis.
-    keys = list(redis_server.client().scan_iter("llmserve:conv:twin-1*"))
+    assert server_side.get_collection(physical_name(ADMIN_TENANT, "twin")).count() >= 1  # the admin tenant's "twin"
+    # The turn was committed to the password-protected Redis, under the (master key's) tenant.
+    keys = list(redis_server.client().scan_iter(f"llmserve:t:{{{ADMIN_TENANT}}}:conv:twin-1*"))
     assert keys, "no conversation key in the production Redis"

@@ -14,7 +14,7 @@ from core.tokens import estimate_tokens
 from deployments.admission import AdmissionGate, model_capacity
 from deployments.gateway import Gateway, Principal
 from deployments.middleware import _bounded_body
-from state.api_keys import KeyLimits
+from state.api_keys import Limits
 from tests.conftest import redis_client
 
 REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "hello there"}], max_tokens=10)
@@ -63,7 +63,7 @@ def test_a_ticket_settles_real_usage_once_and_frees_its_place(redis_prefix):
     async def main():
         async with redis_client() as client:
             gateway = _gateway(client, redis_prefix, capacity=1)
-            principal = Principal("k1", "team", False, KeyLimits(max_parallel=1))
+            principal = Principal("k1", "team", "t1", False, Limits(max_parallel=1), Limits())
             ticket = await gateway.open(principal, REQUEST)
             with pytest.raises(ServiceUnavailable):  # the model's one place is taken
                 await gateway.open(principal, REQUEST)
@@ -71,9 +71,9 @@ def test_a_ticket_settles_real_usage_once_and_frees_its_place(redis_prefix):
             ticket.finish()
             ticket.finish()  # the stream's own finally and the response's close both call it
             await _settled(gateway)
-            usage = await gateway.limiter.usage("k1")
+            usage = await gateway.limiter.usage("t1", "k1")
             assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 7, 3)
-            assert await gateway.limiter.inflight("k1") == 0
+            assert await gateway.limiter.inflight("t1", "k1") == 0
             assert gateway.admission.inflight("m") == 0
 
     asyncio.run(main())
@@ -83,7 +83,7 @@ def test_a_request_refused_by_its_key_limits_keeps_no_place(redis_prefix):
     async def main():
         async with redis_client() as client:
             gateway = _gateway(client, redis_prefix)
-            principal = Principal("k2", "team", False, KeyLimits(rpm=1))
+            principal = Principal("k2", "team", "t1", False, Limits(rpm=1), Limits())
             (await gateway.open(principal, REQUEST)).finish()
             with pytest.raises(RateLimited):
                 await gateway.open(principal, REQUEST)
@@ -106,13 +106,13 @@ def test_a_stream_cut_short_settles_what_was_generated(redis_prefix):
     async def main():
         async with redis_client() as client:
             gateway = _gateway(client, redis_prefix)
-            principal = Principal("k3", "team", False, KeyLimits())
+            principal = Principal("k3", "team", "t1", False, Limits(), Limits())
             ticket = await gateway.open(principal, REQUEST)
             with pytest.raises(ConnectionError):
                 async for _ in ticket.stream(engine(), client_wants_usage=False):
                     pass
             await _settled(gateway)
-            usage = await gateway.limiter.usage("k3")
+            usage = await gateway.limiter.usage("t1", "k3")
             # No usage came: the ingress charges core/tokens.py's documented estimate of what it streamed.
             assert usage["completion_tokens"] == estimate_tokens(len("The capital of France")) == 6
             assert usage["prompt_tokens"] > 0

@@ -9,9 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from deployments.batch_jobs import finalize, intake, parse_line, response_record
+from state.api_keys import Limits
 from state.batches import BatchStore
 from state.files import FileStore
-from state.limits import Limiter
+from state.limits import Limiter, Scope
 from state.redis_client import EmbeddedRedis
 from tests.conftest import REDIS_URL
 from tests.services import RedisServer
@@ -22,6 +23,8 @@ def request_line(custom_id: str, content: str = "hi", **extra) -> str:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 
 
+TENANT, KEY = "acme", "kid1"
+SCOPE = Scope(TENANT, KEY, Limits(), Limits())
 GOOD = [request_line(f"r{i}") for i in range(5)]
 BAD = [
     "{not json",
@@ -45,10 +48,10 @@ async def stores(client, prefix):
     return BatchStore(client, prefix), FileStore(client, prefix), Limiter(client, prefix)
 
 
-async def new_batch(store, files, lines, owner="kid1", prefix=""):
+async def new_batch(store, files, lines, tenant=TENANT, owner=KEY):
     content = ("\n".join(lines) + "\n").encode()
-    uploaded = await files.create(owner, "in.jsonl", "batch", content)
-    return await intake(store, files, owner, uploaded["id"], "/v1/chat/completions", "24h", {"team": "a"}, 1000)
+    uploaded = await files.create(tenant, owner, "in.jsonl", "batch", content)
+    return await intake(store, files, tenant, owner, uploaded["id"], "/v1/chat/completions", "24h", {"team": "a"}, 1000)
 
 
 async def run_all(store, files, limiter, consumer="w1", visibility_s=30.0, fail_lines=()):
@@ -61,10 +64,11 @@ async def run_all(store, files, limiter, consumer="w1", visibility_s=30.0, fail_
         for req in claimed:
             body = {"id": "x", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 3}}
             record = response_record(req.custom_id, "rid", 200, body)
-            first, finish = await store.commit(req, "ok", record, limiter.charge_keys(req.owner), (3, 4, 0.001))
+            scope = Scope(req.tenant, req.owner, Limits(), Limits())
+            first, finish = await store.commit(req, "ok", record, limiter.charge_keys(scope), (3, 4, 0.001))
             firsts += first
             if finish:
-                await finalize(store, files, req.batch_id)
+                await finalize(store, files, req.tenant, req.batch_id)
 
 
 @pytest.fixture(params=["redis-7", "embedded-redis-6.2"])
@@ -88,13 +92,14 @@ def test_intake_queues_good_lines_and_files_bad_ones(redis_prefix, redis_url):
         assert batch["request_counts"] == {"total": 10, "completed": 0, "failed": 5}
         assert (await store.stats())[0] == 5
         await run_all(store, files, limiter)
-        done = await store.get("kid1", batch["id"])
+        done = await store.get(TENANT, batch["id"])
         assert done["status"] == "completed" and done["request_counts"] == {"total": 10, "completed": 5, "failed": 5}
-        output = (await files.content("kid1", done["output_file_id"])).decode().splitlines()
-        errors = (await files.content("kid1", done["error_file_id"])).decode().splitlines()
+        output = (await files.content(TENANT, done["output_file_id"])).decode().splitlines()
+        errors = (await files.content(TENANT, done["error_file_id"])).decode().splitlines()
         assert sorted(json.loads(line)["custom_id"] for line in output) == [f"r{i}" for i in range(5)]
         assert len(errors) == 5 and {json.loads(e)["error"]["line"] for e in errors} == {6, 7, 8, 9, 10}
-        assert (await limiter.usage("kid1"))["completion_tokens"] == 20
+        assert (await limiter.usage(TENANT, KEY))["completion_tokens"] == 20
+        assert (await limiter.usage(TENANT))["completion_tokens"] == 20  # the tenant is charged as well
         await client.aclose()
 
     asyncio.run(scenario())
@@ -111,18 +116,18 @@ def test_a_redelivered_request_yields_one_line_and_one_charge(redis_prefix, redi
         await asyncio.sleep(0.3)
         reclaimed = await store.claim("other", 10, block_ms=50, visibility_s=0.2)
         assert sorted(r.line for r in reclaimed) == sorted(r.line for r in held)
-        charge = limiter.charge_keys("kid1")
+        charge = limiter.charge_keys(SCOPE)
         record = response_record("r0", "rid", 200, {})
         assert (await store.commit(reclaimed[0], "ok", record, charge, (3, 4, 0.001)))[0] is True
         # The "dead" worker was only slow: its late commit of the same line changes nothing.
         same = next(r for r in held if r.line == reclaimed[0].line)
         assert (await store.commit(same, "ok", record, charge, (3, 4, 0.001)))[0] is False
         await store.commit(reclaimed[1], "ok", record, charge, (3, 4, 0.001))
-        await finalize(store, files, batch["id"])
-        done = await store.get("kid1", batch["id"])
+        await finalize(store, files, TENANT, batch["id"])
+        done = await store.get(TENANT, batch["id"])
         assert done["request_counts"]["completed"] == 2
-        assert len((await files.content("kid1", done["output_file_id"])).decode().splitlines()) == 2
-        usage = await limiter.usage("kid1")
+        assert len((await files.content(TENANT, done["output_file_id"])).decode().splitlines()) == 2
+        usage = await limiter.usage(TENANT, KEY)
         assert (usage["requests"], usage["completion_tokens"]) == (2, 8)
         assert (await store.stats())[0] == 0  # every entry acked and deleted
         await client.aclose()
@@ -137,14 +142,14 @@ def test_cancel_skips_what_is_left_and_keeps_what_finished(redis_prefix):
         batch = await new_batch(store, files, GOOD)
         first = (await store.claim("w", 2, block_ms=50, visibility_s=30))[:2]
         for req in first:
-            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys("kid1"))
-        assert await store.cancel(batch["id"])
-        assert not await store.cancel(batch["id"])  # already cancelling
+            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys(SCOPE))
+        assert await store.cancel(TENANT, batch["id"])
+        assert not await store.cancel(TENANT, batch["id"])  # already cancelling
         for req in await store.claim("w", 10, block_ms=50, visibility_s=30):
-            _, finish = await store.commit(req, "skip", None, limiter.charge_keys("kid1"))
+            _, finish = await store.commit(req, "skip", None, [])
             if finish:
-                await finalize(store, files, batch["id"])
-        done = await store.get("kid1", batch["id"])
+                await finalize(store, files, TENANT, batch["id"])
+        done = await store.get(TENANT, batch["id"])
         assert done["status"] == "cancelled" and done["cancelled_at"] >= done["cancelling_at"]
         assert done["request_counts"] == {"total": 5, "completed": 2, "failed": 0}
         await client.aclose()
@@ -152,16 +157,20 @@ def test_cancel_skips_what_is_left_and_keeps_what_finished(redis_prefix):
     asyncio.run(scenario())
 
 
-def test_one_key_cannot_see_anothers_files_or_batches(redis_prefix):
+def test_one_tenant_cannot_see_anothers_files_or_batches_but_its_keys_share_them(redis_prefix):
     async def scenario():
         client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         store, files, _ = await stores(client, redis_prefix)
-        batch = await new_batch(store, files, GOOD[:1], owner="alice")
+        batch = await new_batch(store, files, GOOD[:1], tenant="alice", owner="alice-key-1")
         assert await store.get("mallory", batch["id"]) is None
         assert await files.get("mallory", batch["input_file_id"]) is None
         assert await files.content("mallory", batch["input_file_id"]) is None
         assert (await store.list("mallory", None, 20))[0] == []
-        assert await store.get("mallory", batch["id"], admin=True) is not None
+        assert await store.cancel("mallory", batch["id"]) is False and not await files.delete(
+            "mallory", batch["input_file_id"]
+        )
+        assert (await store.get("alice", batch["id"]))["status"] == "in_progress"  # untouched
+        assert [b["id"] for b in (await store.list("alice", None, 20))[0]] == [batch["id"]]
         await client.aclose()
 
     asyncio.run(scenario())
@@ -176,7 +185,7 @@ def test_a_redis_crash_with_aof_loses_no_queued_or_committed_work(tmp_path):
         batch = await new_batch(store, files, GOOD)
         held = await store.claim("w1", 2, block_ms=50, visibility_s=30)
         for req in held[:1]:
-            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys("kid1"))
+            await store.commit(req, "ok", response_record(req.custom_id, "r", 200, {}), limiter.charge_keys(SCOPE))
         await client.aclose()
         return batch["id"]
 
@@ -188,14 +197,14 @@ def test_a_redis_crash_with_aof_loses_no_queued_or_committed_work(tmp_path):
     async def after_restart():
         client = aioredis.Redis.from_url(server.url, decode_responses=True)
         store, files, limiter = await stores(client, "aof")
-        got = await store.get("kid1", batch_id)
+        got = await store.get(TENANT, batch_id)
         assert got["request_counts"] == {"total": 5, "completed": 1, "failed": 0}
         assert (await store.stats())[0] == 4  # 3 never claimed + 1 claimed and not committed
         await asyncio.sleep(0.3)
         await run_all(store, files, limiter, consumer="w2", visibility_s=0.2)
-        done = await store.get("kid1", batch_id)
+        done = await store.get(TENANT, batch_id)
         assert done["status"] == "completed" and done["request_counts"]["completed"] == 5
-        assert len((await files.content("kid1", done["output_file_id"])).decode().splitlines()) == 5
+        assert len((await files.content(TENANT, done["output_file_id"])).decode().splitlines()) == 5
         await client.aclose()
 
     try:

@@ -41,7 +41,7 @@ def test_each_deployment_gets_its_groups_and_only_the_key_hash():
             "Orchestrator": {"EngineSettings", "LimitsSettings", "StateSettings", "RagSettings", "RoutingSettings",
                              "PricingSettings", "MetricsSettings"},
             "Retriever": {"RagSettings"},
-            "BatchWorker": {"BatchSettings", "StateSettings", "MetricsSettings"},
+            "BatchWorker": {"BatchSettings", "StateSettings", "LimitsSettings", "MetricsSettings"},
             "FakeLLM": set(),
         }[name]  # fmt: skip
     assert graph["Ingress"][1]["master_key_hash"] == settings.master_key_hash()

@@ -140,12 +140,14 @@ def test_the_breaker_opens_skips_the_provider_and_recovers_after_a_probe(redis_p
         asyncio.run(main())
 
 
-def test_nothing_healthy_is_a_503_naming_what_failed():
+def test_nothing_healthy_is_a_503_naming_who_was_tried_but_not_what_they_said(caplog):
     with serve_fake("openai") as a:
         a.script.faults.extend([Fault(status=503)] * 10)
         with pytest.raises(ServiceUnavailable) as info:
             asyncio.run(answer(router([openai(a)])))
-        assert "HTTP 503" in info.value.message and info.value.code == "providers_unavailable"
+        assert info.value.code == "providers_unavailable" and "tried: a" in info.value.message
+        assert "HTTP 503" not in info.value.message  # the provider's answer goes to the log, not to the client
+        assert "HTTP 503" in caplog.text
 
 
 def test_provider_usage_and_self_hosted_economics(redis_prefix):

@@ -1,0 +1,110 @@
+"""The ingress's HTTP app with a real gateway (Redis) and stand-ins for the deployment handles: authentication
+decides on the path the app routes, whatever the Serve route prefix (under `/api` the ASGI path is
+`/api/admin/keys`, root_path `/api`), and /healthz tells an anonymous caller only ok or not per component."""
+
+import asyncio
+
+import httpx
+
+from core.keys import key_hash
+from core.pricing import Price
+from core.setting_groups import BatchSettings, LimitsSettings, PricingSettings, RoutingSettings
+from deployments.gateway import Gateway
+from deployments.http_app import build_http_app
+from deployments.ingress_state import IngressState
+from state.api_keys import Limits
+from state.batches import BatchStore
+from state.conversations import ConversationStore
+from state.files import FileStore
+from state.rag_grants import SharedGrants
+from tests.conftest import redis_client
+
+MASTER = "sk-master-for-this-test"
+
+
+class NoHandle:
+    """Stands in for the deployment handles: these requests never reach a deployment."""
+
+    def options(self, **_):
+        return self
+
+
+class FailingOrchestrator(NoHandle):
+    """An orchestrator whose health check found Redis down, with the details an operator needs."""
+
+    def __init__(self):
+        self.health = self
+
+    async def remote(self):
+        return {"redis": "error: ConnectionError: Error 111 connecting to redis-internal.corp:6379", "engine": "ok"}
+
+
+async def app_under_prefix(client, prefix: str, orchestrator=None):
+    gateway = Gateway(
+        client,
+        master_key_hash=key_hash(MASTER),
+        redis_prefix=prefix,
+        limits=LimitsSettings(),
+        price=Price(),
+        capacity=10,
+    )
+    state = IngressState(
+        gateway=gateway,
+        orchestrator=orchestrator or NoHandle(),
+        retriever=NoHandle(),
+        batch_worker=None,
+        redis=client,
+        redis_prefix=prefix,
+        conversations=ConversationStore(client, prefix, 3600),
+        files=FileStore(client, prefix),
+        batches=BatchStore(client, prefix),
+        grants=SharedGrants(client, prefix),
+        batch=BatchSettings(),
+        routing=RoutingSettings(),
+        pricing=PricingSettings(),
+        gpus_per_replica=1,
+        served_models=["m"],
+    )
+    return gateway, build_http_app(state, max_body_bytes=4096)
+
+
+def test_admin_routes_want_an_admin_key_under_any_route_prefix(redis_prefix):
+    async def go():
+        async with redis_client() as client:
+            gateway, app = await app_under_prefix(client, redis_prefix)
+            tenant_key, _ = await gateway.keys.create("b", "beta", Limits())
+            for root in ("/api", "/deep/er", ""):
+                transport = httpx.ASGITransport(app=app, root_path=root)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                    as_tenant = {"Authorization": f"Bearer {tenant_key}"}
+                    refused = await http.get(f"{root}/admin/keys", headers=as_tenant)
+                    assert refused.status_code == 403, (root, refused.text)
+                    assert refused.json()["error"]["code"] == "permission_denied"
+                    assert (await http.get(f"{root}/admin/keys")).status_code == 401
+                    assert (await http.get(f"{root}/v1/models")).status_code == 401
+                    assert (await http.get(f"{root}/v1/models", headers=as_tenant)).status_code == 200
+                    admin = {"Authorization": f"Bearer {MASTER}"}
+                    assert (await http.get(f"{root}/admin/keys", headers=admin)).status_code == 200
+                    # Only admin keys act for another tenant.
+                    other = {**as_tenant, "X-LLMServe-Tenant": "alpha"}
+                    assert (await http.get(f"{root}/v1/files", headers=other)).status_code == 403
+
+    asyncio.run(go())
+
+
+def test_healthz_says_only_ok_or_not_without_an_admin_key(redis_prefix):
+    async def go():
+        async with redis_client() as client:
+            gateway, app = await app_under_prefix(client, redis_prefix, FailingOrchestrator())
+            tenant_key, _ = await gateway.keys.create("b", "beta", Limits())
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                anonymous = await http.get("/healthz")
+                assert anonymous.status_code == 503
+                assert anonymous.json() == {"status": "unhealthy", "checks": {"redis": "error", "engine": "ok"}}
+                tenant = await http.get("/healthz", headers={"Authorization": f"Bearer {tenant_key}"})
+                assert "redis-internal" not in tenant.text
+                admin = await http.get("/healthz", headers={"Authorization": f"Bearer {MASTER}"})
+                assert "redis-internal.corp:6379" in admin.json()["checks"]["redis"]
+
+    asyncio.run(go())
