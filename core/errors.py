@@ -102,13 +102,13 @@ def typed(exc: BaseException) -> BaseException:
     Redis being away)."""
     # Imported here: the foundation stays importable without loading Ray (the CLI's --help).
     from ray.serve.exceptions import BackPressureError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis import exceptions as rx
 
     exc = unwrap(exc)
     if isinstance(exc, BackPressureError):  # a deployment's queue (max_queued_requests) is full
         return ServiceUnavailable("the server is at capacity; retry shortly", code="overloaded", retry_after_s=1)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):  # Redis down, or no free connection in time
+    # Redis down, frozen or loading, no free connection in time, or a replica during a Sentinel failover
+    if isinstance(exc, rx.ConnectionError | rx.TimeoutError | rx.ReadOnlyError | rx.TryAgainError):
         return ServiceUnavailable(f"state store unavailable: {type(exc).__name__}", retry_after_s=1)
     return exc
 

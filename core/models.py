@@ -20,12 +20,15 @@ def new_id(prefix: str) -> str:
 
 
 class Caller(BaseModel):
-    """Who a request acts for: decided by the ingress from the API key, never from the request body. In-cluster
-    Python callers (trusted, no key) act for the tenant they name."""
+    """Who a request acts for, and what its answer is filed under: decided by the ingress from the API key, never
+    from the request body. In-cluster Python callers (trusted, no key) act for the tenant they name."""
 
     tenant: str
     key_id: str = "internal"
     admin: bool = False
+    response_id: str = Field(default_factory=lambda: new_id("chatcmpl"), description="The answer's id (journal).")
+    reservation_id: str | None = Field(None, description="The limit reservation its answer settles, if any.")
+    journal: bool = Field(True, description="Journal the answer (resumable); batch requests are not.")
 
 
 class ChatMessage(BaseModel):

@@ -54,7 +54,10 @@ class LimitsSettings(Group):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
     request_lease_s: float = Field(
-        900.0, gt=0, description="A limit reservation not settled by then is reclaimed (its holder died)."
+        180.0,
+        gt=0,
+        description="A limit reservation not settled by then is reclaimed (its holder died): a little more than "
+        "routing.request_deadline_s, the longest an answer may take.",
     )
     max_inflight_per_model: int | None = Field(
         None,
@@ -66,6 +69,12 @@ class LimitsSettings(Group):
         ),
     )
     overload_retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when at capacity.")
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A streaming client that reads nothing for this long is disconnected (its place freed; the "
+        "answer goes on, and it may resume it).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> LimitsSettings:
@@ -98,6 +107,24 @@ class StateSettings(Group):
     )
     history_max_messages: int = Field(
         40, ge=0, description="At most this many stored messages are prepended to a request."
+    )
+    journal_ttl_s: int = Field(
+        86400,
+        ge=60,
+        description="How long an answer's journal is kept after its last write: resumable, and readable with "
+        "GET /v1/chat/completions/{id}, for this long.",
+    )
+    journal_coalesce_ms: float = Field(
+        10.0,
+        ge=0,
+        description="Chunks that come within this of an answer's previous journal write go with its next one "
+        "(the first chunk never waits): streams faster than 1000/this tokens/s are journaled, and reach the "
+        "client, in batches this far apart.",
+    )
+    answer_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="An answer nobody follows any more (its client left and did not resume) is cancelled after this.",
     )
 
 
@@ -186,6 +213,9 @@ class EngineSettings(Group):
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one vLLM replica takes at once.")
     max_queued_requests: int = Field(
         64, ge=0, description="Requests waiting for a busy vLLM replica; Serve rejects more (503)."
+    )
+    health_check_period_s: float = Field(
+        2.0, gt=0, description="How often Serve checks a vLLM replica's engine (a dead engine fails it)."
     )
 
     @model_validator(mode="after")
@@ -294,8 +324,22 @@ class ReplicaSettings(Group):
     """Replicas of the light deployments (the vLLM, retriever and batch replicas are in their own groups)."""
 
     ingress: int = Field(1, ge=1, description="Ingress replicas.")
-    orchestrator: int = Field(1, ge=1, description="Orchestrator replicas.")
+    orchestrator: int | None = Field(
+        None,
+        ge=1,
+        description="Orchestrator replicas. Unset: 2 when the machine building the app has at least "
+        "`orchestrator_pair_min_free_gib` free (a second replica carries on the answers of one that dies), else 1.",
+    )
+    orchestrator_pair_min_free_gib: float = Field(
+        4.0, gt=0, description="Free memory above which an unset replicas.orchestrator means 2 replicas."
+    )
     light_num_cpus: float = Field(0.1, gt=0, description="Logical CPUs reserved by each non-engine replica.")
+    health_check_period_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often Serve checks each non-engine replica: one that died is noticed, and replaced, within "
+        "about this (Serve's default is 10 s).",
+    )
 
 
 class MetricsSettings(Group):

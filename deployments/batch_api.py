@@ -94,6 +94,7 @@ async def create_batch(body: NewBatch, ingress: State, who: Caller) -> dict[str,
         body.completion_window,
         body.metadata,
         ingress.batch.max_lines,
+        queue_in_background=ingress.background,
     )
 
 

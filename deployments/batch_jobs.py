@@ -8,10 +8,12 @@ redo a finalisation whose worker died half-way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 
 from pydantic import ValidationError
 
@@ -21,6 +23,8 @@ from state.batches import TERMINAL, BatchStore
 from state.files import FileStore
 
 ENDPOINT = "/v1/chat/completions"
+_INTAKE_STEP = 500
+_INTAKE_LEASE_S = 60.0  # an intake that has not moved its cursor for this long is resumed by the janitor
 _WINDOW = re.compile(r"^(\d{1,4})h$")
 
 
@@ -80,6 +84,21 @@ def window_seconds(window: str) -> int:
     return int(match.group(1)) * 3600
 
 
+def parse_file(raw: bytes, endpoint: str, max_lines: int) -> tuple[tuple[str, str] | None, list[tuple[int, object]]]:
+    """(problem with the whole file or None, [(line number, (custom_id, body) | error record)]). Pure and
+    deterministic: intake runs it in a thread, and the janitor again when it resumes a cut-off intake."""
+    try:
+        lines = [(n, line) for n, line in enumerate(raw.decode("utf-8").splitlines(), 1) if line.strip()]
+    except UnicodeDecodeError:
+        return ("invalid_file", "the input file is not UTF-8 text"), []
+    if not lines:
+        return ("empty_file", "the input file has no request lines"), []
+    if len(lines) > max_lines:
+        return ("too_many_requests", f"the input file has {len(lines)} requests; at most {max_lines}"), []
+    seen: set[str] = set()
+    return None, [(number, parse_line(line, number, endpoint, seen)) for number, line in lines]
+
+
 async def intake(
     store: BatchStore,
     files: FileStore,
@@ -90,8 +109,12 @@ async def intake(
     completion_window: str,
     metadata: dict | None,
     max_lines: int,
+    queue_in_background: Callable[[Coroutine], object] | None = None,
 ) -> dict:
-    """Create a batch from an uploaded file: validating -> in_progress (requests queued), or failed."""
+    """Create a batch from an uploaded file: its lines checked (in a thread: up to `max_lines` of them), then
+    validating -> in_progress with the lines queued, or failed. With `queue_in_background`, the queueing goes on
+    after this returns (the batch object is answered at once); cut off, the workers' janitor resumes it from
+    its cursor."""
     if endpoint != ENDPOINT:
         raise InvalidRequest(f"endpoint must be {ENDPOINT!r}; other endpoints are not batched", param="endpoint")
     window_s = window_seconds(completion_window)
@@ -102,35 +125,48 @@ async def intake(
         raise InvalidRequest(f"file {input_file_id!r} has purpose {info['purpose']!r}, not 'batch'", "input_file_id")
     batch_id = await store.create(tenant, owner, input_file_id, endpoint, window_s, completion_window, metadata)
     raw = await files.content(tenant, input_file_id) or b""
-    try:
-        lines = [(n, line) for n, line in enumerate(raw.decode("utf-8").splitlines(), 1) if line.strip()]
-    except UnicodeDecodeError:
-        lines = []
-        problem = ("invalid_file", "the input file is not UTF-8 text")
-    else:
-        problem = None
-        if not lines:
-            problem = ("empty_file", "the input file has no request lines")
-        elif len(lines) > max_lines:
-            problem = ("too_many_requests", f"the input file has {len(lines)} requests; at most {max_lines}")
+    problem, parsed = await asyncio.to_thread(parse_file, raw, endpoint, max_lines)
     if problem:
         errors = json.dumps([{"code": problem[0], "message": problem[1], "param": "input_file_id", "line": None}])
         await store.set_status(tenant, batch_id, "failed", errors=errors)
         return await store.get(tenant, batch_id)
-
-    seen: set[str] = set()
-    valid, rejected = [], []
-    for number, line in lines:
-        parsed = parse_line(line, number, endpoint, seen)
-        (rejected if isinstance(parsed, dict) else valid).append((number, parsed))
-    await store.set_total(tenant, batch_id, len(lines))
-    for number, record in rejected:
-        await store.commit_rejected(tenant, batch_id, number, record)
-    if await store.start(tenant, batch_id):
-        await store.enqueue(tenant, batch_id, owner, [(n, cid, body) for n, (cid, body) in valid])
-    if not valid or (await store.fields(tenant, batch_id))["status"] == "cancelling":
-        await finalize(store, files, tenant, batch_id)
+    await store.set_total(tenant, batch_id, len(parsed))
+    await store.start(tenant, batch_id)
+    queueing = queue_lines(store, files, tenant, batch_id, parsed)
+    if queue_in_background is None:
+        await queueing
+    else:
+        queue_in_background(queueing)
     return await store.get(tenant, batch_id)
+
+
+async def queue_lines(
+    store: BatchStore, files: FileStore, tenant: str, batch_id: str, parsed: list[tuple[int, object]] | None = None
+) -> None:
+    """File the malformed lines and queue the rest, from the batch's intake cursor on, `_INTAKE_STEP` lines at a
+    time (the cursor moves after each step; a step redone after a crash queues a line twice at most, and its
+    result is still committed once). Then finish the batch if nothing is left to run."""
+    fields = await store.fields(tenant, batch_id)
+    if not fields:
+        return
+    if parsed is None:  # resumed by the janitor: parse the input file again (deterministic)
+        raw = await files.content(tenant, fields["input_file_id"]) or b""
+        _, parsed = await asyncio.to_thread(parse_file, raw, fields["endpoint"], 10**9)
+    cursor, owner = int(fields.get("intake_cursor") or 0), fields["owner"]
+    todo = [(n, p) for n, p in parsed if n > cursor]
+    for start in range(0, len(todo), _INTAKE_STEP):
+        step = todo[start : start + _INTAKE_STEP]
+        for number, record in step:
+            if isinstance(record, dict):
+                await store.commit_rejected(tenant, batch_id, number, record)
+        valid = [(n, cid, body) for n, p in step if not isinstance(p, dict) for cid, body in [p]]
+        if valid:  # queued even when the batch was cancelled meanwhile: the workers skip and count them
+            await store.enqueue(tenant, batch_id, owner, valid)
+        progress = {"intake_cursor": str(step[-1][0]), "intake_until": repr(time.time() + _INTAKE_LEASE_S)}
+        await store.update(tenant, batch_id, progress)
+    await store.update(tenant, batch_id, {"intake_done": "1"})
+    if not any(not isinstance(p, dict) for _, p in parsed):  # nothing to run: every line is in the error file
+        await finalize(store, files, tenant, batch_id)
 
 
 async def finalize(store: BatchStore, files: FileStore, tenant: str, batch_id: str) -> None:

@@ -27,7 +27,7 @@ from core.models import Caller, ChatRequest, ChatResponse
 from core.pricing import Price
 from core.setting_groups import BatchSettings, LimitsSettings, MetricsSettings, StateSettings
 from deployments.batch_accounts import BatchAccounts
-from deployments.batch_jobs import error_record, finalize, response_record
+from deployments.batch_jobs import error_record, finalize, queue_lines, response_record
 from deployments.handles import configured
 from observability import prom
 from observability.wandb_sink import MetricsSink
@@ -176,10 +176,16 @@ class BatchWorker:
         prom.set_gauge("llmserve_batch_queue_oldest_age_seconds", self._stats[1])
 
     async def _janitor(self) -> None:
-        """Finish batches whose finaliser died, and cancelled batches with every line accounted for."""
+        """Resume intakes that were cut off (their ingress died), finish batches whose finaliser died, and
+        cancelled batches with every line accounted for."""
         now = time.time()
         for fields in await self.store.unfinished():
             batch_id, status = fields["id"], fields["status"]
+            cut_off = status in ("in_progress", "cancelling") and not fields.get("intake_done")
+            if cut_off and float(fields.get("intake_until") or fields.get("in_progress_at") or now) + 60 < now:
+                await self.store.update(fields["tenant"], batch_id, {"intake_until": repr(now + 60)})
+                await queue_lines(self.store, self._files, fields["tenant"], batch_id)
+                continue
             done = sum(int(fields.get(k, 0)) for k in ("completed", "failed", "skipped"))
             stale = now - float(fields.get("finalizing_at") or now) > _STALE_FINALIZE_S
             if (status == "finalizing" and stale) or (status == "cancelling" and done >= int(fields["total"])):
@@ -227,7 +233,7 @@ class BatchWorker:
         task = asyncio.current_task()
         self._generating.add(task)
         try:
-            caller = Caller(tenant=request.tenant, key_id=request.owner)
+            caller = Caller(tenant=request.tenant, key_id=request.owner, journal=False)
             response: ChatResponse = await self._orchestrator.chat.remote(chat, caller)
         except asyncio.CancelledError:
             if task not in self._preempted:

@@ -8,24 +8,27 @@ import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
 from core.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
 from core.keys import key_hash
-from core.models import Caller, ChatChunk, ChatRequest, Usage
+from core.models import Caller, ChatChunk, ChatRequest
 from core.names import ADMIN_TENANT
 from core.pricing import Price
 from core.setting_groups import LimitsSettings
-from core.tokens import estimate_prompt_tokens, estimate_tokens, resolve_max_tokens
+from core.tokens import estimate_prompt_tokens, resolve_max_tokens
 from deployments.admission import AdmissionGate, Slot
 from state.api_keys import KeyRecord, KeyStore, Limits
 from state.limits import Limiter, Scope
+from state.outage import retry_through_outage
 from state.tenants import TenantStore
 
 MASTER_KID = "master"
+UNLESS_AFTER_S = 1.0  # how long a settle that may be someone else's waits before it asks
+Batch = list[tuple[int, ChatChunk]]
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class Gateway:
         slot = self.admission.enter(request.model)
         # Reserved and settled under an id of our own: the x-request-id is the client's to choose, and a
         # reused one must neither skip the count nor share a reservation.
-        ticket = Ticket(self, principal, uuid.uuid4().hex, estimate_prompt_tokens(request.messages), slot)
+        ticket = Ticket(self, principal, uuid.uuid4().hex, slot)
         try:
             await self.admit(principal, request, ticket.reservation_id)
         except BaseException:
@@ -133,13 +136,22 @@ class Gateway:
         prompt_tokens: int,
         completion_tokens: int,
         cost_usd: float | None = None,
+        unless: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """Settle in a task of its own: it must happen even when the request's task is being cancelled
-        (client disconnect). The cost is what the providers charged when known, else the list price."""
+        (client disconnect). The cost is what the providers charged when known, else the list price. `unless`
+        says, a moment later, that someone else (the answer's run) settles it."""
         cost = self._price.cost(prompt_tokens, completion_tokens) if cost_usd is None else cost_usd
-        task = asyncio.ensure_future(
-            self.limiter.settle(principal.tenant, principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
-        )
+        settle = self.limiter.settle
+
+        async def settle_once() -> bool:
+            if unless is not None:
+                await asyncio.sleep(UNLESS_AFTER_S)  # a call cut off mid-way reaches the orchestrator meanwhile
+                if await unless():
+                    return False
+            return await settle(principal.tenant, principal.kid, reservation_id, prompt_tokens, completion_tokens, cost)
+
+        task = asyncio.ensure_future(retry_through_outage(settle_once, self._limits.request_lease_s))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -166,49 +178,41 @@ def refusal(principal: Principal, reason: str, level: str, retry_after_s: int, t
 
 
 class Ticket:
-    """An admitted request: its reservation and its admission slot, given back exactly once by `finish()`,
-    whichever path ends the request (answer, error, client gone, a stream that never started)."""
+    """An admitted request: its admission slot and its limit reservation. `finish()` gives the slot back exactly
+    once, whichever path ends the request (answer, error, client gone, a stream that never started). The
+    reservation is settled by the answer's run (deployments/answer_run.py), which knows the exact usage, once
+    the answer has begun (`begun()`); a request that ended before its answer began settles it here, as nothing."""
 
-    def __init__(self, gateway: Gateway, principal: Principal, reservation_id: str, prompt_estimate: int, slot: Slot):
+    def __init__(self, gateway: Gateway, principal: Principal, reservation_id: str, slot: Slot):
         self.reservation_id = reservation_id
-        self.usage: Usage | None = None  # the real usage, once the engine reported it
-        self.cost_usd: float | None = None  # what the providers charged, once known
-        self.streamed_chars = 0  # answer text seen, for the estimate when no usage came
         self._gateway = gateway
         self._principal = principal
-        self._prompt_estimate = prompt_estimate
         self._slot = slot
+        self._begun = False
         self._done = False
+        # Whether the answer began after all (its run owns the reservation) though this request ended first.
+        self.answer_started: Callable[[], Awaitable[bool]] | None = None
+
+    def begun(self) -> None:
+        self._begun = True
+
+    @property
+    def has_begun(self) -> bool:
+        return self._begun
 
     def finish(self) -> None:
         if self._done:
             return
         self._done = True
         self._slot.release()
-        if self.usage is not None:
-            prompt, completion = self.usage.prompt_tokens, self.usage.completion_tokens
-        else:  # failed or cut short: what was generated, and the prompt only if the engine started on it
-            # (core/tokens.py's estimate: the ingress holds no tokenizer; the orchestrator counts exactly)
-            completion = estimate_tokens(self.streamed_chars)
-            prompt = self._prompt_estimate if completion else 0
-        self._gateway.settle_later(self._principal, self.reservation_id, prompt, completion, self.cost_usd)
+        if not self._begun:
+            self._gateway.settle_later(self._principal, self.reservation_id, 0, 0, 0.0, unless=self.answer_started)
 
-    async def stream(
-        self, chunks: AsyncIterator[list[ChatChunk]], client_wants_usage: bool
-    ) -> AsyncIterator[list[ChatChunk]]:
-        """Pass chunks through, take the usage (always requested internally), drop the usage chunk when the
-        client did not ask for it, and finish when the stream ends, fails or is closed."""
+    async def stream(self, batches: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+        """Pass the answer's events through, and finish when the stream ends, fails or is closed."""
         try:
-            async for batch in chunks:
-                out = []
-                for chunk in batch:
-                    if chunk.usage is not None:
-                        self.usage, self.cost_usd = chunk.usage, chunk.cost_usd
-                        if not client_wants_usage:
-                            continue
-                    self.streamed_chars += sum(len(c.delta.content or "") for c in chunk.choices)
-                    out.append(chunk)
-                if out:
-                    yield out
+            async for batch in batches:
+                self.begun()
+                yield batch
         finally:
             self.finish()

@@ -26,6 +26,9 @@ from core.setting_groups import (
     StateSettings,
 )
 from deployments.admission import model_capacity
+from deployments.answer_stream import answer_events
+from deployments.answers import fold
+from deployments.direct_ingress import make_ingress_port_rebindable
 from deployments.gateway import Gateway
 from deployments.handles import configured
 from deployments.http_app import build_http_app
@@ -34,6 +37,7 @@ from state.batches import BatchStore
 from state.conversations import ConversationStore
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
+from state.journal import Journal
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
 
@@ -63,6 +67,7 @@ class Ingress:
     ):
         if not master_key_hash:
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
+        make_ingress_port_rebindable()  # before Serve starts this replica's HTTP server
         client = async_redis(state.redis_url)
         gateway = Gateway(
             client,
@@ -90,11 +95,13 @@ class Ingress:
             files=FileStore(client, state.redis_prefix),
             batches=BatchStore(client, state.redis_prefix),
             grants=SharedGrants(client, state.redis_prefix),
+            journal=Journal(client, state.redis_prefix, state.journal_ttl_s),
             batch=batch,
             routing=routing,
             pricing=pricing,
             gpus_per_replica=engine.tensor_parallel_size,
             served_models=served_models,
+            write_timeout_s=limits.write_timeout_s,
         )
         # Batch workers yield to interactive traffic: publish how much of it this replica has in flight.
         load = InteractiveLoad(client, state.redis_prefix)
@@ -107,13 +114,15 @@ class Ingress:
     # Trusted in-cluster callers: no API key; they act for the tenant they name (the admin tenant by default).
     async def chat(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> ChatResponse:
         """Whole answer."""
-        return await self._state.orchestrator.chat.remote(request, Caller(tenant=tenant))
+        request = request.model_copy(update={"stream": False})
+        chunks = [c async for batch in answer_events(self._state, request, Caller(tenant=tenant)) for _, c in batch]
+        return fold(chunks, request.conversation_id)
 
     async def chat_stream(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> AsyncIterator[ChatChunk]:
         """Streamed answer, chunk by chunk: `handle.options(stream=True).chat_stream.remote(request)`."""
         request = request.model_copy(update={"stream": True})
-        async for chunks in self._state.orchestrator_stream.chat_stream.remote(request, Caller(tenant=tenant)):
-            for chunk in chunks:
+        async for batch in answer_events(self._state, request, Caller(tenant=tenant)):
+            for _, chunk in batch:
                 yield chunk
 
     async def get_conversation(self, conversation_id: str, tenant: str = ADMIN_TENANT) -> ConversationMessages:

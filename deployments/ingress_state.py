@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -13,10 +16,14 @@ from ray.serve.handle import DeploymentHandle
 
 from core.setting_groups import BatchSettings, PricingSettings, RoutingSettings
 from deployments.gateway import Gateway, Principal
+from deployments.handles import detached
 from state.batches import BatchStore
 from state.conversations import ConversationStore
 from state.files import FileStore
+from state.journal import Journal
 from state.rag_grants import SharedGrants
+
+logger = logging.getLogger("llmserve.ingress")
 
 
 @dataclass
@@ -31,16 +38,31 @@ class IngressState:
     files: FileStore
     batches: BatchStore
     grants: SharedGrants
+    journal: Journal
     batch: BatchSettings
     routing: RoutingSettings
     pricing: PricingSettings
     gpus_per_replica: int
     served_models: list[str]
+    write_timeout_s: float = 30.0
     created: int = field(default_factory=lambda: int(time.time()))
     orchestrator_stream: DeploymentHandle = field(init=False)
 
+    _background: set[asyncio.Task] = field(default_factory=set, init=False)
+
     def __post_init__(self) -> None:
         self.orchestrator_stream = self.orchestrator.options(stream=True)
+
+    def background(self, work: Coroutine) -> None:
+        """Run `work` after the response (kept referenced until it ends; its failure is logged)."""
+        task = detached(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background work failed: %r", task.exception(), exc_info=task.exception())
 
 
 def ingress_state(request: Request) -> IngressState:

@@ -37,6 +37,9 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
         },
         "max_ongoing_requests": engine.max_ongoing_requests,
         "max_queued_requests": engine.max_queued_requests,
+        # A replica whose engine died (EngineDeadError) fails its health check: found in seconds, not Serve's 10 s
+        # period, so it is replaced sooner while requests wait for it (deployments/providers/router.py).
+        "health_check_period_s": engine.health_check_period_s,
     }
     extra: dict[str, Any] = {}
     if engine.accelerator == "cpu":

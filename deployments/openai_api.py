@@ -1,79 +1,26 @@
-"""The OpenAI-compatible routes and our own beside them (conversations, usage, health). HTTP only: the gateway
-lets a request in, the orchestrator answers for the caller's tenant, and this module turns that into JSON or SSE.
-Every object a route names by id is looked up within the caller's tenant: another tenant's is 404."""
+"""The OpenAI-compatible routes besides chat completions (deployments/chat_api.py), and our own beside them:
+models, usage, conversations, health. Every object a route names by id is looked up within the caller's tenant:
+another tenant's is 404."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from core.errors import InvalidRequest, LLMServeError, NotFound
-from core.models import ChatRequest, ChatResponse, ConversationList, ConversationMessages, StreamOptions
+from core.errors import LLMServeError, NotFound
+from core.models import ConversationList, ConversationMessages
 from core.names import ADMIN_TENANT, CONVERSATION_ID_RE
 from deployments.gateway import MASTER_KID, Principal
 from deployments.ingress_state import IngressState, ingress_state, principal
 from deployments.middleware import TENANT_HEADER
-from deployments.sse import SSEResponse, prepend, sse_frames
-from observability import prom
 from state.api_keys import Limits
 
 router = APIRouter()
 State = Annotated[IngressState, Depends(ingress_state)]
 Caller = Annotated[Principal, Depends(principal)]
-
-
-@router.post("/v1/chat/completions", response_model=ChatResponse)
-async def chat_completions(
-    body: ChatRequest, request: Request, ingress: State, who: Caller, x_conversation_id: str | None = Header(None)
-):
-    request_id = request.state.request_id
-    updates: dict = {"request_id": request_id}
-    if body.conversation_id is None and x_conversation_id:
-        updates["conversation_id"] = x_conversation_id
-    try:
-        chat = ChatRequest.model_validate({**body.model_dump(exclude_unset=True), **updates})
-    except ValidationError as exc:  # only the header can be invalid here: the body was validated
-        raise InvalidRequest(
-            f"invalid X-Conversation-Id header: {exc.errors()[0]['msg']}", param="conversation_id"
-        ) from exc
-    headers = {}
-    if chat.conversation_id:
-        headers["x-conversation-id"] = chat.conversation_id
-    started = time.perf_counter()
-    ticket = await ingress.gateway.open(who, chat)
-    prom.observe("llmserve_stage_seconds", time.perf_counter() - started, stage="admission")
-    caller = who.caller()
-    if not chat.stream:
-        try:
-            result: ChatResponse = await ingress.orchestrator.chat.remote(chat, caller)
-            ticket.usage, ticket.cost_usd = result.usage, result.cost_usd
-        finally:
-            ticket.finish()
-        headers["x-llmserve-provider"] = result.provider or ""
-        if result.cost_usd is not None:
-            headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
-        return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
-
-    # Usage is always requested internally (settlement needs it) and dropped if the client did not ask.
-    internal = chat.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
-    try:
-        stream = ingress.orchestrator_stream.chat_stream.remote(internal, caller)
-        # Wait for the first chunk before sending the status line, so that errors raised before any
-        # output (unknown model, context too long, engine down) get their real status code.
-        first = await stream.__anext__()
-    except BaseException:
-        ticket.finish()
-        raise
-    chunks = ticket.stream(prepend(first, stream), chat.include_usage)
-    headers["cache-control"] = "no-cache"
-    if first and first[0].provider:
-        headers["x-llmserve-provider"] = first[0].provider
-    return SSEResponse(sse_frames(chunks, request_id), on_close=ticket.finish, headers=headers)
 
 
 @router.get("/v1/usage")

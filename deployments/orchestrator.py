@@ -2,13 +2,17 @@
 
     prepare  validate the request, load the conversation and retrieve context (together), build the prompt
              within the context window, fix the generation parameters
-    stream   route to the providers and turn their deltas into chat chunks; the turn is committed to the
-             conversation the moment the answer is whole, before its last chunk leaves
-    finish   count usage and cost per provider, record metrics (Prometheus, W&B)
+    stream   an AnswerRun (deployments/answer_run.py) routes to the providers and journals every chunk before
+             it leaves; the turn is committed the moment the answer is whole, before its last chunk leaves
+    finish   the run settles the reservation with the exact usage; metrics and provider usage are counted here
 
-It takes and yields the typed models of core/models.py and raises our typed errors. Its stream yields *lists*
-of chunks, one list per engine item, so chunks that arrive together cross the Ray hop as one item (the number
-of items per hop, not their size, is what costs).
+Runs are detached from the calls that follow them: a caller that goes away leaves the answer running, and a
+caller that comes back (`after_seq`), on this replica or another, gets exactly the events it missed. When a run's
+replica died, the next call for it takes it over from the journal (`take_over`).
+
+It takes and yields the typed models of core/models.py and raises our typed errors. Its stream yields *lists* of
+(sequence number, chunk), so chunks that were journaled together cross the Ray hop as one item (the number of
+items per hop, not their size, is what costs).
 """
 
 from __future__ import annotations
@@ -18,27 +22,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from core.errors import NotFound, ServiceUnavailable
-from core.models import (
-    Caller,
-    ChatChunk,
-    ChatMessage,
-    ChatRequest,
-    ChatResponse,
-    Choice,
-    ChunkChoice,
-    Citation,
-    ConversationMessages,
-    Delta,
-    Usage,
-    new_id,
-)
+from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChatResponse, Citation, ConversationMessages
 from core.names import SHARED_PREFIX, is_shared, validate_collection_name
 from core.setting_groups import (
     EngineSettings,
@@ -50,42 +40,25 @@ from core.setting_groups import (
     StateSettings,
 )
 from core.tokens import TokenCounter, resolve_max_tokens
+from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
+from deployments.answers import fold
 from deployments.handles import configured
 from deployments.prompt import build_prompt, retrieval_query
-from deployments.providers.base import EngineDelta, GenerationParams
+from deployments.providers.base import GenerationParams
 from deployments.providers.factory import build_providers, build_router
 from deployments.providers.router import RoutedStream
 from deployments.run_metrics import Timing, export_prometheus, wandb_record
 from observability.wandb_sink import MetricsSink
 from state.conversations import ConversationStore
+from state.journal import Event, Journal
+from state.limits import Limiter
+from state.outage import retry_through_outage
 from state.provider_usage import ProviderUsage
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
 
 logger = logging.getLogger("llmserve.orchestrator")
-
-
-@dataclass
-class Turn:
-    """One request on its way through the stages: what prepare decided, what stream produced."""
-
-    request: ChatRequest
-    caller: Caller
-    chunk_id: str
-    run_id: str  # ours, unique: the engine's request id and the turn's commit key
-    conversation_id: str | None
-    citations: list[Citation]
-    prompt: list[dict[str, str]]
-    params: GenerationParams
-    timing: Timing
-    created: int = field(default_factory=lambda: int(time.time()))
-    routed: RoutedStream = field(default_factory=RoutedStream)
-    answer: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    committed: bool = False
-
-    def chunk(self, **fields) -> ChatChunk:
-        return ChatChunk(id=self.chunk_id, created=self.created, model=self.request.model, **fields)
+Batch = list[tuple[int, ChatChunk]]
 
 
 @serve.deployment(name="Orchestrator")
@@ -120,10 +93,10 @@ class Orchestrator:
         self._served = set(served_models)
         self._retriever = configured(retriever, grpc)
         self._redis = async_redis(state.redis_url)
-        self._tokens = TokenCounter.for_model(model_source)
+        tokens = TokenCounter.for_model(model_source)
         self._providers = build_providers(routing, pricing, engine.model_name, configured(llm, grpc))
         self._router = build_router(
-            routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, self._tokens
+            routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, tokens
         )
         self._provider_usage = ProviderUsage(self._redis, state.redis_prefix)
         self._pending: set[asyncio.Task] = set()
@@ -135,6 +108,20 @@ class Orchestrator:
             state.conversation_max_bytes,
         )
         self._grants = SharedGrants(self._redis, state.redis_prefix)
+        self._journal = Journal(self._redis, state.redis_prefix, state.journal_ttl_s)
+        self._services = RunServices(
+            router=self._router,
+            journal=self._journal,
+            conversations=self._conversations,
+            limiter=Limiter(self._redis, state.redis_prefix, lease_s=limits.request_lease_s),
+            tokens=tokens,
+            finished=self._finished,
+            grace_s=state.answer_grace_s,
+            retry_s=routing.request_deadline_s,
+            coalesce_s=state.journal_coalesce_ms / 1000,
+        )
+        self._tokens = tokens
+        self._runs: dict[str, AnswerRun] = {}
         replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
         self._metrics = MetricsSink.for_settings(
             metrics, run_name=f"orchestrator-{replica}", config={"model": engine.model_name, "replica": replica}
@@ -146,33 +133,18 @@ class Orchestrator:
             metrics.close(timeout_s=10)
 
     # --- public methods (called through the handle) -------------------------------------------------
-    async def chat_stream(self, request: ChatRequest, caller: Caller) -> AsyncIterator[list[ChatChunk]]:
-        async for chunks in self._run(request, caller):
-            yield chunks
+    async def chat_stream(
+        self, request: ChatRequest, caller: Caller, after_seq: int = 0, take_over: bool = False
+    ) -> AsyncIterator[Batch]:
+        """The answer's events after `after_seq`: a new run, or one under way here, journaled elsewhere, or
+        taken over from a journal whose writer is gone (`take_over`: the caller saw it die)."""
+        async for events in self._events(request, caller, after_seq, take_over):
+            yield [(e.seq, ChatChunk.model_validate(e.chunk)) for e in events]
 
     async def chat(self, request: ChatRequest, caller: Caller) -> ChatResponse:
         """The whole answer, folded from the same stream (one code path for both modes)."""
-        text, finish, usage, head, tail = [], None, Usage(), None, None
-        async for chunks in self._run(request.model_copy(update={"stream": False}), caller):
-            for chunk in chunks:
-                head = head or chunk
-                for choice in chunk.choices:
-                    text.append(choice.delta.content or "")
-                    finish = choice.finish_reason or finish
-                if chunk.usage is not None:
-                    usage, tail = chunk.usage, chunk
-        assert head is not None  # _run always yields a first chunk or raises
-        return ChatResponse(
-            id=head.id,
-            created=head.created,
-            model=head.model,
-            choices=[Choice(message=ChatMessage(role="assistant", content="".join(text)), finish_reason=finish)],
-            usage=usage,
-            conversation_id=request.conversation_id,
-            citations=head.citations or [],
-            provider=tail.provider if tail else head.provider,
-            cost_usd=tail.cost_usd if tail else None,
-        )
+        events = await _collect(self._events(request.model_copy(update={"stream": False}), caller))
+        return fold([ChatChunk.model_validate(e.chunk) for e in events], request.conversation_id)
 
     async def conversation(self, conversation_id: str, caller: Caller) -> ConversationMessages:
         messages = await self._conversations.history(caller.tenant, conversation_id)
@@ -197,19 +169,71 @@ class Orchestrator:
     async def flush_metrics(self) -> bool:
         return await asyncio.to_thread(self._metrics.flush)
 
-    # --- the stages of a turn -----------------------------------------------------------------------
-    async def _run(self, request: ChatRequest, caller: Caller) -> AsyncIterator[list[ChatChunk]]:
-        turn = await self._prepare(request, caller)
-        status = "error"
-        try:
-            async for chunks in self._stream(turn):
-                yield chunks
-            status = "ok"
-        except asyncio.CancelledError:
-            status = "cancelled"
-            raise
-        finally:
-            self._finish(turn, status)
+    # --- runs ---------------------------------------------------------------------------------------
+    async def _events(
+        self, request: ChatRequest, caller: Caller, after_seq: int = 0, take_over: bool = False
+    ) -> AsyncIterator[list[Event]]:
+        """The answer's events after `after_seq`. A new answer first yields an empty list: it has begun (its run
+        owns the caller's reservation from then on)."""
+        response_id = caller.response_id
+        while True:
+            run = self._runs.get(response_id)
+            if run is not None:
+                self._release_spare(caller, run.turn.caller)
+                try:
+                    async for events in run.follow(after_seq):
+                        after_seq = events[-1].seq
+                        yield events
+                    return
+                except Fenced:  # another replica continues it: follow the journal
+                    if self._runs.get(response_id) is run:
+                        del self._runs[response_id]
+                    continue
+            meta = await self._journal.meta(caller.tenant, response_id) if caller.journal else None
+            if meta is None:
+                if after_seq:
+                    raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
+                turn = await self._prepare(request, caller)
+                if caller.journal and not await self._journal.open(
+                    caller.tenant, response_id, turn.record(), caller.model_dump()
+                ):
+                    continue  # another call opened it first (a retry racing its first attempt): follow that
+                self._start(AnswerRun(turn, self._services))
+                yield []
+                continue
+            self._release_spare(caller, Caller.model_validate(meta["caller"]))
+            status, epoch = await self._journal.take_over(caller.tenant, response_id, force=take_over)
+            if status == "taken":  # its writer is gone: continue it here, from what it journaled
+                prefix = await self._journal.events(caller.tenant, response_id)
+                turn = Turn.from_record(meta["request"], Caller.model_validate(meta["caller"]), response_id)
+                self._start(AnswerRun(turn, self._services, epoch=epoch, prefix=prefix))
+                take_over = False
+                continue
+            async for events in self._journal.follow(caller.tenant, response_id, after_seq):
+                after_seq = events[-1].seq
+                yield events
+            final = await self._journal.meta(caller.tenant, response_id)
+            if final is None or final["status"] == "running":
+                continue  # the writer went quiet: take it over
+            if final["status"] != "completed":
+                raise ServiceUnavailable(f"answer {response_id} {final['status']}: {final['error'].get('message', '')}")
+            return
+
+    def _release_spare(self, caller: Caller, owner: Caller) -> None:
+        """A call that follows an answer another call started (an Idempotency-Key retry) made a reservation of
+        its own that no run settles: give it back, as nothing."""
+        if not caller.reservation_id or caller.reservation_id == owner.reservation_id:
+            return
+        limiter, rid = self._services.limiter, caller.reservation_id
+        task = asyncio.ensure_future(
+            retry_through_outage(lambda: limiter.settle(caller.tenant, caller.key_id, rid, 0, 0, 0.0), 60.0)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _start(self, run: AnswerRun) -> None:
+        self._runs[run.response_id] = run
+        run.start(on_done=lambda r: self._runs.pop(r.response_id, None))
 
     async def _prepare(self, request: ChatRequest, caller: Caller) -> Turn:
         timing = Timing()
@@ -237,77 +261,8 @@ class Orchestrator:
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
         )
-        # The request id may be the client's x-request-id, so it only labels (chunk ids, logs).
-        return Turn(
-            request=request,
-            caller=caller,
-            chunk_id=f"chatcmpl-{request.request_id or new_id('req')}",
-            run_id=new_id("run"),
-            conversation_id=request.conversation_id,
-            citations=citations,
-            prompt=prompt,
-            params=params,
-            timing=timing,
-        )
+        return Turn(request, caller, caller.response_id, prompt, params, citations, timing=timing)
 
-    async def _stream(self, turn: Turn) -> AsyncIterator[list[ChatChunk]]:
-        first = True
-        async for deltas in self._router.stream(turn.request.model, turn.prompt, turn.params, turn.run_id, turn.routed):
-            out: list[ChatChunk] = []
-            if first:
-                turn.timing.first_token = time.perf_counter()
-                out.append(
-                    turn.chunk(
-                        choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
-                        conversation_id=turn.conversation_id,
-                        citations=turn.citations,
-                        provider=turn.routed.providers[0],
-                    )
-                )
-                first = False
-            out.extend(self._answer_chunks(turn, deltas))
-            if turn.finish_reason is not None:
-                # Commit before the last chunks leave: once the client has the whole answer, so does Redis.
-                await self._commit(turn)
-            if out:
-                yield out
-        if first:
-            raise ServiceUnavailable("the engine ended the stream without output")
-        if turn.request.include_usage or not turn.request.stream:
-            routed = turn.routed
-            yield [turn.chunk(usage=routed.usage(), provider="+".join(routed.providers), cost_usd=routed.cost_usd)]
-
-    @staticmethod
-    def _answer_chunks(turn: Turn, deltas: list[EngineDelta]) -> list[ChatChunk]:
-        out = []
-        for d in deltas:
-            if d.text or d.finish_reason:
-                turn.answer.append(d.text)
-                turn.finish_reason = d.finish_reason or turn.finish_reason
-                choice = ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
-                out.append(turn.chunk(choices=[choice]))
-        return out
-
-    async def _commit(self, turn: Turn) -> None:
-        """The request's new messages and the whole answer, appended to the conversation once."""
-        if turn.conversation_id is None or turn.committed:
-            return
-        new_turn = [*turn.request.messages, ChatMessage(role="assistant", content="".join(turn.answer))]
-        await self._conversations.commit_turn(turn.caller.tenant, turn.conversation_id, turn.run_id, new_turn)
-        turn.committed = True
-
-    def _finish(self, turn: Turn, status: str) -> None:
-        """Usage per provider (Redis, off the request path) and the request's metrics."""
-        task = asyncio.ensure_future(self._count_provider_usage(turn.routed))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        end = time.perf_counter()
-        export_prometheus(turn.timing, turn.routed, end, status)
-        self._metrics.record(
-            wandb_record(turn.timing, turn.routed, end, status, len(turn.citations), turn.request.stream)
-        )
-
-    # --- prepare's parts ----------------------------------------------------------------------------
     async def _history(self, request: ChatRequest, caller: Caller) -> list[ChatMessage]:
         if not request.conversation_id:
             return []
@@ -338,17 +293,27 @@ class Orchestrator:
         finally:
             timing.retrieval_s = time.perf_counter() - t0
 
-    # --- finish's parts -----------------------------------------------------------------------------
+    # --- finish -------------------------------------------------------------------------------------
+    def _finished(self, turn: Turn, routed: RoutedStream, status: str) -> None:
+        """Usage per provider (Redis, off the request path) and the request's metrics."""
+        task = asyncio.ensure_future(self._count_provider_usage(routed))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        end = time.perf_counter()
+        export_prometheus(turn.timing, routed, end, status)
+        record = wandb_record(turn.timing, routed, end, status, len(turn.citations), turn.request.stream)
+        self._metrics.record(record)
+
     async def _count_provider_usage(self, routed: RoutedStream) -> None:
         """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""
         try:
             for leg in routed.legs:
-                usage = leg.usage or Usage()
+                usage = leg.usage
                 await self._provider_usage.add(
                     leg.provider,
                     requests=1,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
                     cost_usd=leg.cost_usd,
                 )
             for name, count in routed.failed.items():
@@ -357,6 +322,10 @@ class Orchestrator:
                 await self._provider_usage.add(name, busy_s=seconds)
         except RedisError as exc:
             logger.warning("provider usage not counted: %r", exc)
+
+
+async def _collect(events: AsyncIterator[list[Event]]) -> list[Event]:
+    return [e for batch in [b async for b in events] for e in batch]
 
 
 async def _awaitable(value):

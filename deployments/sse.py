@@ -1,32 +1,37 @@
-"""Server-sent events: built in exactly this one function, which always ends with `data: [DONE]`."""
+"""Server-sent events: built in exactly this one function, which always ends with `data: [DONE]`. Each chunk's
+event carries its sequence number as `id:`, what a client resumes after (`starting_after`, `Last-Event-ID`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from core.models import ChatChunk
 from deployments.http_errors import sse_error_frame
 
 logger = logging.getLogger("llmserve.ingress")
+Batch = list[tuple[int, ChatChunk]]
 
 
-async def sse_frames(chunks: AsyncIterator[list[ChatChunk]], request_id: str | None) -> AsyncIterator[str]:
-    """`data: {json}\\n\\n` per chunk; frames that arrived together are written together.
+async def sse_frames(batches: AsyncIterator[Batch], request_id: str | None) -> AsyncIterator[str]:
+    """`id: N` and `data: {json}` per chunk; frames that arrived together are written together.
     An error after the first chunk becomes an error event (the status line was already sent)."""
     try:
-        async for batch in chunks:
-            yield "".join(f"data: {c.model_dump_json(exclude_none=True)}\n\n" for c in batch)
+        async for batch in batches:
+            if not batch:  # (an answer that has begun, before its first chunk)
+                continue
+            yield "".join(f"id: {seq}\ndata: {c.model_dump_json(exclude_none=True)}\n\n" for seq, c in batch)
     except Exception as exc:
         logger.warning("stream %s failed after the first chunk: %r", request_id, exc)
         yield sse_error_frame(exc, request_id)
     yield "data: [DONE]\n\n"
 
 
-async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) -> AsyncIterator[list[ChatChunk]]:
+async def prepend(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
     yield first
     async for batch in rest:
         yield batch
@@ -34,17 +39,33 @@ async def prepend(first: list[ChatChunk], rest: AsyncIterator[list[ChatChunk]]) 
 
 class SSEResponse(StreamingResponse):
     """A text/event-stream response that calls `on_close` however it ends: completed, failed, the client gone,
-    or never started (a disconnect before the first byte leaves the body generator unstarted, so its own
-    `finally` would never run)."""
+    a client that stopped reading for `write_timeout_s`, or never started (a disconnect before the first byte
+    leaves the body generator unstarted, so its own `finally` would never run). The answer itself goes on: the
+    client can resume it."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], headers: dict[str, str]):
+    def __init__(
+        self,
+        content: AsyncIterator[str],
+        on_close: Callable[[], None],
+        headers: dict[str, str],
+        write_timeout_s: float = 30.0,
+    ):
         super().__init__(content, headers=headers, media_type=self.media_type)
         self._on_close = on_close
+        self._write_timeout_s = write_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded_send(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self._write_timeout_s)
+            except TimeoutError as exc:  # the client stopped reading: give its place back
+                raise OSError(f"client stopped reading for {self._write_timeout_s:g} s") from exc
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded_send)
+        except OSError as exc:
+            logger.warning("stream closed: %s", exc)
         finally:
             self._on_close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from core.setting_groups import ReplicaSettings
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +43,17 @@ def preflight(settings: Settings, progress: Callable[[str], None] = print) -> st
     return model_source
 
 
+def orchestrator_replicas(replicas: ReplicaSettings) -> int:
+    """The configured count, or 2 when memory allows (one replica's death then interrupts nothing: the other
+    carries on its answers from their journals), else 1."""
+    if replicas.orchestrator is not None:
+        return replicas.orchestrator
+    import psutil
+
+    free_gib = psutil.virtual_memory().available / 1024**3
+    return 2 if free_gib >= replicas.orchestrator_pair_min_free_gib else 1
+
+
 def compose(settings: Settings, llm: Application, model_source: str) -> Application:
     """Ingress -> Orchestrator -> (Retriever, `llm`), and the batch workers (-> Orchestrator): the graph in
     front of any engine deployment with the handle interface of ray.serve.llm's LLMServer (benchmarks put a
@@ -56,13 +68,15 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
     s = settings
     grpc = s.server.handle_grpc
     light = {"num_cpus": s.replicas.light_num_cpus}
+    checked = {"health_check_period_s": s.replicas.health_check_period_s}
     served_models = s.served_models()
-    retriever = Retriever.options(num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256).bind(
-        s.rag
-    )
-    slots = s.engine.max_replicas * s.engine.target_ongoing_requests // s.replicas.orchestrator
+    retriever = Retriever.options(
+        num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
+    ).bind(s.rag)
+    orchestrators = orchestrator_replicas(s.replicas)
+    slots = s.engine.max_replicas * s.engine.target_ongoing_requests // orchestrators
     orchestrator = Orchestrator.options(
-        num_replicas=s.replicas.orchestrator, ray_actor_options=light, max_ongoing_requests=1000
+        num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
     ).bind(
         llm,
         retriever,
@@ -80,6 +94,7 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
     )
     batch_worker = BatchWorker.options(
         ray_actor_options=light,
+        **checked,
         autoscaling_config={
             "min_replicas": s.batch.worker_min_replicas,
             "initial_replicas": s.batch.worker_min_replicas,
@@ -98,7 +113,10 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
         model_name=s.model_name,
         grpc=grpc,
     )
-    return Ingress.options(num_replicas=s.replicas.ingress, ray_actor_options=light, max_ongoing_requests=1000).bind(
+    ingress = Ingress.options(
+        num_replicas=s.replicas.ingress, ray_actor_options=light, max_ongoing_requests=1000, **checked
+    )
+    return ingress.bind(
         orchestrator,
         retriever,
         batch_worker,

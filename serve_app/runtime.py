@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from core.keys import new_key
 from core.settings import Settings
-from state.redis_client import EmbeddedRedis
+from state.embedded_redis import EmbeddedRedis
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -45,6 +45,10 @@ def serve_environment(settings: Settings) -> None:
     if server.direct_ingress:
         # Draining is for external load balancers to notice a replica going; a local stack has none.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        # Serve keeps a dead replica's port out of use for 150 s, for HAProxy workers that still route to it; a
+        # local stack has no HAProxy, and its one port must serve again as soon as the replica is replaced
+        # (the ingress killed: answering again in seconds, not after 150 s).
+        os.environ.setdefault("RAY_SERVE_PORT_QUARANTINE_S", "0")
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(server.port)
         os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(server.port + settings.replicas.ingress)
 

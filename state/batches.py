@@ -40,6 +40,13 @@ _TIMESTAMPS = (
 _COMMIT = """
 local batch, done, lines, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local line, kind = ARGV[1], ARGV[2]
+if redis.call('EXISTS', batch) == 0 then  -- deleted meanwhile (its tenant was): ack the entry, write nothing
+  if ARGV[8] ~= '' then
+    redis.call('XACK', stream, ARGV[7], ARGV[8])
+    redis.call('XDEL', stream, ARGV[8])
+  end
+  return {0, 0}
+end
 local first = redis.call('HSETNX', done, line, kind) == 1
 if first then
   if kind ~= 'skip' then redis.call('RPUSH', lines, ARGV[3]) end

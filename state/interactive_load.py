@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 
 class InteractiveLoad:
@@ -40,7 +41,7 @@ class InteractiveLoad:
         while True:
             current = count()
             if current != last or time.monotonic() - last_at >= heartbeat_s:
-                with contextlib.suppress(Exception):  # Redis briefly away: the next round publishes
+                with contextlib.suppress(RedisError):  # Redis briefly away: the next round publishes
                     await self.publish(current)
                     last, last_at = current, time.monotonic()
             await asyncio.sleep(interval_s)

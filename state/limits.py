@@ -246,6 +246,21 @@ class Limiter:
         args = [request_id, prompt_tokens, completion_tokens, repr(cost_usd), kid, 1 if charge else 0, USAGE_TTL_S]
         return bool(await self._settle(keys=keys, args=args))
 
+    async def renew(self, tenant: str, kid: str, request_id: str, now: float | None = None) -> None:
+        """Extend a live reservation's lease (an answer that runs longer than `lease_s`); a settled or reclaimed
+        one stays gone (XX: only members that are there)."""
+        rl, member = self._rl(tenant), f"{kid}|{request_id}"
+        until = (time.time() if now is None else now) + self._lease_s
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(f"{rl}:k:{kid}:inflight", {request_id: until}, xx=True)
+            pipe.zadd(f"{rl}:tenant:inflight", {member: until}, xx=True)
+            pipe.zadd(f"{rl}:leases", {member: until}, xx=True)
+            await pipe.execute()
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
     def charge_keys(self, scope: Scope, now: float | None = None) -> list[str]:
         """Where a request's spend and usage are counted, for scripts that charge it themselves (batch commits):
         the key's and the tenant's spend in their budget windows, then the key's and the tenant's usage (all

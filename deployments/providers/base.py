@@ -60,6 +60,7 @@ class ProviderError(Exception):
         retryable: bool = True,
         retry_after_s: float | None = None,
         client_error: bool = False,
+        recovering: bool = False,
     ):
         super().__init__(f"{provider}: {message}")
         self.provider = provider
@@ -67,6 +68,8 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.client_error = client_error  # the request itself is bad: no other provider will do better
+        # Its replica or engine died and is being replaced: worth waiting for, up to the request's deadline.
+        self.recovering = recovering
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

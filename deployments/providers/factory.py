@@ -58,4 +58,5 @@ def build_router(
         routing.request_deadline_s,
         {c.name: c.first_token_timeout_s for c in routing.providers},
         tokens or TokenCounter(),
+        {c.name: c.idle_timeout_s for c in routing.providers},
     )

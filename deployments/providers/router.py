@@ -9,6 +9,7 @@ that answered, usage and cost summed over every attempt that produced output, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -77,6 +78,7 @@ class ProviderRouter:
         deadline_s: float,
         first_token_timeout_s: dict[str, float] | None = None,
         tokens: TokenCounter | None = None,
+        idle_timeout_s: dict[str, float] | None = None,
     ):
         self.providers = providers
         self.stats = stats
@@ -85,6 +87,7 @@ class ProviderRouter:
         self._policy = policy
         self._deadline_s = deadline_s
         self._first_token_timeout_s = first_token_timeout_s or {}
+        self._idle_timeout_s = idle_timeout_s or {}
         self._tokens = tokens or TokenCounter()
 
     async def _allowed(self, provider: Provider) -> bool:
@@ -115,14 +118,23 @@ class ProviderRouter:
         out.reason = route.reason
         queue = list(route.providers)
         retried_mid_stream: set[str] = set()
+        recovering: list[Provider] = []  # failed because their replica is being replaced: tried again later
+        coming_back: set[str] = set()
         deadline = time.monotonic() + self._deadline_s
-        while queue and time.monotonic() < deadline:
+        wait_s = 0.5
+        while (queue or recovering) and time.monotonic() < deadline:
+            if not queue:  # only providers that are coming back are left: wait for them, up to the deadline
+                await asyncio.sleep(min(wait_s, max(0.0, deadline - time.monotonic())))
+                wait_s = min(wait_s * 2, 4.0)
+                queue, recovering = recovering, []
             provider = queue.pop(0)
             if not await self._allowed(provider):
                 out.failures.append(f"{provider.name}: circuit open")
+                if provider.name in coming_back:  # its breaker's probe will let it back in
+                    recovering.append(provider)
                 continue
             sent = out.text
-            attempt_messages = [*messages, {"role": "assistant", "content": sent}] if sent else messages
+            attempt_messages = _continuing(messages, sent) if sent else messages
             done = out.usage().completion_tokens
             attempt_params = replace(params, max_tokens=max(1, params.max_tokens - done)) if sent else params
             leg = Leg(provider.name)
@@ -142,6 +154,9 @@ class ProviderRouter:
                     )
                 except ProviderError as exc:
                     out.failures.append(str(exc))
+                    if exc.recovering and provider not in recovering:
+                        recovering.append(provider)
+                        coming_back.add(provider.name)
                     if exc.client_error:
                         # What the provider said goes to the log, not to the client (it may echo anything).
                         logger.warning("request %s: %s rejected it: %s", request_id, provider.name, exc)
@@ -158,14 +173,17 @@ class ProviderRouter:
                             leg.usage = d.usage or leg.usage
                             out.finish_reason = d.finish_reason or out.finish_reason
                         yield batch
-                        batch = await anext(rest)
+                        batch = await self._next(provider, rest)
                 except StopAsyncIteration:
                     pass
                 except ProviderError as exc:
                     await self._failed(provider, out)
                     out.failures.append(f"{exc} (after {len(leg.text)} characters)")
                     logger.warning("request %s: %s failed mid-stream; failing over", request_id, provider.name)
-                    if provider.name not in retried_mid_stream:  # it may still continue, after the others
+                    if exc.recovering:  # its replica is being replaced: it continues once it is back
+                        recovering.append(provider)
+                        coming_back.add(provider.name)
+                    elif provider.name not in retried_mid_stream:  # it may still continue, after the others
                         retried_mid_stream.add(provider.name)
                         queue.append(provider)
                     continue
@@ -183,6 +201,17 @@ class ProviderRouter:
             retry_after_s=1,
         )
 
+    async def _next(self, provider: Provider, rest: AsyncIterator[list[EngineDelta]]) -> list[EngineDelta]:
+        """The next deltas; a provider that goes quiet mid-answer for its idle timeout has stalled (a wedged
+        engine): that is a failure like any other, failed over from."""
+        idle_s = self._idle_timeout_s.get(provider.name, 30.0)
+        try:
+            return await asyncio.wait_for(anext(rest), idle_s)
+        except TimeoutError as exc:
+            with contextlib.suppress(Exception):
+                await rest.aclose()
+            raise ProviderError(provider.name, f"stalled: no token for {idle_s:g} s", recovering=True) from exc
+
     def _settle_leg(self, provider: Provider, leg: Leg, messages: list[dict[str, str]]) -> None:
         """The leg's usage (counted exactly when the provider stopped before reporting it) and its cost."""
         if leg.usage is None:
@@ -199,3 +228,11 @@ def _starter(
 
 async def close_all(providers: list[Provider]) -> None:
     await asyncio.gather(*(p.aclose() for p in providers), return_exceptions=True)
+
+
+def _continuing(messages: list[dict[str, str]], sent: str) -> list[dict[str, str]]:
+    """The prompt with the text sent so far as the assistant's message to continue: appended to the assistant
+    prefill a takeover began with (one trailing assistant message: the engine continues only the last)."""
+    if messages and messages[-1].get("role") == "assistant":
+        return [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + sent}]
+    return [*messages, {"role": "assistant", "content": sent}]

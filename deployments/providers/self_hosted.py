@@ -14,7 +14,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from core.errors import EngineError, InvalidRequest, ServiceUnavailable
+from core.errors import EngineError, InvalidRequest, ServiceUnavailable, unwrap
 from core.pricing import Price
 from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, delta_from_chunk
 
@@ -104,9 +104,15 @@ class ServeLLMEngine:
                 if deltas:
                     yield deltas
         except _UNAVAILABLE as exc:
-            raise ProviderError(self.name, f"model replica unavailable: {type(exc).__name__}") from exc
+            unavailable = f"model replica unavailable: {type(exc).__name__}"
+            raise ProviderError(self.name, unavailable, recovering=True) from exc
         except EngineError as exc:
-            raise ProviderError(self.name, f"engine error: {exc.message}") from exc
+            raise ProviderError(self.name, f"engine error: {exc.message}", recovering=True) from exc
+        except InvalidRequest:
+            raise  # the request's own fault: no other attempt will do better
+        except Exception as exc:  # the engine died under the replica (EngineDeadError), or any other engine fault
+            failed = f"engine failed: {type(unwrap(exc)).__name__}"
+            raise ProviderError(self.name, failed, recovering=True) from exc
 
     async def check_health(self) -> None:
         try:

@@ -85,20 +85,27 @@ def test_raw_sse_frames_end_with_done(http):
         assert len(response.headers.get_list("x-request-id")) == 1
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    assert all(line.startswith("data: ") for line in lines)
-    for line in lines[:-1]:
-        assert json.loads(line[6:])["object"] == "chat.completion.chunk"
+    # Each event: its sequence number (what a broken stream resumes after), then its chunk.
+    ids, data = lines[:-1:2], lines[1:-1:2]
+    assert ids == [f"id: {n}" for n in range(1, len(ids) + 1)]
+    for line in data:
+        assert line.startswith("data: ") and json.loads(line[6:])["object"] == "chat.completion.chunk"
 
 
-def test_client_request_id_is_echoed(http):
-    response = http.post(
-        "/v1/chat/completions",
-        headers={"x-request-id": "my-trace-123"},
-        json={"model": MODEL, "messages": QUESTION, "max_tokens": 3},
-    )
-    assert response.status_code == 200
-    assert response.headers["x-request-id"] == "my-trace-123"
-    assert response.json()["id"] == "chatcmpl-my-trace-123"
+def test_client_request_id_is_echoed_and_every_answer_has_an_id_of_its_own(http):
+    answers = [
+        http.post(
+            "/v1/chat/completions",
+            headers={"x-request-id": "my-trace-123"},
+            json={"model": MODEL, "messages": QUESTION, "max_tokens": 3},
+        )
+        for _ in range(2)
+    ]
+    assert all(r.status_code == 200 and r.headers["x-request-id"] == "my-trace-123" for r in answers)
+    ids = [r.json()["id"] for r in answers]
+    # The answer's id is ours (what it is resumed and read back by), unique even when the client reuses its own.
+    assert all(i.startswith("chatcmpl-") for i in ids) and ids[0] != ids[1]
+    assert [r.headers["x-llmserve-response-id"] for r in answers] == ids
 
 
 def test_max_tokens_is_honoured(openai_client):

@@ -64,6 +64,7 @@ def two_tenants(base_url):
     uploaded = client_a.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
     batch = client_a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
     objects = {
+        "completion_id": said.json()["id"],
         "conversation_id": "ada-1",
         "collection": "docs",
         "source": "notes/a.md",
@@ -78,6 +79,7 @@ def snapshot(base_url: str, key: str, objects: dict) -> dict:
     get = lambda path: httpx.get(f"{base_url}{path}", headers=as_key(key), timeout=30)  # noqa: E731
     batch = get(f"/v1/batches/{objects['batch_id']}").json()
     return {
+        "completion": get(f"/v1/chat/completions/{objects['completion_id']}").json(),
         "conversation": get(f"/v1/conversations/{objects['conversation_id']}").json(),
         "documents": get(f"/v1/rag/collections/{objects['collection']}/documents").json(),
         "document": get(f"/v1/rag/collections/{objects['collection']}/documents/{objects['source']}").json(),

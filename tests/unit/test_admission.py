@@ -7,10 +7,9 @@ import pytest
 
 from core.errors import PayloadTooLarge, RateLimited, ServiceUnavailable
 from core.keys import key_hash
-from core.models import ChatRequest, Usage
+from core.models import ChatRequest
 from core.pricing import Price
 from core.setting_groups import EngineSettings, LimitsSettings
-from core.tokens import estimate_tokens
 from deployments.admission import AdmissionGate, model_capacity
 from deployments.gateway import Gateway, Principal
 from deployments.middleware import _bounded_body
@@ -59,7 +58,7 @@ async def _settled(gateway):
     await asyncio.gather(*list(gateway._pending))
 
 
-def test_a_ticket_settles_real_usage_once_and_frees_its_place(redis_prefix):
+def test_a_ticket_that_never_began_settles_once_and_frees_its_place(redis_prefix):
     async def main():
         async with redis_client() as client:
             gateway = _gateway(client, redis_prefix, capacity=1)
@@ -67,16 +66,45 @@ def test_a_ticket_settles_real_usage_once_and_frees_its_place(redis_prefix):
             ticket = await gateway.open(principal, REQUEST)
             with pytest.raises(ServiceUnavailable):  # the model's one place is taken
                 await gateway.open(principal, REQUEST)
-            ticket.usage = Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10)
             ticket.finish()
             ticket.finish()  # the stream's own finally and the response's close both call it
             await _settled(gateway)
             usage = await gateway.limiter.usage("t1", "k1")
-            assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 7, 3)
+            assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 0, 0)
             assert await gateway.limiter.inflight("t1", "k1") == 0
             assert gateway.admission.inflight("m") == 0
 
     asyncio.run(main())
+
+
+def test_a_client_gone_before_the_first_token_leaves_the_reservation_to_the_run_that_began(redis_prefix):
+    """The client left while its answer was queued: the run (detached, it goes on) settles the exact usage, so the
+    ticket must not settle it as nothing first; when no answer began, the ticket gives it back."""
+
+    async def main():
+        async with redis_client() as client:
+            gateway = _gateway(client, redis_prefix)
+            principal = Principal("k3", "team", "t1", False, Limits(), Limits())
+            began = await gateway.open(principal, REQUEST)
+            began.answer_started = lambda: _true()
+            never = await gateway.open(principal, REQUEST)
+            never.answer_started = lambda: _false()
+            began.finish()
+            never.finish()
+            assert gateway.admission.inflight("m") == 0  # both places are free at once
+            await _settled(gateway)
+            assert await gateway.limiter.inflight("t1", "k3") == 1  # the run's, until it settles
+            assert await gateway.limiter.settle("t1", "k3", began.reservation_id, 10, 5, 0.0)  # the run's settle counts
+
+    asyncio.run(main())
+
+
+async def _true() -> bool:
+    return True
+
+
+async def _false() -> bool:
+    return False
 
 
 def test_a_request_refused_by_its_key_limits_keeps_no_place(redis_prefix):
@@ -93,30 +121,32 @@ def test_a_request_refused_by_its_key_limits_keeps_no_place(redis_prefix):
     asyncio.run(main())
 
 
-def test_a_stream_cut_short_settles_what_was_generated(redis_prefix):
+def test_an_answer_that_began_is_settled_by_its_run_and_one_that_never_did_settles_nothing(redis_prefix):
     from core.models import ChatChunk, ChunkChoice, Delta
 
     def chunk(text):
         return ChatChunk(id="c", created=0, model="m", choices=[ChunkChoice(delta=Delta(content=text))])
 
-    async def engine():
-        yield [chunk("The capital"), chunk(" of France")]
-        raise ConnectionError("replica died")
+    async def answer():
+        yield [(1, chunk("The capital"))]
+        raise ConnectionError("the client went away")
 
     async def main():
         async with redis_client() as client:
             gateway = _gateway(client, redis_prefix)
-            principal = Principal("k3", "team", "t1", False, Limits(), Limits())
-            ticket = await gateway.open(principal, REQUEST)
+            principal = Principal("k3", "team", "t1", False, Limits(max_parallel=2), Limits())
+            began = await gateway.open(principal, REQUEST)
             with pytest.raises(ConnectionError):
-                async for _ in ticket.stream(engine(), client_wants_usage=False):
+                async for _ in began.stream(answer()):
                     pass
+            never = await gateway.open(principal, REQUEST)
+            never.finish()  # refused by the orchestrator before any output, say
             await _settled(gateway)
-            usage = await gateway.limiter.usage("t1", "k3")
-            # No usage came: the ingress charges core/tokens.py's documented estimate of what it streamed.
-            assert usage["completion_tokens"] == estimate_tokens(len("The capital of France")) == 6
-            assert usage["prompt_tokens"] > 0
-            assert gateway.admission.inflight("m") == 0
+            assert gateway.admission.inflight("m") == 0  # both places given back
+            # The one that began is still reserved: its run settles it with the exact usage (answer_run.py).
+            assert await gateway.limiter.inflight("t1", "k3") == 1
+            assert (await gateway.limiter.usage("t1", "k3"))["requests"] == 1  # the other: settled, as nothing
+            assert (await gateway.limiter.usage("t1", "k3"))["completion_tokens"] == 0
 
     asyncio.run(main())
 

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from deployments.batch_jobs import finalize, intake, parse_line, response_record
 from state.api_keys import Limits
 from state.batches import BatchStore
+from state.embedded_redis import EmbeddedRedis
 from state.files import FileStore
 from state.limits import Limiter, Scope
-from state.redis_client import EmbeddedRedis
 from tests.conftest import REDIS_URL
 from tests.services import RedisServer
 
@@ -253,6 +253,26 @@ def test_a_preempted_request_goes_back_without_spending_an_attempt(redis_prefix,
         await store.requeue(again)  # a passing failure does count
         [third] = await store.claim("w3", 1, block_ms=50, visibility_s=30)
         assert await store.attempt(third) == 2
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_result_that_comes_after_its_batch_was_deleted_writes_nothing(redis_prefix):
+    """A worker held a request when its tenant was deleted: its late commit must not bring the batch back."""
+
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, limiter = await stores(client, redis_prefix)
+        batch = await new_batch(store, files, GOOD[:1])
+        (req,) = await store.claim("w", 1, block_ms=50, visibility_s=30)
+        key = store.key(TENANT, batch["id"])
+        await client.delete(key)  # the tenant's purge
+        record = response_record(req.custom_id, "r", 200, {})
+        assert await store.commit(req, "ok", record, limiter.charge_keys(SCOPE), (3, 4, 0.001)) == (False, False)
+        assert not await client.exists(key, f"{key}:done", f"{key}:out")
+        assert await store.claim("w2", 1, block_ms=50, visibility_s=0) == []  # acked: never delivered again
+        assert (await limiter.usage(TENANT, KEY))["requests"] == 0  # and not charged
         await client.aclose()
 
     asyncio.run(scenario())

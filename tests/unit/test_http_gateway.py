@@ -16,6 +16,7 @@ from state.api_keys import Limits
 from state.batches import BatchStore
 from state.conversations import ConversationStore
 from state.files import FileStore
+from state.journal import Journal
 from state.rag_grants import SharedGrants
 from tests.conftest import redis_client
 
@@ -59,6 +60,7 @@ async def app_under_prefix(client, prefix: str, orchestrator=None):
         files=FileStore(client, prefix),
         batches=BatchStore(client, prefix),
         grants=SharedGrants(client, prefix),
+        journal=Journal(client, prefix, ttl_s=600),
         batch=BatchSettings(),
         routing=RoutingSettings(),
         pricing=PricingSettings(),

@@ -7,7 +7,8 @@ import time
 import pytest
 import redis
 
-from state.redis_client import EmbeddedRedis, async_redis, parse_sentinel_url
+from state.embedded_redis import EmbeddedRedis
+from state.redis_client import async_redis, parse_sentinel_url
 from tests.services import RedisServer, SentinelServer
 
 
@@ -86,5 +87,45 @@ def test_the_embedded_redis_stops_cleanly_and_keeps_its_data(tmp_path):
     again = EmbeddedRedis(tmp_path)
     try:
         assert redis.Redis(unix_socket_path=again.url.removeprefix("unix://")).get("kept") == b"1"
+    finally:
+        again.close()
+
+
+def test_the_embedded_redis_comes_back_from_a_kill_9_with_what_was_acknowledged(tmp_path):
+    """AOF (everysec) and a supervisor: killed with SIGKILL, it is restarted on the same socket and has every
+    write acknowledged more than a second before the crash."""
+    import os
+    import signal
+    import time
+
+    embedded = EmbeddedRedis(tmp_path)
+    try:
+        client = embedded.client()
+        client.set("revoked", "yes")
+        client.rpush("turns", "a", "b")
+        time.sleep(1.5)  # appendfsync everysec
+        os.kill(embedded.pid, signal.SIGKILL)
+        for _ in range(100):  # the supervisor notices within 0.5 s and restarts it from its AOF
+            try:
+                if embedded.restarts and client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            time.sleep(0.1)
+        assert embedded.restarts == 1
+        assert client.get("revoked") == "yes" and client.lrange("turns", 0, -1) == ["a", "b"]
+    finally:
+        embedded.close()
+
+
+def test_a_dataset_an_older_llmserve_kept_in_rdb_alone_is_loaded_and_then_kept_in_aof(tmp_path):
+    embedded = EmbeddedRedis(tmp_path, supervise=False)
+    embedded.client().set("from-rdb", "1")
+    embedded.close()
+    (tmp_path / "appendonly.aof").unlink()  # what an llmserve before AOF left: llmserve.rdb only
+    again = EmbeddedRedis(tmp_path, supervise=False)
+    try:
+        assert again.client().get("from-rdb") == "1"
+        assert again.client().config_get("appendonly")["appendonly"] == "yes" and (tmp_path / "appendonly.aof").exists()
     finally:
         again.close()

@@ -1,0 +1,404 @@
+"""One answer being generated, detached from whoever asked for it: the orchestrator's stream and finish stages.
+
+A run reads the providers' deltas (deployments/providers/router.py) and, for every batch of chunks, in this order:
+journals them (state/journal.py; what piled up while the previous write was in flight, or within `coalesce_s` of
+it, goes as one write: the first chunk never waits, fast streams are written every `coalesce_s`), commits the
+conversation turn when the answer is whole, settles the caller's reservation with the exact usage when the
+answer ends, and only then hands the chunks to the callers attached to it. So nothing a client saw is missing
+from the journal, and the stored turn is what the client got.
+
+A caller going away does not stop the run (a client resumes from the journal, on any ingress replica); a run
+nobody follows for `grace_s` is cancelled. A run can also start from a journal whose writer died (a takeover):
+it continues the journaled text as an assistant prefill, and the turn and the reservation are still committed
+and settled once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from core.errors import LLMServeError, ServiceUnavailable
+from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChunkChoice, Citation, Delta, Usage
+from core.tokens import TokenCounter
+from deployments.handles import detached
+from deployments.providers.base import GenerationParams
+from deployments.providers.router import ProviderRouter, RoutedStream
+from deployments.run_metrics import Timing
+from state.conversations import ConversationStore
+from state.journal import Event, Journal
+from state.limits import Limiter
+from state.outage import retry_through_outage
+
+logger = logging.getLogger("llmserve.runs")
+_END = object()
+
+
+class _Abandoned(Exception):
+    """Nobody followed the run for its grace period."""
+
+
+class Fenced(Exception):
+    """Another replica took this answer over (this writer was only slow): it continues, commits and settles the
+    answer there; this run's followers follow the journal instead."""
+
+
+def stopping_error() -> ServiceUnavailable:
+    """What followers of a run get when its replica stops under it: the ingress takes the answer over elsewhere."""
+    return ServiceUnavailable("this replica is stopping; the answer continues on another", code="replica_stopping")
+
+
+@dataclass
+class Turn:
+    """What prepare decided for one answer; everything a takeover needs is in `record()` (journaled)."""
+
+    request: ChatRequest
+    caller: Caller
+    chunk_id: str
+    prompt: list[dict[str, str]]
+    params: GenerationParams
+    citations: list[Citation]
+    created: int = field(default_factory=lambda: int(time.time()))
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.request.conversation_id
+
+    def chunk(self, **fields: Any) -> ChatChunk:
+        return ChatChunk(id=self.chunk_id, created=self.created, model=self.request.model, **fields)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "request": self.request.model_dump(mode="json", exclude_none=True),
+            "prompt": self.prompt,
+            "params": self.params.__dict__,
+            "citations": [c.model_dump() for c in self.citations],
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], caller: Caller, chunk_id: str) -> Turn:
+        return cls(
+            request=ChatRequest.model_validate(record["request"]),
+            caller=caller,
+            chunk_id=chunk_id,
+            prompt=record["prompt"],
+            params=GenerationParams(**record["params"]),
+            citations=[Citation(**c) for c in record["citations"]],
+            created=int(record["created"]),
+        )
+
+
+@dataclass
+class RunServices:
+    """What runs use, made once per orchestrator replica."""
+
+    router: ProviderRouter
+    journal: Journal
+    conversations: ConversationStore
+    limiter: Limiter
+    tokens: TokenCounter
+    finished: Callable[[Turn, RoutedStream, str], None]  # metrics and provider usage
+    grace_s: float = 30.0
+    retry_s: float = 120.0  # how long a Redis write (journal, commit, settle) is retried before it is given up
+    coalesce_s: float = 0.0  # chunks within this of the previous journal write wait to go with the next one
+
+
+class AnswerRun:
+    def __init__(self, turn: Turn, services: RunServices, epoch: int = 1, prefix: list[Event] | None = None) -> None:
+        self.turn = turn
+        self._s = services
+        self._epoch = epoch
+        self._journaled = turn.caller.journal
+        self.events: list[Event] = list(prefix or [])
+        self._seq = self.events[-1].seq if self.events else 0
+        self._prefix_text = "".join(_text(e.chunk) for e in self.events)
+        self.routed = RoutedStream()
+        self.finish_reason = next((r for e in self.events if (r := _finish(e.chunk))), None)
+        self.error: BaseException | None = None
+        self.done = False
+        self._committed = False
+        self._ttl_set = False
+        self._last_write: float | None = None
+        self._changed = asyncio.Condition()
+        self._followers = 0
+        self._alone_since: float | None = None
+        self._task: asyncio.Task | None = None
+        self._renewed = time.monotonic()
+
+    @property
+    def response_id(self) -> str:
+        return self.turn.chunk_id
+
+    def start(self, on_done: Callable[[AnswerRun], None]) -> None:
+        self._task = detached(self._run())
+        self._task.add_done_callback(lambda _: on_done(self))
+
+    async def follow(self, after_seq: int = 0) -> AsyncIterator[list[Event]]:
+        """The run's events after `after_seq`, as they are journaled, to the end (its error, if it failed)."""
+        self._followers += 1
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda seen=after_seq: self._has_news(seen))
+                    batch = [e for e in self.events if e.seq > after_seq]
+                if batch:
+                    after_seq = batch[-1].seq
+                    yield batch
+                elif self.done:
+                    if self.error is not None:
+                        raise self.error
+                    return
+        finally:
+            self._followers -= 1
+            if not self._followers:
+                self._alone_since = time.monotonic()
+                if not self._journaled and self._task is not None and not self.done:  # none can come back (batch)
+                    self._task.cancel()
+
+    def _has_news(self, seen: int) -> bool:
+        return self.done or bool(self.events and self.events[-1].seq > seen)
+
+    # --- the run ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        queue: asyncio.Queue = asyncio.Queue()
+        producer = asyncio.ensure_future(self._produce(queue))
+        status = "error"
+        try:
+            while True:
+                items = await self._next_items(queue, producer)
+                if items is None:
+                    continue  # a lease renewal or a grace check
+                chunks = [c for item in items if isinstance(item, list) for c in item]
+                end = next((item for item in items if not isinstance(item, list)), None)
+                await self._write(chunks, end)
+                if end is not None:
+                    status = "ok" if end is _END else "error"
+                    if end is not _END:
+                        raise end
+                    return
+                if await self._abandoned():  # a run that streams on with nobody reading it
+                    raise _Abandoned
+                await self._renew_reservation()
+        except _Abandoned:
+            status = "cancelled"
+            self.error = ServiceUnavailable("the answer was cancelled: nobody followed it", code="cancelled")
+            await _stop(producer)  # its last leg's usage is counted as the engine call closes
+            with contextlib.suppress(RedisError, ServiceUnavailable, Fenced):
+                await self._settle()
+                await self._journal([], status="cancelled")
+        except Fenced as exc:  # the new writer commits, settles and ends the answer
+            status = "taken over"
+            self.error = exc
+        except asyncio.CancelledError:  # the replica is stopping: the journal stays running, for a takeover
+            status = "cancelled"
+            self.error = stopping_error()
+            raise
+        except Exception as exc:  # the providers failed: journal why, settle what was generated
+            self.error = exc
+            await _stop(producer)
+            with contextlib.suppress(RedisError, ServiceUnavailable, Fenced):
+                await self._settle()
+                error = exc.to_error_body()["error"] if isinstance(exc, LLMServeError) else {"code": "internal_error"}
+                await self._journal([], status="failed", error=error)
+        finally:
+            producer.cancel()
+            self.done = True
+            log = logger.info if status == "ok" else logger.warning
+            log("answer %s ended %s after event %d (epoch %d)%s", self.response_id, status, self._seq, self._epoch,
+                f": {self.error!r}" if self.error is not None else "")  # fmt: skip
+            async with self._changed:
+                self._changed.notify_all()
+            self._s.finished(self.turn, self.routed, status)
+
+    async def _next_items(self, queue: asyncio.Queue, producer: asyncio.Task) -> list | None:
+        """Whatever the producer queued (at least one item), or None after a quiet third of the lease."""
+        try:
+            first = await asyncio.wait_for(queue.get(), timeout=self._s.journal.lease_ms / 3000)
+        except TimeoutError:
+            await self._journal([])  # renew the lease
+            if await self._abandoned():
+                raise _Abandoned from None
+            await self._renew_reservation()
+            return None
+        if self._last_write is not None:  # a write went out moments ago: let a few more chunks join this one
+            wait_s = self._last_write + self._s.coalesce_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        items = [first]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        return items
+
+    async def _abandoned(self) -> bool:
+        """Nobody has followed it for `grace_s`: not here, and not from another replica (a client that resumed
+        there follows the journal, and says so in it)."""
+        if self._followers or self._alone_since is None or time.monotonic() - self._alone_since < self._s.grace_s:
+            return False
+        if not self._journaled:
+            return True
+        tenant, rid = self.turn.caller.tenant, self.turn.chunk_id
+        try:
+            return not await self._s.journal.followed_within(tenant, rid, self._s.grace_s)
+        except RedisError:  # cannot tell while Redis is away: keep it, and ask again at the next write
+            return False
+
+    async def _produce(self, queue: asyncio.Queue) -> None:
+        """The providers' deltas as chat chunks; `_END`, or the exception, last."""
+        try:
+            async for chunks in self._chunks():
+                await queue.put(chunks)
+            await queue.put(_END)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the run stops its producer
+                raise
+            # A call inside was cancelled, not this run: an error of the answer, not a silent stop.
+            await queue.put(ServiceUnavailable(f"the engine call was cancelled: {exc!r}"))
+        except BaseException as exc:
+            await queue.put(exc)
+
+    async def _chunks(self) -> AsyncIterator[list[ChatChunk]]:
+        turn, routed = self.turn, self.routed
+        if self.finish_reason is not None:  # a takeover of an answer that was whole already
+            if not any("usage" in e.chunk for e in self.events):
+                yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
+            return
+        prompt, params = turn.prompt, turn.params
+        if self._prefix_text:  # continue the journaled text
+            prompt = [*prompt, {"role": "assistant", "content": self._prefix_text}]
+            done = self._s.tokens.count_text(self._prefix_text)
+            params = replace(params, max_tokens=max(1, params.max_tokens - done))
+        first = not self.events
+        engine_request_id = f"{turn.chunk_id}-{self._epoch}"  # a takeover's engine requests are new ones
+        async for deltas in self._s.router.stream(turn.request.model, prompt, params, engine_request_id, routed):
+            out: list[ChatChunk] = []
+            if first:
+                turn.timing.first_token = time.perf_counter()
+                out.append(
+                    turn.chunk(
+                        choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
+                        conversation_id=turn.conversation_id,
+                        citations=turn.citations,
+                        provider=routed.providers[0],
+                    )
+                )
+                first = False
+            for d in deltas:
+                if d.text or d.finish_reason:
+                    choice = ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
+                    out.append(turn.chunk(choices=[choice]))
+            if out:
+                yield out
+        if first:
+            raise ServiceUnavailable("the engine ended the stream without output")
+        yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
+
+    async def _write(self, chunks: list[ChatChunk], end: object | None) -> None:
+        """Journal, then commit and settle where due, then hand to the followers."""
+        events = []
+        for chunk in chunks:
+            self._seq += 1
+            events.append(Event(self._seq, chunk.model_dump(mode="json", exclude_none=True)))
+            self.finish_reason = self.finish_reason or _finish(events[-1].chunk)
+        await self._journal(events)
+        if self.finish_reason is not None and not self._committed:
+            await self._commit([*self.events, *events])
+            self._committed = True
+        if end is _END:
+            await self._settle()
+            await self._journal([], status="completed")
+        self.events.extend(events)
+        self._last_write = time.monotonic()
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- the writes, retried through a Redis outage --------------------------------------------------
+    async def _retrying(self, write: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry_through_outage(write, self._s.retry_s)
+
+    async def _journal(self, events: list[Event], status: str = "", error: dict | None = None) -> None:
+        if not self._journaled:
+            return
+        tenant, rid, refresh_ttl = self.turn.caller.tenant, self.turn.chunk_id, not self._ttl_set and bool(events)
+        append = self._s.journal.append
+        accepted = await self._retrying(
+            lambda: append(tenant, rid, self._epoch, events, self._seq, status, error, refresh_ttl)
+        )
+        self._ttl_set |= refresh_ttl
+        if not accepted:
+            raise Fenced(f"answer {rid}: another replica took it over (epoch > {self._epoch})")
+
+    async def _commit(self, events: list[Event]) -> None:
+        """The request's new messages and the whole answer, appended to the conversation once (keyed by the
+        response id, whichever replica gets here)."""
+        turn = self.turn
+        if turn.conversation_id is None:
+            return
+        answer = "".join(_text(e.chunk) for e in events)
+        new_turn = [*turn.request.messages, ChatMessage(role="assistant", content=answer)]
+        commit = self._s.conversations.commit_turn
+        await self._retrying(lambda: commit(turn.caller.tenant, turn.conversation_id, turn.chunk_id, new_turn))
+
+    async def _renew_reservation(self) -> None:
+        """Keep the caller's reservation leased while the answer runs (a third of the lease at a time)."""
+        caller, limiter = self.turn.caller, self._s.limiter
+        if not caller.reservation_id or time.monotonic() - self._renewed < limiter.lease_s / 3:
+            return
+        self._renewed = time.monotonic()
+        with contextlib.suppress(RedisError):  # the next renewal, a third of a lease later, tries again
+            await limiter.renew(caller.tenant, caller.key_id, caller.reservation_id)
+
+    async def _settle(self) -> None:
+        caller = self.turn.caller
+        if not caller.reservation_id:
+            return
+        usage, cost = self._usage(), self._cost()
+        settle = self._s.limiter.settle
+        counted = await self._retrying(
+            lambda: settle(
+                caller.tenant, caller.key_id, caller.reservation_id, usage.prompt_tokens, usage.completion_tokens, cost
+            )
+        )
+        if not counted:  # settled already (a retry), or reclaimed: its lease ran out before the answer ended
+            logger.warning("answer %s: reservation %s was settled or reclaimed before its usage %s was counted",
+                           self.response_id, caller.reservation_id, usage.total_tokens)  # fmt: skip
+
+    def _usage(self) -> Usage:
+        """What the providers reported, plus, for a takeover, the journaled text counted exactly."""
+        usage = self.routed.usage()
+        if not self._prefix_text:
+            return usage
+        prompt = usage.prompt_tokens or self._s.tokens.count_messages(self.turn.prompt)
+        completion = usage.completion_tokens + self._s.tokens.count_text(self._prefix_text)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def _cost(self) -> float:
+        cost = self.routed.cost_usd
+        if self._prefix_text:  # the journaled part, at the first provider's price
+            provider = next(iter(self._s.router.providers), None)
+            if provider is not None:
+                cost += provider.price.cost(0, self._s.tokens.count_text(self._prefix_text))
+        return cost
+
+
+async def _stop(task: asyncio.Task) -> None:
+    """Cancel the producer and wait until it stopped (its engine call closed and counted)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _text(chunk: dict) -> str:
+    return "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+
+
+def _finish(chunk: dict) -> str | None:
+    return next((c.get("finish_reason") for c in chunk.get("choices") or [] if c.get("finish_reason")), None)

@@ -1,0 +1,195 @@
+"""Chat completions: asked for (POST), resumed or read back (GET). HTTP only: the gateway lets a request in, the
+orchestrator answers for the caller's tenant (deployments/answer_stream.py follows it across orchestrator
+replicas that die), and this module turns that into JSON or SSE.
+
+Every answer is journaled: a stream whose connection broke resumes on any ingress replica with
+`GET /v1/chat/completions/{id}?stream=true&starting_after=N` (or the `Last-Event-ID` header), and gets exactly the
+events after N, then the live rest. A retry with the same `Idempotency-Key` (per API key) replays the answer the
+first attempt made, finished or still running, and commits or charges nothing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from core.errors import InvalidRequest, NotFound
+from core.models import Caller, ChatRequest, ChatResponse
+from deployments.answer_stream import Batch, answer_events
+from deployments.answers import fold
+from deployments.gateway import Principal, Ticket
+from deployments.ingress_state import IngressState, ingress_state, principal
+from deployments.sse import SSEResponse, prepend, sse_frames
+from observability import prom
+
+router = APIRouter()
+State = Annotated[IngressState, Depends(ingress_state)]
+Who = Annotated[Principal, Depends(principal)]
+IDEMPOTENCY_KEY_MAX = 255
+
+
+@router.post("/v1/chat/completions", response_model=ChatResponse)
+async def chat_completions(
+    body: ChatRequest,
+    request: Request,
+    ingress: State,
+    who: Who,
+    x_conversation_id: str | None = Header(None),
+    idempotency_key: str | None = Header(None, max_length=IDEMPOTENCY_KEY_MAX),
+):
+    request_id = request.state.request_id
+    updates: dict = {"request_id": request_id}
+    if body.conversation_id is None and x_conversation_id:
+        updates["conversation_id"] = x_conversation_id
+    try:
+        chat = ChatRequest.model_validate({**body.model_dump(exclude_unset=True), **updates})
+    except ValidationError as exc:  # only the header can be invalid here: the body was validated
+        raise InvalidRequest(
+            f"invalid X-Conversation-Id header: {exc.errors()[0]['msg']}", param="conversation_id"
+        ) from exc
+    caller = who.caller()
+    claimed = None
+    if idempotency_key:
+        # What the request asks, not how it wants it delivered: a retry may stream what the first did not.
+        meaning = body.model_dump(mode="json", exclude={"stream", "stream_options"})
+        fingerprint = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
+        earlier = await ingress.journal.claim_idempotency(
+            who.tenant, who.kid, idempotency_key, f"{caller.response_id}|{fingerprint}"
+        )
+        if earlier is not None:
+            replay = await _earlier_answer(ingress, who, earlier, fingerprint)
+            if replay is not None:
+                stored, first_caller = replay
+                delivered = stored.model_copy(update={"stream": chat.stream})
+                return await _respond(ingress, delivered, first_caller, 0, None, request_id, chat.include_usage)
+            caller = caller.model_copy(update={"response_id": earlier.partition("|")[0]})
+        claimed = (who.tenant, who.kid, idempotency_key)
+    ticket = None
+    try:
+        started = time.perf_counter()
+        ticket = await ingress.gateway.open(who, chat)
+        response_id = caller.response_id
+        ticket.answer_started = lambda: _has_journal(ingress, who.tenant, response_id)
+        prom.observe("llmserve_stage_seconds", time.perf_counter() - started, stage="admission")
+        caller = caller.model_copy(update={"reservation_id": ticket.reservation_id})
+        return await _respond(ingress, chat, caller, 0, ticket, request_id, chat.include_usage)
+    except BaseException:
+        if claimed is not None and (ticket is None or not ticket.has_begun):  # nothing to replay: free the key
+            await ingress.journal.release_idempotency(*claimed)
+        raise
+
+
+@router.get("/v1/chat/completions/{completion_id}", response_model=ChatResponse)
+async def chat_completion(
+    completion_id: str,
+    request: Request,
+    ingress: State,
+    who: Who,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: str | None = Header(None),
+):
+    """A stored answer (whole, once it is done), or with `stream=true` its events after `starting_after` (or the
+    `Last-Event-ID` header), then the live rest: how a stream whose connection broke resumes."""
+    meta = await ingress.journal.meta(who.tenant, completion_id)
+    if meta is None:
+        raise NotFound(f"no chat completion {completion_id!r}", param="completion_id")
+    chat = ChatRequest.model_validate(meta["request"]["request"])
+    caller = Caller.model_validate(meta["caller"])
+    if not stream:
+        return await _respond(ingress, chat.model_copy(update={"stream": False}), caller, 0, None, None)
+    after = starting_after
+    if after is None and last_event_id is not None:
+        if not re.fullmatch(r"[0-9]{1,18}", last_event_id):
+            raise InvalidRequest("Last-Event-ID must be an event id this stream sent", param="Last-Event-ID")
+        after = int(last_event_id)
+    chat = chat.model_copy(update={"stream": True})
+    return await _respond(ingress, chat, caller, after or 0, None, request.state.request_id, chat.include_usage)
+
+
+async def _has_journal(ingress: IngressState, tenant: str, response_id: str) -> bool:
+    return await ingress.journal.meta(tenant, response_id) is not None
+
+
+async def _without_usage(events: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
+    """A run always ends with a usage chunk (it settles with it, and the JSON answer needs it); a stream whose
+    client did not ask for `stream_options.include_usage` does not get it."""
+    async for batch in events:
+        kept = [(seq, chunk) for seq, chunk in batch if chunk.usage is None]
+        if kept:
+            yield kept
+
+
+async def _earlier_answer(
+    ingress: IngressState, who: Principal, earlier: str, fingerprint: str
+) -> tuple[ChatRequest, Caller] | None:
+    """What an Idempotency-Key's first request started (None when it failed before its answer began: then this
+    request runs it again, under the same response id)."""
+    response_id, _, first_fingerprint = earlier.partition("|")
+    if first_fingerprint != fingerprint:
+        raise InvalidRequest(
+            "this Idempotency-Key was used for a different request",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    for _ in range(50):  # the first request may still be preparing its answer
+        meta = await ingress.journal.meta(who.tenant, response_id)
+        if meta is not None:
+            return ChatRequest.model_validate(meta["request"]["request"]), Caller.model_validate(meta["caller"])
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def _respond(
+    ingress: IngressState,
+    chat: ChatRequest,
+    caller: Caller,
+    after_seq: int,
+    ticket: Ticket | None,
+    request_id: str | None,
+    client_wants_usage: bool = True,
+):
+    """The answer as JSON (whole) or SSE (from `after_seq`); `ticket`: a new request's admission."""
+    events = answer_events(ingress, chat, caller, after_seq, ingress.routing.request_deadline_s)
+    if ticket is not None:
+        events = ticket.stream(events)
+    if chat.stream and not client_wants_usage:
+        events = _without_usage(events)
+    headers = {"x-llmserve-response-id": caller.response_id}
+    if chat.conversation_id:
+        headers["x-conversation-id"] = chat.conversation_id
+    if not chat.stream:
+        chunks = [c for batch in [b async for b in events] for _, c in batch]
+        result = fold(chunks, chat.conversation_id)
+        headers["x-llmserve-provider"] = result.provider or ""
+        if result.cost_usd is not None:
+            headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
+        return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
+    first: Batch = []
+    try:
+        # Wait for the first events before sending the status line, so that errors raised before any output
+        # (unknown model, context too long, engine down) get their real status code.
+        while not first:  # (an empty batch only says the answer has begun)
+            first = await events.__anext__()
+    except StopAsyncIteration:
+        pass
+    except BaseException:
+        if ticket is not None:
+            ticket.finish()
+        raise
+    headers["cache-control"] = "no-cache"
+    provider = next((c.provider for _, c in first if c.provider), None)
+    if provider:
+        headers["x-llmserve-provider"] = provider
+    on_close = ticket.finish if ticket is not None else lambda: None
+    frames = sse_frames(prepend(first, events), request_id)
+    return SSEResponse(frames, on_close=on_close, headers=headers, write_timeout_s=ingress.write_timeout_s)

@@ -1,0 +1,126 @@
+"""Nothing lost when any one process dies, on a stack of its own (run apart from the other tests: it kills
+things). Real processes, real SIGKILLs (benchmarks/chaos.py holds the harness and prints the table):
+every role killed under concurrent streamed answers, Redis killed -9 and restarted on its AOF, Redis frozen,
+and a retry with one Idempotency-Key after the ingress died under it.
+
+For each: every stream completes (resumed from its last event id where its connection broke), each client's
+text equals the stored assistant turn, stored once, and the service answers again soon after."""
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+
+from benchmarks.chaos import Chaos, answered, run_role, stream_one, wait_answering
+
+pytestmark = pytest.mark.chaos
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory):
+    overrides = {"replicas": {"orchestrator": 2}, "routing": {"request_deadline_s": 180.0}}
+    stack = Chaos(tmp_path_factory.mktemp("chaos"), overrides=overrides)
+    try:
+        base = stack.start()
+        yield stack, base
+    finally:
+        stack.stop()
+
+
+def healthy(stack: Chaos, base: str) -> None:
+    assert wait_answering(base, stack.key, time.monotonic(), limit_s=300) is not None, "never answered again"
+    time.sleep(2)
+
+
+@pytest.mark.parametrize("role", ["orchestrator", "ingress", "engine-core", "llm-replica", "redis-freeze"])
+def test_no_answer_is_lost_when_a_process_dies(chaos, role):
+    stack, base = chaos
+    healthy(stack, base)
+    row = asyncio.run(run_role(stack, base, role, streams=3, max_tokens=40))
+    print(row)
+    assert row["completed"] == row["streams"], row
+    assert row["stored_once_equal"] == row["streams"], row
+    assert row["recovered_s"] is not None, row
+    if role == "ingress":
+        # Seconds, not minutes: Serve's port quarantine (~150 s) is off on a local stack, and the replacement can
+        # bind the port its predecessor's connections still hold (deployments/direct_ingress.py; without it, never).
+        assert row["recovered_s"] < 60, row
+    if role == "orchestrator":
+        # The other replica was there all along: usually < 1 s (benchmarks/chaos.py). Seen once at 6.9 s, while
+        # Serve's router still sent calls to the dead replica (each retried after a backoff) until it dropped it.
+        assert row["recovered_s"] < 15, row
+
+
+def test_redis_killed_and_restarted_on_its_aof_loses_nothing_acknowledged(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    admin = {"Authorization": f"Bearer {stack.key}"}
+    kept = httpx.post(f"{base}/admin/keys", json={"name": "kept"}, headers=admin).json()["key"]
+    gone = httpx.post(f"{base}/admin/keys", json={"name": "revoked-before-crash"}, headers=admin).json()["key"]
+    assert httpx.delete(f"{base}/admin/keys/revoked-before-crash", headers=admin).status_code == 200
+    time.sleep(1.5)  # older than a second when Redis dies: on disk (appendfsync everysec)
+    row = asyncio.run(run_role(stack, base, "redis-kill", streams=3, max_tokens=40))
+    print(row)
+    assert row["completed"] == row["stored_once_equal"] == row["streams"], row
+    models = f"{base}/v1/models"
+    assert httpx.get(models, headers={"Authorization": f"Bearer {kept}"}).status_code == 200
+    assert httpx.get(models, headers={"Authorization": f"Bearer {gone}"}).status_code == 401  # still revoked
+
+
+def test_a_retry_with_its_idempotency_key_after_the_ingress_died_gets_the_one_answer(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    key, cid = f"retry-{uuid.uuid4().hex}", f"idem-chaos-{uuid.uuid4().hex[:6]}"
+    headers = {"Authorization": f"Bearer {stack.key}", "Idempotency-Key": key}
+    body = {
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": "Describe a harbour at dawn in four sentences."}],
+        "max_tokens": 40,
+        "temperature": 0,
+        "rag": False,
+        "conversation_id": cid,
+    }
+
+    async def first_attempt():
+        async with (
+            httpx.AsyncClient(timeout=60) as client,
+            client.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r,
+        ):
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    return  # one event in, then the ingress dies under it
+
+    asyncio.run(first_attempt())
+    stack.hurt("ingress")()
+    deadline = time.monotonic() + 60
+    while not answered(base, stack.key):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    retried = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=180)
+    assert retried.status_code == 200, retried.text
+    text = retried.json()["choices"][0]["message"]["content"]
+    messages = httpx.get(f"{base}/v1/conversations/{cid}", headers=headers).json()["messages"]
+    assert messages == [body["messages"][0], {"role": "assistant", "content": text}]  # one answer, stored once
+
+
+def test_a_client_that_disconnects_resumes_even_after_the_orchestrator_died_meanwhile(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    cid = f"gone-{uuid.uuid4().hex[:6]}"
+
+    async def scenario():
+        progress: dict[str, int] = {}
+        task = asyncio.ensure_future(
+            stream_one(base, stack.key, cid, "Tell a short story about a fox.", 40, 240, progress)
+        )
+        while progress.get(cid, 0) < 3:
+            await asyncio.sleep(0.05)
+        stack.hurt("orchestrator")()  # its run dies with it; the client's stream breaks or fails over
+        return await task
+
+    result = asyncio.run(scenario())
+    assert result.finished, result
+    messages = httpx.get(f"{base}/v1/conversations/{cid}", headers={"Authorization": f"Bearer {stack.key}"}).json()
+    assert messages["messages"][-1] == {"role": "assistant", "content": result.text}

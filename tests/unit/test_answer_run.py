@@ -1,0 +1,209 @@
+"""AnswerRun against a real Redis (journal, conversations, limits) and the real router, with a scripted provider
+standing in for the engine: journal before followers, the turn committed once, the reservation settled with the
+exact usage; a takeover continuing a journal; a fenced writer stopping; an abandoned answer cancelled."""
+
+import asyncio
+import contextlib
+
+import pytest
+
+from core.models import Caller, ChatRequest
+from core.tokens import TokenCounter
+from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
+from deployments.providers.base import GenerationParams
+from deployments.providers.retry import RetryPolicy
+from deployments.providers.router import ProviderRouter
+from deployments.providers.routing import LoadStats, strategy
+from state import journal as journal_module
+from state.api_keys import Limits
+from state.conversations import ConversationStore
+from state.journal import Event, Journal
+from state.limits import Limiter, Scope
+from tests.conftest import redis_client
+from tests.fakes.scripted_provider import Scripted
+
+TENANT, KEY = "acme", "k1"
+HI = [{"role": "user", "content": "Say hello."}]
+
+
+@contextlib.asynccontextmanager
+async def services(prefix, provider, grace_s=30.0, lease_s=3.0):
+    async with redis_client() as client:
+        router = ProviderRouter(
+            [provider], strategy("ordered"), LoadStats(4, 2.0), None, RetryPolicy(2, 0.01, 0.05), 30.0
+        )
+        statuses: list[str] = []
+        yield (
+            client,
+            RunServices(
+                router=router,
+                journal=Journal(client, prefix, ttl_s=600, lease_s=lease_s),
+                conversations=ConversationStore(client, prefix, 3600),
+                limiter=Limiter(client, prefix),
+                tokens=TokenCounter(),
+                finished=lambda turn, routed, status: statuses.append(status),
+                grace_s=grace_s,
+                retry_s=5.0,
+            ),
+            statuses,
+        )
+
+
+async def reserve(limiter: Limiter, rid: str) -> None:
+    admitted = await limiter.admit(Scope(TENANT, KEY, Limits(), Limits()), rid, 100, 0.01)
+    assert admitted.allowed
+
+
+def turn(response_id: str, max_tokens: int = 8) -> Turn:
+    request = ChatRequest(model="m", messages=HI, conversation_id="conv-1", max_tokens=max_tokens)
+    caller = Caller(tenant=TENANT, key_id=KEY, response_id=response_id, reservation_id=f"r-{response_id}")
+    return Turn(request, caller, response_id, HI, GenerationParams(max_tokens=max_tokens), [])
+
+
+async def started(s: RunServices, response_id: str, max_tokens: int = 8) -> AnswerRun:
+    """A new answer's run, its journal opened, running."""
+    t = turn(response_id, max_tokens)
+    await s.journal.open(TENANT, response_id, t.record(), t.caller.model_dump())
+    run = AnswerRun(t, s)
+    run.start(on_done=lambda _: None)
+    return run
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join((c.get("delta") or {}).get("content") or "" for e in events for c in e.chunk.get("choices", []))
+
+
+async def follow_all(run: AnswerRun, after: int = 0) -> list[Event]:
+    return [e async for batch in run.follow(after) for e in batch]
+
+
+def test_a_run_journals_commits_once_and_settles_the_exact_usage(redis_prefix):
+    async def go():
+        provider = Scripted(["Hello", " there", " friend"])
+        async with services(redis_prefix, provider) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-1")
+            run = await started(s, "chatcmpl-1")
+            followed = await follow_all(run)
+            journaled = await s.journal.events(TENANT, "chatcmpl-1")
+            assert [e.seq for e in followed] == [e.seq for e in journaled]  # nothing the follower saw is missing
+            assert text_of(followed) == "Hello there friend"
+            history = await s.conversations.history(TENANT, "conv-1")
+            assert [m.content for m in history] == ["Say hello.", "Hello there friend"]  # the turn, once
+            usage = await s.limiter.usage(TENANT, KEY)
+            assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 10, 3)
+            assert abs(usage["cost_usd"] - (10 * 1.0 + 3 * 2.0) / 1e6) < 1e-12 and usage["reserved_usd"] < 1e-12
+            assert (await s.journal.meta(TENANT, "chatcmpl-1"))["status"] == "completed"
+            assert statuses == ["ok"]
+            assert [e.seq for e in await follow_all(run, after=2)] == [e.seq for e in followed if e.seq > 2]
+
+    asyncio.run(go())
+
+
+def test_a_takeover_continues_the_journaled_text_and_commits_the_whole_answer_once(redis_prefix):
+    async def go():
+        provider = Scripted([" there", " friend"])
+        async with services(redis_prefix, provider) as (_, s, _statuses):
+            await reserve(s.limiter, "r-chatcmpl-2")
+            t = turn("chatcmpl-2")
+            await s.journal.open(TENANT, "chatcmpl-2", t.record(), t.caller.model_dump())
+            head = Event(
+                1, {"id": "chatcmpl-2", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+            )
+            hello = Event(2, {"id": "chatcmpl-2", "choices": [{"index": 0, "delta": {"content": "Hello"}}]})
+            await s.journal.append(TENANT, "chatcmpl-2", 1, [head, hello], 2)  # then its writer died
+            status, epoch = await s.journal.take_over(TENANT, "chatcmpl-2", force=True)
+            assert status == "taken"
+            meta = await s.journal.meta(TENANT, "chatcmpl-2")
+            resumed = Turn.from_record(meta["request"], Caller.model_validate(meta["caller"]), "chatcmpl-2")
+            run = AnswerRun(resumed, s, epoch=epoch, prefix=await s.journal.events(TENANT, "chatcmpl-2"))
+            run.start(on_done=lambda _: None)
+            rest = await follow_all(run, after=2)
+            assert rest[0].seq == 3  # numbering goes on where the journal stopped
+            assert provider.seen[0][-1] == {"role": "assistant", "content": "Hello"}  # continued, not redone
+            assert text_of(await s.journal.events(TENANT, "chatcmpl-2")) == "Hello there friend"
+            history = await s.conversations.history(TENANT, "conv-1")
+            assert [m.content for m in history] == ["Say hello.", "Hello there friend"]
+            usage = await s.limiter.usage(TENANT, KEY)
+            assert usage["requests"] == 1 and usage["completion_tokens"] == 2 + TokenCounter().count_text("Hello")
+
+    asyncio.run(go())
+
+
+def test_a_writer_that_was_taken_over_stops_and_commits_settles_and_ends_nothing(redis_prefix):
+    """The new writer commits, settles and ends the answer; the old one (only slow) must not touch any of it."""
+
+    async def go():
+        provider = Scripted(["a", "b", "c", "d", "e", "f"], delay_s=0.15)
+        async with services(redis_prefix, provider) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-3")
+            run = await started(s, "chatcmpl-3")
+            await asyncio.sleep(0.35)
+            await s.journal.take_over(TENANT, "chatcmpl-3", force=True)  # another replica took it
+            with pytest.raises(Fenced):  # its followers follow the journal instead
+                await follow_all(run)
+            assert await s.conversations.history(TENANT, "conv-1") == []
+            assert statuses == ["taken over"]
+            assert await s.limiter.inflight(TENANT, KEY) == 1  # the reservation is the new writer's to settle
+            assert (await s.journal.meta(TENANT, "chatcmpl-3"))["status"] == "running"
+
+    asyncio.run(go())
+
+
+def test_an_answer_read_from_another_replica_is_not_cancelled(redis_prefix, monkeypatch):
+    """A client that resumed on another orchestrator replica follows the journal there; the run sees it."""
+    monkeypatch.setattr(journal_module, "FOLLOWED_EVERY_S", 0.05)
+
+    async def go():
+        provider = Scripted([f"w{i} " for i in range(12)], delay_s=0.1)
+        async with services(redis_prefix, provider, grace_s=0.3) as (_, s, statuses):
+            run = await started(s, "chatcmpl-6", max_tokens=12)
+            async for _ in run.follow():
+                break  # the client's connection broke here ...
+            elsewhere = [e async for batch in s.journal.follow(TENANT, "chatcmpl-6") for e in batch]  # ... it resumed
+            assert statuses == ["ok"] and text_of(elsewhere) == "".join(f"w{i} " for i in range(12))
+
+    asyncio.run(go())
+
+
+def test_a_batch_answer_stops_when_its_caller_goes(redis_prefix):
+    """Unjournaled runs (batch requests) have nobody to come back for them: preempting the caller frees the
+    engine at once."""
+
+    async def go():
+        provider = Scripted([f"w{i} " for i in range(50)], delay_s=0.05)
+        async with services(redis_prefix, provider) as (_, s, statuses):
+            t = turn("batch-1", max_tokens=50)
+            t.caller = t.caller.model_copy(update={"journal": False, "reservation_id": None})
+            run = AnswerRun(t, s)
+            run.start(on_done=lambda _: None)
+            async for _ in run.follow():
+                break
+            for _ in range(20):
+                if run.done:
+                    break
+                await asyncio.sleep(0.05)
+            assert run.done and statuses == ["cancelled"] and run.routed.usage().completion_tokens < 50
+
+    asyncio.run(go())
+
+
+def test_an_answer_nobody_follows_is_cancelled_after_its_grace(redis_prefix):
+    async def go():
+        provider = Scripted([f"w{i} " for i in range(50)], delay_s=0.1)
+        async with services(redis_prefix, provider, grace_s=0.3, lease_s=0.3) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-4")
+            run = await started(s, "chatcmpl-4", max_tokens=50)
+            async for _ in run.follow():
+                break  # the client read one batch and left
+            for _ in range(50):
+                if run.done:
+                    break
+                await asyncio.sleep(0.1)
+            assert run.done and statuses == ["cancelled"]
+            assert (await s.journal.meta(TENANT, "chatcmpl-4"))["status"] == "cancelled"
+            assert await s.conversations.history(TENANT, "conv-1") == []  # not whole: not stored
+            assert await s.limiter.inflight(TENANT, KEY) == 0  # its reservation settled ...
+            usage = await s.limiter.usage(TENANT, KEY)
+            assert 0 < usage["completion_tokens"] < 50  # ... with the tokens it generated
+
+    asyncio.run(go())
