@@ -8,11 +8,46 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from core.names import CONVERSATION_ID_RE, CONVERSATION_ID_RULE
+
+# OpenAI request fields this server does not serve yet, each with the test for its "off" value: sent off, a field
+# is accepted (clients and frameworks send defaults); sent on, it is a 400 naming it (`unsupported_parameter`),
+# never silently dropped (a structured-output library would get a wrong answer, not an error).
+_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
+    "tools": lambda v: v in (None, []),
+    "tool_choice": lambda v: v in (None, "none", "auto"),
+    "functions": lambda v: v in (None, []),
+    "function_call": lambda v: v in (None, "none", "auto"),
+    "response_format": lambda v: v is None or v == {"type": "text"},
+    "logprobs": lambda v: v in (None, False),
+    "top_logprobs": lambda v: v in (None, 0),
+    "logit_bias": lambda v: v in (None, {}),
+    "audio": lambda v: v is None,
+    "modalities": lambda v: v in (None, ["text"]),
+    "prediction": lambda v: v is None,
+    "reasoning_effort": lambda v: v is None,
+    "web_search_options": lambda v: v is None,
+}
+_MESSAGE_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
+    "tool_calls": lambda v: v in (None, []),
+    "tool_call_id": lambda v: v is None,
+    "function_call": lambda v: v is None,
+    "audio": lambda v: v is None,
+    "refusal": lambda v: v is None,
+}
+_UNSERVED = "not supported by this server yet"
+
+
+def _refuse_unless_off(off: dict[str, Callable[[Any], bool]], value: Any, name: str) -> None:
+    if not off[name](value):
+        raise PydanticCustomError("unsupported_parameter", "{name} is " + _UNSERVED, {"name": name})
+    return None
 
 
 def new_id(prefix: str) -> str:
@@ -34,11 +69,28 @@ class Caller(BaseModel):
 class ChatMessage(BaseModel):
     """One chat message. Content parts (lists of {type: text}) are flattened to text."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str = Field(..., max_length=1_000_000)
     name: str | None = None
+    tool_calls: Any = Field(None, description=f"Tools are {_UNSERVED}: 400 unless empty.")
+    tool_call_id: Any = Field(None, description=f"{_UNSERVED}.")
+    function_call: Any = Field(None, description=f"{_UNSERVED}.")
+    audio: Any = Field(None, description=f"{_UNSERVED}.")
+    refusal: Any = Field(None, description=f"{_UNSERVED}.")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _tool_role(cls, value: Any) -> Any:
+        if value in ("tool", "function"):
+            raise PydanticCustomError("unsupported_parameter", f"{value} messages are {_UNSERVED} (tools are not)")
+        return value
+
+    @field_validator(*_MESSAGE_OFF_VALUES, mode="before")
+    @classmethod
+    def _unserved(cls, value: Any, info: ValidationInfo) -> None:
+        return _refuse_unless_off(_MESSAGE_OFF_VALUES, value, info.field_name)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -67,14 +119,16 @@ class RagOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    """OpenAI chat completion request plus our extensions. Unknown OpenAI fields are ignored."""
+    """OpenAI chat completion request plus our extensions. An unknown field is a 400 naming it, as OpenAI answers
+    ("Unrecognized request argument supplied"); an OpenAI field this server does not serve yet is a 400 unless
+    sent with its off value (`_OFF_VALUES`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage] = Field(..., min_length=1)
@@ -90,10 +144,31 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
     user: str | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16, description="Kept with the stored answer.")
+    store: bool | None = Field(None, description="Answers are always stored for state.journal_ttl_s (resume).")
+    tools: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
+    tool_choice: Any = Field(None, description=f"{_UNSERVED}: 400 unless 'none' or 'auto' (without tools).")
+    parallel_tool_calls: bool | None = Field(None, description="Meaningless without tools; accepted.")
+    functions: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
+    function_call: Any = Field(None, description=f"{_UNSERVED}: 400 unless 'none' or 'auto'.")
+    response_format: Any = Field(None, description=f"{_UNSERVED}: 400 unless {{'type': 'text'}}.")
+    logprobs: Any = Field(None, description=f"{_UNSERVED}: 400 unless false.")
+    top_logprobs: Any = Field(None, description=f"{_UNSERVED}: 400 unless 0.")
+    logit_bias: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
+    audio: Any = Field(None, description=f"{_UNSERVED}.")
+    modalities: Any = Field(None, description=f"{_UNSERVED}: 400 unless ['text'].")
+    prediction: Any = Field(None, description=f"{_UNSERVED}.")
+    reasoning_effort: Any = Field(None, description=f"{_UNSERVED}.")
+    web_search_options: Any = Field(None, description=f"{_UNSERVED}.")
     # --- extensions -------------------------------------------------------------------------------
     conversation_id: str | None = Field(None, description="Stored turns are prepended; the turn is saved.")
     rag: RagOptions | None = None
     request_id: str | None = Field(None, description="Set by the ingress from x-request-id.")
+
+    @field_validator(*_OFF_VALUES, mode="before")
+    @classmethod
+    def _unserved(cls, value: Any, info: ValidationInfo) -> None:
+        return _refuse_unless_off(_OFF_VALUES, value, info.field_name)
 
     @field_validator("rag", mode="before")
     @classmethod

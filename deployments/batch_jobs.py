@@ -70,7 +70,10 @@ def parse_line(raw: str, number: int, endpoint: str, seen: set[str]) -> tuple[st
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            problem = ("invalid_request", f"body.{where}: {first['msg']}")
+            if first["type"] == "extra_forbidden":
+                problem = ("unknown_parameter", f"Unrecognized request argument supplied: body.{where}")
+            else:
+                problem = ("invalid_request", f"body.{where}: {first['msg']}")
     if problem:
         return error_record(custom_id, problem[0], problem[1], number)
     seen.add(custom_id)

@@ -66,6 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
         param = _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             message, code, param = "the request body is not valid JSON", "invalid_json", None
+        elif first.get("type") == "extra_forbidden":  # OpenAI's own words for a field it does not know
+            message, code = f"Unrecognized request argument supplied: {param}", "unknown_parameter"
+        elif first.get("type") == "unsupported_parameter":
+            message, code = f"{param}: {first.get('msg')}", "unsupported_parameter"
         else:
             message = "; ".join(f"{_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in problems[:5])
             code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"

@@ -117,3 +117,26 @@ def test_max_tokens_is_honoured(openai_client):
     )
     assert response.usage.completion_tokens == 7
     assert response.choices[0].finish_reason == "length"
+
+
+def test_what_the_server_does_not_serve_is_a_400_naming_it_never_a_silent_plain_answer(openai_client):
+    """The stock SDK with tools, JSON mode, logprobs, or a misspelt field: a clear error, not text that ignores it."""
+    import openai
+
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    asks = [
+        ({"tools": [weather], "tool_choice": "required"}, "tools", "unsupported_parameter"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "unsupported_parameter"),
+        ({"extra_body": {"rag": False, "temprature": 0}}, "temprature", "unknown_parameter"),
+    ]
+    for extra, param, code in asks:
+        with pytest.raises(openai.BadRequestError) as info:
+            openai_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, **extra)
+        assert info.value.code == code and info.value.param == param, info.value.body
+    # Sent with their off values (frameworks do), they are fine.
+    answer = openai_client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=4, tools=[], tool_choice="none", logprobs=False,
+        response_format={"type": "text"}, metadata={"team": "search"}, store=True, extra_body={"rag": False},
+    )  # fmt: skip
+    assert answer.choices[0].message.content

@@ -42,6 +42,11 @@ def test_lines_are_checked_one_by_one():
     assert codes == ["invalid_json", "missing_custom_id", "duplicate_custom_id", "invalid_method", "invalid_request"]
     conv = parse_line(request_line("c", conversation_id="x"), 9, "/v1/chat/completions", seen)
     assert "conversation_id" in conv["error"]["message"] and conv["error"]["line"] == 9
+    # Nothing of a line is ignored: a field we do not know, or one we do not serve yet, files the line as an error.
+    typo = parse_line(request_line("t", temprature=0), 10, "/v1/chat/completions", seen)["error"]
+    assert typo["code"] == "unknown_parameter" and "body.temprature" in typo["message"]
+    tools = parse_line(request_line("u", tools=[{"type": "function"}]), 11, "/v1/chat/completions", seen)["error"]
+    assert "body.tools" in tools["message"] and "not supported" in tools["message"]
 
 
 async def stores(client, prefix):
