@@ -16,6 +16,9 @@ TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # No ':' (the separator of our Redis keys): an id like "x:commits" cannot reach another key.
 CONVERSATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONVERSATION_ID_RULE = "1-128 characters of [A-Za-z0-9._-], starting alphanumeric"
+# File and batch ids (ours: "file-<hex>", "batch_<hex>", "file-batch_<hex>-output"): no ':' either, so an id
+# like "file-x:content" names no object, not another key.
+OBJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$")
 # A collection shared by the admins with chosen tenants is named "shared.<name>"; a tenant's own collections
 # cannot take that prefix.
 SHARED_PREFIX = "shared."

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from core.errors import QuotaExceeded
+from core.errors import InvalidRequest, LLMServeError, PermissionDenied, QuotaExceeded
 from core.models import ChatRequest
 from core.pricing import Price
 from core.setting_groups import LimitsSettings
-from core.tokens import estimate_prompt_tokens
+from core.tokens import estimate_prompt_tokens, resolve_max_tokens
 from state.api_keys import KeyStore, Limits
 from state.batches import QueuedRequest
 from state.limits import Limiter, Scope
@@ -35,9 +35,15 @@ class BatchAccounts:
         key_limits = record.limits() if record is not None else Limits()
         return Scope(request.tenant, request.owner, key_limits, tenant.limits if tenant else Limits())
 
-    async def reserve(self, scope: Scope, reservation_id: str, chat: ChatRequest) -> QuotaExceeded | None:
-        """Reserve the request's estimated cost; the refusal to file when a budget cannot take it."""
-        completion = min(chat.max_tokens or self._limits.default_max_tokens, self._limits.max_tokens_cap)
+    async def reserve(self, scope: Scope, reservation_id: str, chat: ChatRequest) -> LLMServeError | None:
+        """Reserve the request's estimated cost; the refusal to file when its model is not the key's or a budget
+        cannot take it."""
+        if (refused := scope.model_refusal(chat.model)) is not None:
+            return PermissionDenied(refused, param="model")
+        try:
+            completion = resolve_max_tokens(chat.max_tokens, self._limits)
+        except InvalidRequest as exc:  # over the cap: the line's error, as the orchestrator would answer
+            return exc
         prompt = estimate_prompt_tokens(chat.messages)
         admission = await self.limiter.admit(
             scope, reservation_id, prompt + completion, self._price.cost(prompt, completion), interactive=False

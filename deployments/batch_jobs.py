@@ -72,8 +72,9 @@ def parse_line(raw: str, number: int, endpoint: str, seen: set[str]) -> tuple[st
             where = ".".join(str(p) for p in first["loc"])
             if first["type"] == "extra_forbidden":
                 problem = ("unknown_parameter", f"Unrecognized request argument supplied: body.{where}")
-            else:
-                problem = ("invalid_request", f"body.{where}: {first['msg']}")
+            else:  # the HTTP API's codes for the same faults (deployments/http_errors.py)
+                code = "unsupported_parameter" if first["type"] == "unsupported_parameter" else "invalid_request"
+                problem = (code, f"body.{where}: {first['msg']}")
     if problem:
         return error_record(custom_id, problem[0], problem[1], number)
     seen.add(custom_id)

@@ -218,7 +218,7 @@ class BatchWorker:
         request_id = f"{request.batch_id}-{request.line}"
         chat = ChatRequest.model_validate({**request.body, "request_id": request_id})
         refused = await self._accounts.reserve(scope, request_id, chat)
-        if refused is not None:  # over its key's or tenant's budget: no provider is called
+        if refused is not None:  # not a model of its key, or over a budget: no provider is called
             record = response_record(request.custom_id, request_id, refused.status, refused.to_error_body())
             await self._commit(request, "err", record)
             return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
-from core.errors import AuthenticationFailed, InvalidRequest, PermissionDenied, QuotaExceeded, RateLimited
+from core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, QuotaExceeded, RateLimited
 from core.keys import key_hash
 from core.models import Caller, ChatChunk, ChatRequest
 from core.names import ADMIN_TENANT
@@ -100,18 +100,18 @@ class Gateway:
         if not principal.admin:
             raise PermissionDenied("only admin keys may act for another tenant (X-LLMServe-Tenant)")
         record = await self.tenants.get(tenant)
-        return replace(principal, tenant=tenant, tenant_limits=record.limits if record is not None else Limits())
+        if record is None:  # objects written for it could never be found again by `tenants delete`
+            raise NotFound(f"no tenant {tenant!r}", param="X-LLMServe-Tenant")
+        return replace(principal, tenant=tenant, tenant_limits=record.limits)
 
     async def admit(self, principal: Principal, request: ChatRequest, reservation_id: str) -> None:
-        for limits, whose in ((principal.limits, "API key"), (principal.tenant_limits, "tenant")):
-            if limits.models is not None and request.model not in limits.models:
-                raise PermissionDenied(f"this {whose} may not use model {request.model!r}", param="model")
+        scope = principal.scope()
+        if (refused := scope.model_refusal(request.model)) is not None:
+            raise PermissionDenied(refused, param="model")
         prompt = estimate_prompt_tokens(request.messages)
         completion = resolve_max_tokens(request.max_tokens, self._limits)
         tokens = prompt + completion
-        admission = await self.limiter.admit(
-            principal.scope(), reservation_id, tokens, self._price.cost(prompt, completion)
-        )
+        admission = await self.limiter.admit(scope, reservation_id, tokens, self._price.cost(prompt, completion))
         if not admission.allowed:
             raise refusal(principal, admission.reason, admission.level, admission.retry_after_s, tokens)
 

@@ -225,9 +225,8 @@ class Orchestrator:
         if not caller.reservation_id or caller.reservation_id == owner.reservation_id:
             return
         limiter, rid = self._services.limiter, caller.reservation_id
-        task = asyncio.ensure_future(
-            retry_through_outage(lambda: limiter.settle(caller.tenant, caller.key_id, rid, 0, 0, 0.0), 60.0)
-        )
+        settle = lambda: limiter.settle(caller.tenant, caller.key_id, rid, 0, 0, 0.0)  # noqa: E731
+        task = asyncio.ensure_future(retry_through_outage(settle, self._services.retry_s))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from core.names import OBJECT_ID_RE
 from state.keyspace import tenant_base
 
 GROUP = "workers"
@@ -167,6 +168,8 @@ class BatchStore:
         return batch_id
 
     async def fields(self, tenant: str, batch_id: str) -> dict[str, str]:
+        if not OBJECT_ID_RE.match(batch_id):  # no such batch (and no other key reached by its name)
+            return {}
         return await self._redis.hgetall(self.key(tenant, batch_id))
 
     async def get(self, tenant: str, batch_id: str) -> dict | None:

@@ -15,6 +15,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from core.names import OBJECT_ID_RE
 from state.keyspace import tenant_base
 
 PURPOSES = ("batch", "batch_output", "user_data")
@@ -72,6 +73,8 @@ class FileStore:
 
     async def get(self, tenant: str, file_id: str) -> dict | None:
         """The file object, or None when the tenant has no such file."""
+        if not OBJECT_ID_RE.match(file_id):
+            return None
         fields = await self._redis.hgetall(self._key(tenant, file_id))
         return file_object(fields) if fields and "owner" in fields else None
 
@@ -96,9 +99,9 @@ class FileStore:
         return int(await self._redis.zcard(self._index(tenant)))
 
     async def delete(self, tenant: str, file_id: str) -> bool:
-        key = self._key(tenant, file_id)
-        if not await self._redis.exists(key):
+        if await self.get(tenant, file_id) is None:
             return False
+        key = self._key(tenant, file_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key, f"{key}:content")
             pipe.zrem(self._index(tenant), file_id)

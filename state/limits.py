@@ -152,6 +152,13 @@ class Scope:
     key_limits: Limits
     tenant_limits: Limits
 
+    def model_refusal(self, model: str) -> str | None:
+        """Why the key or its tenant may not use `model` (their model lists), or None."""
+        for limits, whose in ((self.key_limits, "API key"), (self.tenant_limits, "tenant")):
+            if limits.models is not None and model not in limits.models:
+                return f"this {whose} may not use model {model!r}"
+        return None
+
 
 @dataclass(frozen=True)
 class Admission:

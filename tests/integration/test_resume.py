@@ -108,25 +108,38 @@ def test_a_retry_with_the_same_idempotency_key_replays_the_answer_and_stores_it_
         assert reused.status_code == 400 and reused.json()["error"]["code"] == "idempotency_key_reused"
 
 
-def test_a_retry_of_a_running_answer_follows_it_from_the_start(base_url):
+def test_a_retry_of_a_running_answer_follows_it_from_the_start_and_is_charged_once(base_url):
     cid, key = f"attach-{uuid.uuid4().hex[:8]}", f"key-{uuid.uuid4().hex}"
-    headers = {**AUTH, "Idempotency-Key": key}
+    api_key = httpx.post(f"{base_url}/admin/keys", json={"name": f"retrier-{key[-6:]}"}, headers=AUTH).json()["key"]
+    own = {"Authorization": f"Bearer {api_key}"}
+    headers = {**own, "Idempotency-Key": key}
     results: dict[str, list] = {}
 
     def consume(name: str) -> None:
         with (
             httpx.Client(base_url=base_url, headers=headers, timeout=120) as client,
-            client.stream("POST", "/v1/chat/completions", json=body(cid, stream=True)) as response,
+            client.stream("POST", "/v1/chat/completions", json=with_usage) as response,
         ):
             results[name] = events(response.iter_lines())
 
+    with_usage = body(cid, stream=True, stream_options={"include_usage": True})
     first = threading.Thread(target=consume, args=("first",))
     first.start()
     threading.Event().wait(1.0)  # the first is under way
     consume("retry")
     first.join()
     assert text(results["retry"]) == text(results["first"]) and results["retry"][0][0] == 1
-    assert len(stored(base_url, cid)) == 2
+    conversation = httpx.get(f"{base_url}/v1/conversations/{cid}", headers=own).json()["messages"]
+    assert len(conversation) == 2
+    # The retry's own reservation is given back, the one answer charged once (its usage chunk's tokens).
+    (usage_chunk,) = [d["usage"] for _, d in results["first"] if d.get("usage")]
+    for _ in range(20):
+        usage = httpx.get(f"{base_url}/v1/usage", headers=own).json()
+        if usage["reserved_usd"] < 1e-12:
+            break
+        threading.Event().wait(0.25)
+    assert usage["reserved_usd"] < 1e-12, usage
+    assert usage["completion_tokens"] == usage_chunk["completion_tokens"], usage
 
 
 def test_another_key_cannot_resume_or_read_an_answer(base_url):

@@ -8,6 +8,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from core.models import ChatRequest
 from deployments.batch_jobs import finalize, intake, parse_line, response_record
 from state.api_keys import Limits
 from state.batches import BatchStore
@@ -46,7 +47,7 @@ def test_lines_are_checked_one_by_one():
     typo = parse_line(request_line("t", temprature=0), 10, "/v1/chat/completions", seen)["error"]
     assert typo["code"] == "unknown_parameter" and "body.temprature" in typo["message"]
     tools = parse_line(request_line("u", tools=[{"type": "function"}]), 11, "/v1/chat/completions", seen)["error"]
-    assert "body.tools" in tools["message"] and "not supported" in tools["message"]
+    assert tools["code"] == "unsupported_parameter" and "body.tools" in tools["message"]
 
 
 async def stores(client, prefix):
@@ -278,6 +279,48 @@ def test_a_result_that_comes_after_its_batch_was_deleted_writes_nothing(redis_pr
         assert not await client.exists(key, f"{key}:done", f"{key}:out")
         assert await store.claim("w2", 1, block_ms=50, visibility_s=0) == []  # acked: never delivered again
         assert (await limiter.usage(TENANT, KEY))["requests"] == 0  # and not charged
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_line_for_a_model_its_key_may_not_use_is_refused_without_a_reservation(redis_prefix):
+    """The key's model list holds for batches as for interactive requests."""
+    from core.pricing import Price
+    from core.setting_groups import LimitsSettings
+    from deployments.batch_accounts import BatchAccounts
+
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        accounts = BatchAccounts(client, redis_prefix, LimitsSettings(), Price(0.1, 0.2))
+        scope = Scope(TENANT, KEY, Limits(models=["m"]), Limits())
+        other = json.loads(request_line("x"))["body"] | {"model": "other"}
+        refused = await accounts.reserve(scope, "r-1", ChatRequest.model_validate(other))
+        assert refused is not None and refused.status == 403 and refused.param == "model"
+        assert await accounts.limiter.inflight(TENANT, KEY) == 0
+        allowed = json.loads(request_line("y"))["body"]
+        assert await accounts.reserve(scope, "r-2", ChatRequest.model_validate(allowed)) is None
+        too_long = allowed | {"max_tokens": 10**6}  # over the cap: the line's 400, as the orchestrator answers
+        assert (await accounts.reserve(scope, "r-3", ChatRequest.model_validate(too_long))).status == 400
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_ids_with_a_key_separator_name_no_file_or_batch(redis_prefix):
+    """'file-x:content' must not reach the file's content key (GET would be a WRONGTYPE 500, DELETE would
+    delete the bytes and leave the record)."""
+
+    async def scenario():
+        client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        store, files, _ = await stores(client, redis_prefix)
+        made = await files.create(TENANT, KEY, "a.txt", "user_data", b"hello")
+        assert await files.get(TENANT, f"{made['id']}:content") is None
+        assert not await files.delete(TENANT, f"{made['id']}:content")
+        assert await files.content(TENANT, made["id"]) == b"hello"
+        batch = await new_batch(store, files, GOOD[:1])
+        assert await store.get(TENANT, f"{batch['id']}:done") is None
+        assert await store.get(TENANT, batch["id"]) is not None
         await client.aclose()
 
     asyncio.run(scenario())

@@ -75,6 +75,7 @@ def test_admin_routes_want_an_admin_key_under_any_route_prefix(redis_prefix):
         async with redis_client() as client:
             gateway, app = await app_under_prefix(client, redis_prefix)
             tenant_key, _ = await gateway.keys.create("b", "beta", Limits())
+            await gateway.tenants.ensure("beta")  # as POST /admin/keys does
             for root in ("/api", "/deep/er", ""):
                 transport = httpx.ASGITransport(app=app, root_path=root)
                 async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -90,6 +91,13 @@ def test_admin_routes_want_an_admin_key_under_any_route_prefix(redis_prefix):
                     # Only admin keys act for another tenant.
                     other = {**as_tenant, "X-LLMServe-Tenant": "alpha"}
                     assert (await http.get(f"{root}/v1/files", headers=other)).status_code == 403
+                    # ... and only for a tenant that exists (what it wrote could never be deleted otherwise).
+                    ghost = {**admin, "X-LLMServe-Tenant": "never-made"}
+                    missing = await http.get(f"{root}/v1/files", headers=ghost)
+                    assert missing.status_code == 404 and missing.json()["error"]["param"] == "X-LLMServe-Tenant"
+                    assert (
+                        await http.get(f"{root}/v1/files", headers={**admin, "X-LLMServe-Tenant": "beta"})
+                    ).is_success
 
     asyncio.run(go())
 

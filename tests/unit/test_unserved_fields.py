@@ -85,3 +85,14 @@ def test_off_values_and_accepted_fields_pass(client):
     assert response.status_code == 200, response.text
     echoed = response.json()
     assert echoed["metadata"] == {"team": "search"} and "tools" not in echoed
+
+
+def test_every_field_not_served_has_an_off_value_and_every_off_value_a_field():
+    """A field declared without its entry in the table would be accepted whatever its value."""
+    from typing import Any
+
+    from core.models import _MESSAGE_OFF_VALUES, _OFF_VALUES, ChatMessage
+
+    for model, table in ((ChatRequest, _OFF_VALUES), (ChatMessage, _MESSAGE_OFF_VALUES)):
+        untyped = {name for name, field in model.model_fields.items() if field.annotation is Any}
+        assert untyped == set(table), model.__name__
