@@ -14,20 +14,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from core.chat_features import (
+    MAX_CHOICES,
+    MAX_TOOLS,
+    ChoiceLogprobs,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 from core.names import CONVERSATION_ID_RE, CONVERSATION_ID_RULE
 
 # OpenAI request fields this server does not serve yet, each with the test for its "off" value: sent off, a field
 # is accepted (clients and frameworks send defaults); sent on, it is a 400 naming it (`unsupported_parameter`),
 # never silently dropped (a structured-output library would get a wrong answer, not an error).
 _OFF_VALUES: dict[str, Callable[[Any], bool]] = {
-    "tools": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none", "auto"),
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none", "auto"),
-    "response_format": lambda v: v is None or v == {"type": "text"},
-    "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0),
-    "logit_bias": lambda v: v in (None, {}),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -35,8 +39,6 @@ _OFF_VALUES: dict[str, Callable[[Any], bool]] = {
     "web_search_options": lambda v: v is None,
 }
 _MESSAGE_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
-    "tool_calls": lambda v: v in (None, []),
-    "tool_call_id": lambda v: v is None,
     "function_call": lambda v: v is None,
     "audio": lambda v: v is None,
     "refusal": lambda v: v is None,
@@ -67,25 +69,45 @@ class Caller(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat message. Content parts (lists of {type: text}) are flattened to text."""
+    """One chat message. Content parts (lists of {type: text}) are flattened to text; an assistant message that
+    only calls tools has empty content. A `tool` message answers one of the assistant's calls by its id."""
 
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str = Field(..., max_length=1_000_000)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = Field("", max_length=1_000_000)
     name: str | None = None
-    tool_calls: Any = Field(None, description=f"Tools are {_UNSERVED}: 400 unless empty.")
-    tool_call_id: Any = Field(None, description=f"{_UNSERVED}.")
+    tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, min_length=1, max_length=128)
     function_call: Any = Field(None, description=f"{_UNSERVED}.")
     audio: Any = Field(None, description=f"{_UNSERVED}.")
     refusal: Any = Field(None, description=f"{_UNSERVED}.")
 
     @field_validator("role", mode="before")
     @classmethod
-    def _tool_role(cls, value: Any) -> Any:
-        if value in ("tool", "function"):
-            raise PydanticCustomError("unsupported_parameter", f"{value} messages are {_UNSERVED} (tools are not)")
+    def _function_role(cls, value: Any) -> Any:
+        if value == "function":
+            raise PydanticCustomError("unsupported_parameter", "function messages (deprecated) are " + _UNSERVED)
         return value
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError("tool_call_id is only for tool messages")
+        if self.role != "assistant" and self.tool_calls:
+            raise ValueError("tool_calls are only for assistant messages")
+        return self
+
+    def engine_message(self) -> dict[str, Any]:
+        """As the engine and the OpenAI-compatible providers take it (developer is system for them)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
     @field_validator(*_MESSAGE_OFF_VALUES, mode="before")
     @classmethod
@@ -142,19 +164,19 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES, description="Choices, each reserved against the limits.")
     user: str | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16, description="Kept with the stored answer.")
     store: bool | None = Field(None, description="Answers are always stored for state.journal_ttl_s (resume).")
-    tools: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
-    tool_choice: Any = Field(None, description=f"{_UNSERVED}: 400 unless 'none' or 'auto' (without tools).")
-    parallel_tool_calls: bool | None = Field(None, description="Meaningless without tools; accepted.")
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
     function_call: Any = Field(None, description=f"{_UNSERVED}: 400 unless 'none' or 'auto'.")
-    response_format: Any = Field(None, description=f"{_UNSERVED}: 400 unless {{'type': 'text'}}.")
-    logprobs: Any = Field(None, description=f"{_UNSERVED}: 400 unless false.")
-    top_logprobs: Any = Field(None, description=f"{_UNSERVED}: 400 unless 0.")
-    logit_bias: Any = Field(None, description=f"{_UNSERVED}: 400 unless empty.")
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = Field(None, max_length=300)
     audio: Any = Field(None, description=f"{_UNSERVED}.")
     modalities: Any = Field(None, description=f"{_UNSERVED}: 400 unless ['text'].")
     prediction: Any = Field(None, description=f"{_UNSERVED}.")
@@ -191,11 +213,51 @@ class ChatRequest(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("logit_bias maps token ids (digits) to a bias from -100 to 100")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        tools = info.data.get("tools") or []
+        if value not in (None, "none", "auto") and not tools:
+            raise ValueError(f"tool_choice {value if isinstance(value, str) else 'naming a function'} needs tools")
+        if (
+            value is not None
+            and not isinstance(value, str)
+            and value.function.name not in {t.function.name for t in tools}
+        ):
+            raise ValueError(f"tool_choice names {value.function.name!r}, which is not among the tools")
+        return value
+
     @model_validator(mode="after")
     def _one_max_tokens(self) -> ChatRequest:
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def structured(self) -> bool:
+        """The answer is shaped by a grammar or holds several choices: another provider cannot continue it from
+        its text as an assistant prefill (a failover or takeover mid-answer starts nothing it cannot finish)."""
+        tools = bool(self.tools) and self.tool_choice != "none"
+        return tools or bool(self.response_format and self.response_format.structured) or self.choices > 1
 
     @property
     def include_usage(self) -> bool:
@@ -217,9 +279,21 @@ class Citation(BaseModel):
     text: str | None = None
 
 
+class AnswerMessage(BaseModel):
+    """The assistant's message in a whole answer: content null when it only calls tools (as OpenAI answers)."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    def stored(self) -> ChatMessage:
+        return ChatMessage(role="assistant", content=self.content or "", tool_calls=self.tool_calls or None)
+
+
 class Choice(BaseModel):
     index: int = 0
-    message: ChatMessage
+    message: AnswerMessage
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -241,11 +315,13 @@ class ChatResponse(BaseModel):
 class Delta(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

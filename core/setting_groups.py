@@ -192,6 +192,28 @@ class EngineSettings(Group):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
     enforce_eager: bool = Field(True, description="Skip graph capture (needed on CPU; faster start).")
     seed: int = Field(0, description="Engine seed, for repeatable sampling.")
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description=(
+            "vLLM tool-call parser for the model's tool-call format (hermes, llama3_json, mistral, qwen3_xml, ...; "
+            "see vLLM's tool calling docs). Needed for tools: 'required' and named tool_choice are then forced "
+            "by vLLM's grammar; 'auto' is the model's choice. None: requests with tools are refused (400)."
+        ),
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "parameter",
+        description=(
+            "How far vLLM's grammar pins tool calls: 'parameter' makes every call's arguments valid against its "
+            "tool's schema (as if each tool were strict), 'auto' only for tools sent with strict: true."
+        ),
+    )
+    structured_outputs_config: dict[str, Any] = Field(
+        default_factory=lambda: {"backend": "xgrammar", "disable_any_whitespace": True},
+        description=(
+            "vLLM structured outputs (response_format, forced tool calls). No free whitespace: small models "
+            "otherwise fill max_tokens with blank lines inside the JSON."
+        ),
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments, merged last.")
     stream_batching_interval_ms: float = Field(
         0.0,

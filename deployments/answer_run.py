@@ -25,11 +25,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from core.chat_features import ToolCallDelta, merge_tool_call_deltas
 from core.errors import LLMServeError, ServiceUnavailable
 from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChunkChoice, Citation, Delta, Usage
 from core.tokens import TokenCounter
 from deployments.handles import detached
-from deployments.providers.base import GenerationParams
+from deployments.providers.base import EngineDelta, GenerationParams
 from deployments.providers.router import ProviderRouter, RoutedStream
 from deployments.run_metrics import Timing
 from state.conversations import ConversationStore
@@ -62,7 +63,7 @@ class Turn:
     request: ChatRequest
     caller: Caller
     chunk_id: str
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, Any]]
     params: GenerationParams
     citations: list[Citation]
     created: int = field(default_factory=lambda: int(time.time()))
@@ -273,6 +274,13 @@ class AnswerRun:
                 yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
             return
         prompt, params = turn.prompt, turn.params
+        if params.structured and any(_output(e.chunk) for e in self.events):
+            raise ServiceUnavailable(
+                "the answer's replica died mid-way, and an answer with tool calls, a response_format or several "
+                "choices cannot be continued from its text; retry it",
+                code="answer_interrupted",
+                retry_after_s=1,
+            )
         if self._prefix_text:  # continue the journaled text
             prompt = [*prompt, {"role": "assistant", "content": self._prefix_text}]
             done = self._s.tokens.count_text(self._prefix_text)
@@ -285,7 +293,10 @@ class AnswerRun:
                 turn.timing.first_token = time.perf_counter()
                 out.append(
                     turn.chunk(
-                        choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
+                        choices=[
+                            ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
+                            for i in range(params.n or 1)
+                        ],
                         conversation_id=turn.conversation_id,
                         citations=turn.citations,
                         provider=routed.providers[0],
@@ -293,9 +304,8 @@ class AnswerRun:
                 )
                 first = False
             for d in deltas:
-                if d.text or d.finish_reason:
-                    choice = ChunkChoice(delta=Delta(content=d.text or None), finish_reason=d.finish_reason)
-                    out.append(turn.chunk(choices=[choice]))
+                if d.output or d.finish_reason or d.logprobs:
+                    out.append(turn.chunk(choices=[_choice(d)]))
             if out:
                 yield out
         if first:
@@ -343,8 +353,7 @@ class AnswerRun:
         turn = self.turn
         if turn.conversation_id is None:
             return
-        answer = "".join(_text(e.chunk) for e in events)
-        new_turn = [*turn.request.messages, ChatMessage(role="assistant", content=answer)]
+        new_turn = [*turn.request.messages, _first_answer(events)]
         commit = self._s.conversations.commit_turn
         await self._retrying(lambda: commit(turn.caller.tenant, turn.conversation_id, turn.chunk_id, new_turn))
 
@@ -396,9 +405,35 @@ async def _stop(task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+def _choice(d: EngineDelta) -> ChunkChoice:
+    delta = {"content": d.text or None, "tool_calls": d.tool_calls}
+    return ChunkChoice.model_validate(
+        {"index": d.index, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
+    )
+
+
+def _first_answer(events: list[Event]) -> ChatMessage:
+    """The assistant message the first choice adds up to (text and tool calls), as the conversation keeps it."""
+    choices = [c for e in events for c in _first_choices(e.chunk)]
+    calls = [ToolCallDelta.model_validate(t) for c in choices for t in (c.get("delta") or {}).get("tool_calls") or []]
+    text = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
+    return ChatMessage(role="assistant", content=text, tool_calls=merge_tool_call_deltas(calls) or None)
+
+
+def _first_choices(chunk: dict) -> list[dict]:
+    return [c for c in chunk.get("choices") or [] if not c.get("index")]
+
+
 def _text(chunk: dict) -> str:
-    return "".join((c.get("delta") or {}).get("content") or "" for c in chunk.get("choices") or [])
+    """The first choice's text in a journaled chunk (what a takeover continues)."""
+    return "".join((c.get("delta") or {}).get("content") or "" for c in _first_choices(chunk))
+
+
+def _output(chunk: dict) -> bool:
+    return any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls") for c in
+               chunk.get("choices") or [])  # fmt: skip
 
 
 def _finish(chunk: dict) -> str | None:
-    return next((c.get("finish_reason") for c in chunk.get("choices") or [] if c.get("finish_reason")), None)
+    """The first choice's finish reason (the answer is whole, for the conversation, when it is)."""
+    return next((c.get("finish_reason") for c in _first_choices(chunk) if c.get("finish_reason")), None)

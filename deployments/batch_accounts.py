@@ -41,7 +41,7 @@ class BatchAccounts:
         if (refused := scope.model_refusal(chat.model)) is not None:
             return PermissionDenied(refused, param="model")
         try:
-            completion = resolve_max_tokens(chat.max_tokens, self._limits)
+            completion = resolve_max_tokens(chat.max_tokens, self._limits) * chat.choices
         except InvalidRequest as exc:  # over the cap: the line's error, as the orchestrator would answer
             return exc
         prompt = estimate_prompt_tokens(chat.messages)

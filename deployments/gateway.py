@@ -109,7 +109,7 @@ class Gateway:
         if (refused := scope.model_refusal(request.model)) is not None:
             raise PermissionDenied(refused, param="model")
         prompt = estimate_prompt_tokens(request.messages)
-        completion = resolve_max_tokens(request.max_tokens, self._limits)
+        completion = resolve_max_tokens(request.max_tokens, self._limits) * request.choices  # n choices
         tokens = prompt + completion
         admission = await self.limiter.admit(scope, reservation_id, tokens, self._price.cost(prompt, completion))
         if not admission.allowed:

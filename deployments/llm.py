@@ -22,6 +22,14 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
         engine_kwargs["quantization"] = engine.quantization
     if engine.kv_cache_memory_bytes:
         engine_kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
+    if engine.tool_call_parser:
+        engine_kwargs.update(
+            enable_auto_tool_choice=True,
+            tool_call_parser=engine.tool_call_parser,
+            tool_strict_level=engine.tool_strict_level,
+        )
+    if engine.structured_outputs_config:
+        engine_kwargs["structured_outputs_config"] = engine.structured_outputs_config
     if engine.accelerator == "gpu":
         engine_kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
     engine_kwargs.update(engine.engine_kwargs)

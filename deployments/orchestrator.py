@@ -43,8 +43,7 @@ from core.tokens import TokenCounter, resolve_max_tokens
 from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
 from deployments.answers import fold
 from deployments.handles import configured
-from deployments.prompt import build_prompt, retrieval_query
-from deployments.providers.base import GenerationParams
+from deployments.prompt import build_prompt, generation_params, retrieval_query
 from deployments.providers.factory import build_providers, build_router
 from deployments.providers.router import RoutedStream
 from deployments.run_metrics import Timing, export_prometheus, wandb_record
@@ -251,15 +250,7 @@ class Orchestrator:
             tokens=self._tokens,
         )
         timing.prompt_done = time.perf_counter()
-        params = GenerationParams(
-            max_tokens=max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=request.stop,
-            seed=request.seed,
-            presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
-        )
+        params = generation_params(request, max_tokens)
         return Turn(request, caller, caller.response_id, prompt, params, citations, timing=timing)
 
     async def _history(self, request: ChatRequest, caller: Caller) -> list[ChatMessage]:

@@ -10,8 +10,11 @@ rendered prompt plus `max_tokens` fits `max_model_len`.
 
 from __future__ import annotations
 
-from core.models import ChatMessage, Citation
+from typing import Any
+
+from core.models import ChatMessage, ChatRequest, Citation
 from core.tokens import TokenCounter
+from deployments.providers.base import GenerationParams
 
 
 def format_context(citations: list[Citation]) -> str:
@@ -29,13 +32,13 @@ def augment_question(question: str, citations: list[Citation]) -> str:
     )
 
 
-def _engine_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
+def _engine_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    return [m.engine_message() for m in messages]
 
 
 def _start_on_user(history: list[ChatMessage], start: int) -> int:
-    """History kept from `start` never begins with an assistant message (its question was dropped)."""
-    while start < len(history) and history[start].role == "assistant":
+    """History kept from `start` never begins with an assistant or tool message (its question was dropped)."""
+    while start < len(history) and history[start].role in ("assistant", "tool"):
         start += 1
     return start
 
@@ -48,7 +51,7 @@ def build_prompt(
     max_model_len: int,
     max_tokens: int,
     tokens: TokenCounter,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Messages for the engine: request system messages first, then as much of the history (newest kept) as
     fits, then the new turn. A turn that alone does not fit is sent whole: the engine answers with its
     context-length error."""
@@ -61,7 +64,7 @@ def build_prompt(
             turn[last_user] = original.model_copy(update={"content": augment_question(original.content, citations)})
     budget = max_model_len - max_tokens
 
-    def prompt(start: int) -> list[dict[str, str]]:
+    def prompt(start: int) -> list[dict[str, Any]]:
         return _engine_messages([*system, *history[_start_on_user(history, start) :], *turn])
 
     # The smallest number of oldest messages to drop: the prompt shrinks as more are dropped, so a binary
@@ -82,3 +85,29 @@ def retrieval_query(messages: list[ChatMessage]) -> str | None:
         if m.role == "user" and m.content.strip():
             return m.content
     return None
+
+
+def generation_params(request: ChatRequest, max_tokens: int) -> GenerationParams:
+    """The request's generation fields as the providers take them (OpenAI's names and JSON)."""
+    fields = request.model_dump(
+        mode="json",
+        exclude_none=True,
+        include={
+            "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "n", "logprobs",
+            "top_logprobs", "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format",
+        },
+    )  # fmt: skip
+    # Off values are not sent: engines reject some (vLLM: "tools must not be an empty array").
+    if fields.get("n") == 1:
+        del fields["n"]
+    if not fields.get("tools"):
+        for name in ("tools", "tool_choice", "parallel_tool_calls"):
+            fields.pop(name, None)
+    if fields.get("response_format") == {"type": "text"}:
+        del fields["response_format"]
+    if not fields.get("logprobs"):
+        fields.pop("logprobs", None)
+        fields.pop("top_logprobs", None)
+    if not fields.get("logit_bias"):
+        fields.pop("logit_bias", None)
+    return GenerationParams(max_tokens=max_tokens, **fields)

@@ -1,9 +1,13 @@
-"""Anthropic's Messages API, translated both ways: OpenAI-style messages, system prompt, stop and sampling
-parameters out; its stream events, stop reasons and usage back as EngineDelta."""
+"""Anthropic's Messages API, translated both ways: OpenAI-style messages (tool calls and tool results
+included), system prompt, tools and tool choice, stop and sampling parameters out; its stream events (text and
+tool_use blocks), stop reasons and usage back as EngineDelta. What it cannot honour (structured outputs,
+logprobs, logit_bias, several choices, seed, penalties) it refuses by name, so the router picks another
+provider or answers 400."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from core.models import Usage
@@ -14,23 +18,82 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 _RETRYABLE_ERRORS = {"overloaded_error", "rate_limit_error", "api_error", "timeout_error"}
 
 
-def to_anthropic(messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
-    """System and developer messages become `system`; consecutive turns of one role are merged (the API wants
-    user and assistant to alternate, starting with user); a final assistant message is a prefill it continues."""
+# GenerationParams fields the Messages API has no equivalent for, each with the test for its off value.
+_NOT_HONOURED: dict[str, Callable[[Any], bool]] = {
+    "response_format": lambda v: v is None or v.get("type") == "text",
+    "logprobs": lambda v: v is None or v is False,
+    "top_logprobs": lambda v: v is None or v == 0,
+    "logit_bias": lambda v: not v,
+    "n": lambda v: v is None or v == 1,
+    "seed": lambda v: v is None,
+    "presence_penalty": lambda v: not v,
+    "frequency_penalty": lambda v: not v,
+}
+
+
+def refused_field(params: GenerationParams) -> str | None:
+    return next((name for name, off in _NOT_HONOURED.items() if not off(getattr(params, name))), None)
+
+
+def _blocks(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One OpenAI message as Anthropic content blocks: text, tool_use (assistant calls), tool_result (tool)."""
+    if m["role"] == "tool":
+        return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"]}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": m["content"]}] if m["content"] else []
+    for call in m.get("tool_calls") or []:
+        try:
+            arguments = json.loads(call["function"]["arguments"] or "{}")
+        except json.JSONDecodeError:
+            arguments = {"arguments": call["function"]["arguments"]}
+        blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": arguments})
+    return blocks
+
+
+def _tools(params: GenerationParams) -> dict[str, Any]:
+    if not params.tools:
+        return {}
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"].get("description") or "",
+            "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+        }
+        for t in params.tools
+    ]
+    choice = params.tool_choice or "auto"
+    if isinstance(choice, dict):
+        tool_choice: dict[str, Any] = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        tool_choice = {"type": {"auto": "auto", "required": "any", "none": "none"}[choice]}
+    if params.parallel_tool_calls is False and tool_choice["type"] != "none":
+        tool_choice["disable_parallel_tool_use"] = True
+    return {"tools": tools, "tool_choice": tool_choice}
+
+
+def to_anthropic(messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
+    """System and developer messages become `system`; tool results are the user's turn; consecutive turns of one
+    role are merged (the API wants user and assistant to alternate, starting with user); a final assistant
+    message is a prefill it continues."""
     system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     for m in messages:
         if m["role"] in ("system", "developer"):
             continue
-        if turns and turns[-1]["role"] == m["role"]:
-            turns[-1] = {"role": m["role"], "content": turns[-1]["content"] + "\n\n" + m["content"]}
+        role = "user" if m["role"] == "tool" else m["role"]
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(_blocks(m))
         else:
-            turns.append({"role": m["role"], "content": m["content"]})
+            turns.append({"role": role, "content": _blocks(m)})
     if not turns or turns[0]["role"] != "user":
-        turns.insert(0, {"role": "user", "content": "(continue)"})
-    if turns[-1]["role"] == "assistant":  # the API rejects a prefill that ends in whitespace
-        turns[-1] = {"role": "assistant", "content": turns[-1]["content"].rstrip()}
-    body: dict[str, Any] = {"messages": turns, "max_tokens": params.max_tokens, "stream": True}
+        turns.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
+    last = turns[-1]
+    if last["role"] == "assistant" and last["content"] and last["content"][-1]["type"] == "text":
+        # the API rejects a prefill that ends in whitespace
+        last["content"][-1] = {"type": "text", "text": last["content"][-1]["text"].rstrip()}
+    for turn in turns:  # plain text turns as plain strings, as most Anthropic clients send them
+        if all(b["type"] == "text" for b in turn["content"]):
+            turn["content"] = "\n\n".join(b["text"] for b in turn["content"])
+    body: dict[str, Any] = {"messages": turns, "max_tokens": params.max_tokens, "stream": True, **_tools(params)}
     if system:
         body["system"] = system
     if params.temperature is not None:
@@ -45,6 +108,9 @@ def to_anthropic(messages: list[dict[str, str]], params: GenerationParams) -> di
 class AnthropicProvider(HTTPProvider):
     kind = "anthropic"
 
+    def refuses(self, params: GenerationParams) -> str | None:
+        return refused_field(params)
+
     def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": self._config.anthropic_version}
         key = self._config.api_key()
@@ -53,7 +119,7 @@ class AnthropicProvider(HTTPProvider):
         return headers
 
     async def stream(
-        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         body = {"model": self._config.upstream_model(model), **to_anthropic(messages, params)}
         # A prefill that ended in whitespace was trimmed; put back what the continuation would otherwise lose.
@@ -63,10 +129,20 @@ class AnthropicProvider(HTTPProvider):
             else ""
         )
         prompt_tokens = 0
+        calls: dict[int, int] = {}  # content block index -> tool call index
         async for event, data in sse_events(self._client, self.name, "/v1/messages", body, self._headers()):
             kind = data.get("type", event)
             if kind == "message_start":
                 prompt_tokens = int(((data.get("message") or {}).get("usage") or {}).get("input_tokens", 0))
+            elif kind == "content_block_start" and (data.get("content_block") or {}).get("type") == "tool_use":
+                block = data["content_block"]
+                calls[data.get("index", 0)] = len(calls)
+                named = {"name": block.get("name"), "arguments": ""}
+                yield [EngineDelta(tool_calls=[{"index": len(calls) - 1, "id": block.get("id"), "type": "function",
+                                                "function": named}])]  # fmt: skip
+            elif kind == "content_block_delta" and (data.get("delta") or {}).get("type") == "input_json_delta":
+                piece = {"arguments": data["delta"].get("partial_json") or ""}
+                yield [EngineDelta(tool_calls=[{"index": calls.get(data.get("index", 0), 0), "function": piece}])]
             elif kind == "content_block_delta":
                 text = (data.get("delta") or {}).get("text") or ""
                 if trimmed:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from core.models import Usage
 from core.pricing import Price
@@ -15,15 +15,26 @@ from core.pricing import Price
 
 @dataclass(frozen=True)
 class EngineDelta:
-    """One step of a generation: new text, and on the last steps the finish reason and usage."""
+    """One step of one choice of a generation: new text or tool-call pieces (OpenAI's delta `tool_calls`),
+    the tokens' log probabilities (OpenAI's choice `logprobs`), and on the last steps the finish reason and
+    usage (usage is the whole answer's, over every choice)."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    index: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
+
+    @property
+    def output(self) -> bool:
+        return bool(self.text or self.tool_calls)
 
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """What shapes the generation, in OpenAI's field names and JSON (so it passes through as it is)."""
+
     max_tokens: int
     temperature: float | None = None
     top_p: float | None = None
@@ -31,16 +42,46 @@ class GenerationParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, as an OpenAI request body carries them."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @property
+    def structured(self) -> bool:
+        """A grammar shapes the answer, or it has several choices: it cannot be continued from its text."""
+        tools = bool(self.tools) and self.tool_choice != "none"
+        shaped = self.response_format is not None and self.response_format.get("type") != "text"
+        return tools or shaped or (self.n or 1) > 1
 
 
-def delta_from_chunk(payload: dict) -> EngineDelta | None:
-    """An OpenAI `chat.completion.chunk` payload as one delta (None when it carries nothing)."""
-    usage = Usage(**payload["usage"]) if payload.get("usage") else None
-    text, finish = "", None
+def deltas_from_chunk(payload: dict) -> list[EngineDelta]:
+    """An OpenAI `chat.completion.chunk` payload as deltas, one per choice that carries something; the usage,
+    if any, on the last."""
+    deltas = []
     for choice in payload.get("choices") or []:
-        text += (choice.get("delta") or {}).get("content") or ""
-        finish = choice.get("finish_reason") or finish
-    return EngineDelta(text=text, finish_reason=finish, usage=usage) if text or finish or usage else None
+        delta = choice.get("delta") or {}
+        found = EngineDelta(
+            text=delta.get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            index=int(choice.get("index") or 0),
+            tool_calls=delta.get("tool_calls") or None,
+            logprobs=choice.get("logprobs") or None,
+        )
+        if found.output or found.finish_reason or found.logprobs:
+            deltas.append(found)
+    if payload.get("usage"):
+        usage = Usage(**payload["usage"])
+        deltas.append(EngineDelta(usage=usage) if not deltas else replace(deltas.pop(), usage=usage))
+    return deltas
 
 
 # Worth another attempt (OpenAI's and Anthropic's own SDKs retry the same set; 529 is Anthropic's overload).
@@ -111,8 +152,12 @@ class Provider(Protocol):
 
     def serves(self, model: str) -> bool: ...
 
+    def refuses(self, params: GenerationParams) -> str | None:
+        """The first field of `params` this provider cannot honour (None: it serves them all)."""
+        ...
+
     def stream(
-        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]: ...
 
     async def check_health(self) -> None: ...

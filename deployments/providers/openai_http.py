@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, delta_from_chunk
+from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, deltas_from_chunk
 from deployments.providers.http_common import HTTPProvider, sse_events
 
 
@@ -16,20 +16,23 @@ class OpenAIProvider(HTTPProvider):
         key = self._config.api_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def request_body(self, model: str, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+    def refuses(self, params: GenerationParams) -> str | None:
+        return None  # the same API: every field passes through
+
+    def request_body(self, model: str, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._config.upstream_model(model),
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            **{k: v for k, v in params.__dict__.items() if v is not None},
+            **params.fields(),
         }
         if messages and messages[-1]["role"] == "assistant" and self._config.continuation == "vllm":
             body.update(continue_final_message=True, add_generation_prompt=False)
         return body
 
     async def stream(
-        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         headers = {**self._headers(), "x-request-id": request_id}
         body = self.request_body(model, messages, params)
@@ -37,9 +40,9 @@ class OpenAIProvider(HTTPProvider):
             if "error" in data:
                 error = data["error"] or {}
                 raise ProviderError(self.name, f"stream error: {error.get('message') or error}")
-            delta = delta_from_chunk(data)
-            if delta is not None:
-                yield [delta]
+            deltas = deltas_from_chunk(data)
+            if deltas:
+                yield deltas
 
     async def check_health(self) -> None:
         response = await self._client.get("/models", headers=self._headers())

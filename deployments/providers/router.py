@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -35,7 +36,8 @@ class Leg:
     reporting, the exact count of what it was sent and what it produced (set when the leg ends)."""
 
     provider: str
-    text: str = ""
+    text: str = ""  # the first choice's text: what another provider continues
+    produced: bool = False  # any output (text or tool calls, in any choice)
     usage: Usage | None = None
     cost_usd: float = 0.0
 
@@ -111,9 +113,9 @@ class ProviderRouter:
         await self._record(provider, ok=False)
 
     async def stream(
-        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str, out: RoutedStream
+        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str, out: RoutedStream
     ) -> AsyncIterator[list[EngineDelta]]:
-        candidates = [p for p in self.providers if p.serves(model)]
+        candidates = capable(model, [p for p in self.providers if p.serves(model)], params)
         route = self._strategy.order(candidates, self.stats)
         out.reason = route.reason
         queue = list(route.providers)
@@ -133,6 +135,13 @@ class ProviderRouter:
                 if provider.name in coming_back:  # its breaker's probe will let it back in
                     recovering.append(provider)
                 continue
+            if params.structured and any(leg.produced for leg in out.legs):
+                raise ServiceUnavailable(
+                    "the answer was cut off mid-way and cannot be continued elsewhere (tool calls, a response_format "
+                    "or several choices are not continued from text); retry it",
+                    code="answer_interrupted",
+                    retry_after_s=1,
+                )
             sent = out.text
             attempt_messages = _continuing(messages, sent) if sent else messages
             done = out.usage().completion_tokens
@@ -169,7 +178,8 @@ class ProviderRouter:
                     batch = first
                     while True:
                         for d in batch:
-                            leg.text += d.text
+                            leg.text += d.text if d.index == 0 else ""
+                            leg.produced |= d.output
                             leg.usage = d.usage or leg.usage
                             out.finish_reason = d.finish_reason or out.finish_reason
                         yield batch
@@ -212,7 +222,7 @@ class ProviderRouter:
                 await rest.aclose()
             raise ProviderError(provider.name, f"stalled: no token for {idle_s:g} s", recovering=True) from exc
 
-    def _settle_leg(self, provider: Provider, leg: Leg, messages: list[dict[str, str]]) -> None:
+    def _settle_leg(self, provider: Provider, leg: Leg, messages: list[dict[str, Any]]) -> None:
         """The leg's usage (counted exactly when the provider stopped before reporting it) and its cost."""
         if leg.usage is None:
             prompt, completion = self._tokens.count_messages(messages), self._tokens.count_text(leg.text)
@@ -220,8 +230,19 @@ class ProviderRouter:
         leg.cost_usd = provider.price.cost(leg.usage.prompt_tokens, leg.usage.completion_tokens)
 
 
+def capable(model: str, providers: list[Provider], params: GenerationParams) -> list[Provider]:
+    """The providers that honour every field of `params`; none while some serve the model: 400 naming a field."""
+    able = [p for p in providers if p.refuses(params) is None]
+    if providers and not able:
+        field = providers[0].refuses(params)
+        raise InvalidRequest(
+            f"{field} is not supported by the providers of model {model!r}", param=field, code="unsupported_parameter"
+        )
+    return able
+
+
 def _starter(
-    provider: Provider, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+    provider: Provider, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
 ) -> Callable[[], AsyncIterator[list[EngineDelta]]]:
     return lambda: provider.stream(model, messages, params, request_id)
 
@@ -230,7 +251,7 @@ async def close_all(providers: list[Provider]) -> None:
     await asyncio.gather(*(p.aclose() for p in providers), return_exceptions=True)
 
 
-def _continuing(messages: list[dict[str, str]], sent: str) -> list[dict[str, str]]:
+def _continuing(messages: list[dict[str, Any]], sent: str) -> list[dict[str, Any]]:
     """The prompt with the text sent so far as the assistant's message to continue: appended to the assistant
     prefill a takeover began with (one trailing assistant message: the engine continues only the last)."""
     if messages and messages[-1].get("role") == "assistant":

@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.errors import EngineError, InvalidRequest, ServiceUnavailable, unwrap
 from core.pricing import Price
-from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, delta_from_chunk
+from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, deltas_from_chunk
 
 # Replica death or overload between us and the engine: the request may succeed if retried.
 _UNAVAILABLE = (
@@ -59,10 +59,16 @@ def decode_sse_items(item: Any) -> list[EngineDelta]:
             payload = json.loads(data)
             if "error" in payload:
                 raise_engine_error(payload["error"])
-            delta = delta_from_chunk(payload)
-            if delta is not None:
-                deltas.append(delta)
+            deltas.extend(deltas_from_chunk(payload))
     return deltas
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", exc))[:300]
+    return str(exc)[:300]
 
 
 class ServeLLMEngine:
@@ -81,23 +87,30 @@ class ServeLLMEngine:
     def serves(self, model: str) -> bool:
         return model == self._model_id
 
+    def refuses(self, params: GenerationParams) -> str | None:
+        return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
+
     async def stream(
-        self, model: str, messages: list[dict[str, str]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
         from ray.serve.llm.openai_api_models import ChatCompletionRequest
+        from vllm.exceptions import VLLMClientError
 
-        fields = {k: v for k, v in params.__dict__.items() if v is not None}
+        fields = params.fields()
         if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
             fields.update(continue_final_message=True, add_generation_prompt=False)
-        request = ChatCompletionRequest(
-            model=self._model_id,
-            messages=messages,
-            stream=True,
-            stream_options={"include_usage": True},
-            request_id=request_id,
-            **fields,
-        )
+        try:
+            request = ChatCompletionRequest(
+                model=self._model_id,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                request_id=request_id,
+                **fields,
+            )
+        except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (pydantic's ValidationError is a ValueError)
+            raise InvalidRequest(f"the engine refused the request: {_first_error(exc)}") from exc
         try:
             async for item in self._stream_handle.chat.remote(request):
                 deltas = decode_sse_items(item)

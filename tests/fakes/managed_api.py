@@ -43,6 +43,7 @@ class Script:
     faults: deque[Fault] = field(default_factory=deque)  # one per request, then healthy answers
     requests: list[tuple[float, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     token_delay_s: float = 0.0
+    tool_input: dict[str, Any] | None = None  # Anthropic: a forced tool choice calls its tool with this input
 
     def answer(self, prefill: str) -> str:
         if not prefill:
@@ -136,9 +137,28 @@ def anthropic_app(script: Script) -> Starlette:
         def event(name: str, data: dict) -> str:
             return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
 
+        forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool") and script.tool_input is not None
+
+        async def tool_use() -> AsyncIterator[str]:
+            name = body["tool_choice"].get("name") or body["tools"][0]["name"]
+            block = {"type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}
+            yield event("content_block_start", {"index": 0, "content_block": block})
+            arguments = json.dumps(script.tool_input)
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                yield event(
+                    "content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}
+                )
+            yield event("content_block_stop", {"index": 0})
+            yield event("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}})
+            yield event("message_stop", {})
+
         async def frames() -> AsyncIterator[str]:
-            prompt = (len(body.get("system", "")) + sum(len(m["content"]) for m in body["messages"])) // 4
+            prompt = (len(body.get("system", "")) + sum(len(str(m["content"])) for m in body["messages"])) // 4
             yield event("message_start", {"message": {"id": "msg_fake", "usage": {"input_tokens": prompt}}})
+            if forced:
+                async for frame in tool_use():
+                    yield frame
+                return
             yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
             n = 0
             async for token in _tokens_with_faults(script, fault, text):

@@ -25,6 +25,9 @@ class Scripted:
     def serves(self, model):
         return True
 
+    def refuses(self, params):
+        return None
+
     async def stream(self, model, messages, params, request_id):
         self.seen.append(messages)
         for word in self.words[: params.max_tokens]:

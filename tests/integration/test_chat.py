@@ -120,14 +120,15 @@ def test_max_tokens_is_honoured(openai_client):
 
 
 def test_what_the_server_does_not_serve_is_a_400_naming_it_never_a_silent_plain_answer(openai_client):
-    """The stock SDK with tools, JSON mode, logprobs, or a misspelt field: a clear error, not text that ignores it."""
+    """The stock SDK with audio, reasoning effort, deprecated functions, or a misspelt field: a clear error, not
+    text that ignores it."""
     import openai
 
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     asks = [
-        ({"tools": [weather], "tool_choice": "required"}, "tools", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "unsupported_parameter"),
+        ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+        ({"reasoning_effort": "high"}, "reasoning_effort", "unsupported_parameter"),
+        ({"functions": [{"name": "get_weather", "parameters": {}}]}, "functions", "unsupported_parameter"),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
         ({"extra_body": {"rag": False, "temprature": 0}}, "temprature", "unknown_parameter"),
     ]
     for extra, param, code in asks:

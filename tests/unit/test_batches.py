@@ -46,8 +46,8 @@ def test_lines_are_checked_one_by_one():
     # Nothing of a line is ignored: a field we do not know, or one we do not serve yet, files the line as an error.
     typo = parse_line(request_line("t", temprature=0), 10, "/v1/chat/completions", seen)["error"]
     assert typo["code"] == "unknown_parameter" and "body.temprature" in typo["message"]
-    tools = parse_line(request_line("u", tools=[{"type": "function"}]), 11, "/v1/chat/completions", seen)["error"]
-    assert tools["code"] == "unsupported_parameter" and "body.tools" in tools["message"]
+    audio = parse_line(request_line("u", modalities=["audio"]), 11, "/v1/chat/completions", seen)["error"]
+    assert audio["code"] == "unsupported_parameter" and "body.modalities" in audio["message"]
 
 
 async def stores(client, prefix):

@@ -29,7 +29,26 @@ def test_max_completion_tokens_is_accepted_as_max_tokens():
         {"conversation_id": "bad id with spaces"},
         {"conversation_id": "x" * 200},
         {"temperature": 3},
-        {"n": 2},
+        {"n": 9},
+        {"top_logprobs": 2},
+        {"tool_choice": "required"},
+        {"tools": [{"type": "function", "function": {"name": "a b"}}]},
+        {
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        {"response_format": {"type": "json_schema"}},
+        {"logit_bias": {"abc": 1}},
+        {"messages": [{"role": "tool", "content": "sunny"}]},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "x",
+                    "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}],
+                }
+            ]
+        },
         {"stop": ["a", "b", "c", "d", "e"]},
         {"rag": {"top_k": 0}},
         {"rag": {"unknown": 1}},

@@ -33,6 +33,9 @@ class Engine:
     def serves(self, model):
         return True
 
+    def refuses(self, params):
+        return None
+
     async def stream(self, model, messages, params, request_id):
         self.requests.append(messages)
         if time.monotonic() < self.back_at:

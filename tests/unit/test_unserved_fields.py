@@ -44,13 +44,13 @@ def test_an_unknown_field_is_named_as_openai_names_it(client):
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]),
-        ("tool_choice", "required"),
-        ("response_format", {"type": "json_object"}),
-        ("logprobs", True),
-        ("top_logprobs", 2),
-        ("logit_bias", {"50256": -100}),
+        ("functions", [{"name": "get_weather", "parameters": {}}]),
+        ("function_call", {"name": "get_weather"}),
         ("modalities", ["text", "audio"]),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("reasoning_effort", "high"),
+        ("web_search_options", {}),
     ],
 )
 def test_a_field_not_served_yet_is_refused_by_name_not_ignored(client, field, value):
@@ -59,24 +59,32 @@ def test_a_field_not_served_yet_is_refused_by_name_not_ignored(client, field, va
     assert "not supported by this server yet" in error["message"]
 
 
-def test_tool_messages_and_tool_calls_are_refused_where_they_are(client):
-    tool = [*HI, {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}]
-    assert refused(client, {"messages": tool})["param"] == "messages.1.role"
-    calls = [*HI, {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function"}]}]
-    assert refused(client, {"messages": calls})["param"] == "messages.1.tool_calls"
+def test_deprecated_function_messages_are_refused_where_they_are(client):
+    function = [*HI, {"role": "function", "name": "f", "content": "sunny"}]
+    assert refused(client, {"messages": function})["param"] == "messages.1.role"
+    call = [*HI, {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}}]
+    assert refused(client, {"messages": call})["param"] == "messages.1.function_call"
 
 
-def test_off_values_and_accepted_fields_pass(client):
+def test_served_fields_and_off_values_pass(client):
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
     body = {
         "model": "m",
-        "messages": [{**HI[0], "name": "ana", "tool_calls": []}],
-        "tools": [],
-        "tool_choice": "none",
-        "response_format": {"type": "text"},
-        "logprobs": False,
-        "top_logprobs": 0,
-        "logit_bias": {},
-        "parallel_tool_calls": True,
+        "messages": [
+            {**HI[0], "name": "ana"},
+            {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "logit_bias": {"50256": -100},
+        "n": 2,
+        "parallel_tool_calls": False,
+        "functions": [],
+        "modalities": ["text"],
         "metadata": {"team": "search"},
         "store": True,
         "user": "u-1",
@@ -84,7 +92,23 @@ def test_off_values_and_accepted_fields_pass(client):
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     echoed = response.json()
-    assert echoed["metadata"] == {"team": "search"} and "tools" not in echoed
+    assert echoed["metadata"] == {"team": "search"} and echoed["messages"][1]["tool_calls"] == calls
+    assert echoed["response_format"]["json_schema"]["schema"] == {"type": "object"}  # OpenAI's name, both ways
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"n": 9}, "n"),
+        ({"messages": [{"role": "tool", "content": "sunny"}]}, "messages.0"),
+        ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0.function.name"),
+    ],
+)
+def test_inconsistent_feature_fields_are_400_naming_the_field(client, body, param):
+    error = refused(client, body)
+    assert error["type"] == "invalid_request_error" and error["param"].startswith(param.split(".")[0]), error
 
 
 def test_every_field_not_served_has_an_off_value_and_every_off_value_a_field():
