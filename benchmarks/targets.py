@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -58,6 +59,11 @@ def vllm_command(settings: Settings, model_dir: str, port: int) -> list[str]:
         cmd.append("--enforce-eager")
     if engine.kv_cache_memory_bytes:
         cmd += ["--kv-cache-memory-bytes", str(engine.kv_cache_memory_bytes)]
+    if engine.tool_call_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", engine.tool_call_parser]
+        cmd += ["--tool-strict-level", engine.tool_strict_level]
+    if engine.structured_outputs_config:
+        cmd += ["--structured-outputs-config", json.dumps(engine.structured_outputs_config)]
     return cmd
 
 

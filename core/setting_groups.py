@@ -265,6 +265,9 @@ class PricingSettings(Group):
     output_per_mtok: float = Field(
         0.20, ge=0, description="USD per 1M completion tokens of the served model, for budgets and usage."
     )
+    embedding_per_mtok: float = Field(
+        0.02, ge=0, description="USD per 1M input tokens of /v1/embeddings (the Retriever's embedding model)."
+    )
     gpu_hour_usd: float = Field(
         1.01, ge=0, description="USD per GPU-hour of a self-hosted replica's GPUs (llmserve cost; g5.xlarge ~1.01)."
     )

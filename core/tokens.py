@@ -91,9 +91,11 @@ class TokenCounter:
             return estimate_tokens(len(text))
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def count_messages(self, messages: Sequence[dict[str, str]]) -> int:
+    def count_messages(self, messages: Sequence[dict[str, Any]] | str) -> int:
         """Prompt tokens of a chat request as the engine renders it: the generation prompt added, or, when the
         last message is the assistant's (a continuation), that message left open."""
+        if isinstance(messages, str):  # a raw /v1/completions prompt: no template
+            return self.count_text(messages)
         if not self.exact:
             return estimate_prompt_tokens(messages)
         continuing = bool(messages) and messages[-1]["role"] == "assistant"

@@ -31,7 +31,7 @@ from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChunkChoice
 from core.tokens import TokenCounter
 from deployments.handles import detached
 from deployments.providers.base import EngineDelta, GenerationParams
-from deployments.providers.router import ProviderRouter, RoutedStream
+from deployments.providers.router import ProviderRouter, RoutedStream, continuing
 from deployments.run_metrics import Timing
 from state.conversations import ConversationStore
 from state.journal import Event, Journal
@@ -63,7 +63,7 @@ class Turn:
     request: ChatRequest
     caller: Caller
     chunk_id: str
-    prompt: list[dict[str, Any]]
+    prompt: list[dict[str, Any]] | str  # chat messages, or a raw /v1/completions prompt
     params: GenerationParams
     citations: list[Citation]
     created: int = field(default_factory=lambda: int(time.time()))
@@ -282,7 +282,7 @@ class AnswerRun:
                 retry_after_s=1,
             )
         if self._prefix_text:  # continue the journaled text
-            prompt = [*prompt, {"role": "assistant", "content": self._prefix_text}]
+            prompt = continuing(prompt, self._prefix_text)
             done = self._s.tokens.count_text(self._prefix_text)
             params = replace(params, max_tokens=max(1, params.max_tokens - done))
         first = not self.events

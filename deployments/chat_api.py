@@ -22,8 +22,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from core.completions import Completion, CompletionRequest, completion_chunk, whole_completion
 from core.errors import InvalidRequest, NotFound
-from core.models import Caller, ChatRequest, ChatResponse
+from core.models import Caller, ChatRequest, ChatResponse, new_id
 from deployments.answer_stream import Batch, answer_events
 from deployments.answers import fold
 from deployments.gateway import Principal, Ticket
@@ -46,8 +47,7 @@ async def chat_completions(
     x_conversation_id: str | None = Header(None),
     idempotency_key: str | None = Header(None, max_length=IDEMPOTENCY_KEY_MAX),
 ):
-    request_id = request.state.request_id
-    updates: dict = {"request_id": request_id}
+    updates: dict = {"request_id": request.state.request_id}
     if body.conversation_id is None and x_conversation_id:
         updates["conversation_id"] = x_conversation_id
     try:
@@ -56,11 +56,44 @@ async def chat_completions(
         raise InvalidRequest(
             f"invalid X-Conversation-Id header: {exc.errors()[0]['msg']}", param="conversation_id"
         ) from exc
-    caller = who.caller()
+    # What the request asks, not how it wants it delivered: a retry may stream what the first did not.
+    meaning = body.model_dump(mode="json", exclude={"stream", "stream_options"})
+    return await _answer(ingress, who, chat, who.caller(), idempotency_key, meaning)
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    ingress: State,
+    who: Who,
+    idempotency_key: str | None = Header(None, max_length=IDEMPOTENCY_KEY_MAX),
+):
+    """OpenAI's legacy completions: the prompt continued as it is (no chat template), through the same answer
+    path as chat (limits, failover, journal, resume at GET /v1/completions/{id})."""
+    try:
+        chat = body.as_chat(request.state.request_id)
+    except ValidationError as exc:  # what only the chat request checks (stop, logit_bias, ...)
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+    caller = who.caller().model_copy(update={"kind": "text", "response_id": new_id("cmpl")})
+    meaning = {"completions": body.model_dump(mode="json", exclude={"stream", "stream_options"})}
+    return await _answer(ingress, who, chat, caller, idempotency_key, meaning)
+
+
+async def _answer(
+    ingress: IngressState,
+    who: Principal,
+    chat: ChatRequest,
+    caller: Caller,
+    idempotency_key: str | None,
+    meaning: dict,
+):
+    """A new answer, or the one an earlier request with the same Idempotency-Key started."""
+    request_id = chat.request_id
     claimed = None
     if idempotency_key:
-        # What the request asks, not how it wants it delivered: a retry may stream what the first did not.
-        meaning = body.model_dump(mode="json", exclude={"stream", "stream_options"})
         fingerprint = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
         earlier = await ingress.journal.claim_idempotency(
             who.tenant, who.kid, idempotency_key, f"{caller.response_id}|{fingerprint}"
@@ -89,6 +122,7 @@ async def chat_completions(
 
 
 @router.get("/v1/chat/completions/{completion_id}", response_model=ChatResponse)
+@router.get("/v1/completions/{completion_id}", response_model=Completion)
 async def chat_completion(
     completion_id: str,
     request: Request,
@@ -99,7 +133,8 @@ async def chat_completion(
     last_event_id: str | None = Header(None),
 ):
     """A stored answer (whole, once it is done), or with `stream=true` its events after `starting_after` (or the
-    `Last-Event-ID` header), then the live rest: how a stream whose connection broke resumes."""
+    `Last-Event-ID` header), then the live rest: how a stream whose connection broke resumes. Chat answers and
+    completions each in their own shape, whichever of the two paths names them."""
     meta = await ingress.journal.meta(who.tenant, completion_id)
     if meta is None:
         raise NotFound(f"no chat completion {completion_id!r}", param="completion_id")
@@ -158,7 +193,9 @@ async def _respond(
     request_id: str | None,
     client_wants_usage: bool = True,
 ):
-    """The answer as JSON (whole) or SSE (from `after_seq`); `ticket`: a new request's admission."""
+    """The answer as JSON (whole) or SSE (from `after_seq`); `ticket`: a new request's admission. A completions
+    answer (caller kind `text`) in the `text_completion` shape."""
+    text = caller.kind == "text"
     events = answer_events(ingress, chat, caller, after_seq, ingress.routing.request_deadline_s)
     if ticket is not None:
         events = ticket.stream(events)
@@ -173,7 +210,8 @@ async def _respond(
         headers["x-llmserve-provider"] = result.provider or ""
         if result.cost_usd is not None:
             headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
-        return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
+        whole = whole_completion(result) if text else result
+        return JSONResponse(whole.model_dump(mode="json", exclude_none=True), headers=headers)
     first: Batch = []
     try:
         # Wait for the first events before sending the status line, so that errors raised before any output
@@ -191,5 +229,5 @@ async def _respond(
     if provider:
         headers["x-llmserve-provider"] = provider
     on_close = ticket.finish if ticket is not None else lambda: None
-    frames = sse_frames(prepend(first, events), request_id)
+    frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None)
     return SSEResponse(frames, on_close=on_close, headers=headers, write_timeout_s=ingress.write_timeout_s)

@@ -104,26 +104,34 @@ class Gateway:
             raise NotFound(f"no tenant {tenant!r}", param="X-LLMServe-Tenant")
         return replace(principal, tenant=tenant, tenant_limits=record.limits)
 
-    async def admit(self, principal: Principal, request: ChatRequest, reservation_id: str) -> None:
+    async def admit(
+        self, principal: Principal, model: str, reservation_id: str, prompt: int, completion: int, price: Price
+    ) -> None:
+        """The key's model list, then its and its tenant's limits, for a request that may use `prompt` +
+        `completion` tokens at `price`."""
         scope = principal.scope()
-        if (refused := scope.model_refusal(request.model)) is not None:
+        if (refused := scope.model_refusal(model)) is not None:
             raise PermissionDenied(refused, param="model")
-        prompt = estimate_prompt_tokens(request.messages)
-        completion = resolve_max_tokens(request.max_tokens, self._limits) * request.choices  # n choices
         tokens = prompt + completion
-        admission = await self.limiter.admit(scope, reservation_id, tokens, self._price.cost(prompt, completion))
+        admission = await self.limiter.admit(scope, reservation_id, tokens, price.cost(prompt, completion))
         if not admission.allowed:
             raise refusal(principal, admission.reason, admission.level, admission.retry_after_s, tokens)
 
     async def open(self, principal: Principal, request: ChatRequest) -> Ticket:
+        """Let a chat request in: its prompt estimated, and `max_tokens` for each of its `n` choices."""
+        prompt = estimate_prompt_tokens(request.messages)
+        completion = resolve_max_tokens(request.max_tokens, self._limits) * request.choices
+        return await self.open_for(principal, request.model, prompt, completion, self._price)
+
+    async def open_for(self, principal: Principal, model: str, prompt: int, completion: int, price: Price) -> Ticket:
         """Let a request in: a place under the model's capacity (503 when full, before any Redis call, so a
         busy server costs the caller none of its quota), then its key's limits (429)."""
-        slot = self.admission.enter(request.model)
+        slot = self.admission.enter(model)
         # Reserved and settled under an id of our own: the x-request-id is the client's to choose, and a
         # reused one must neither skip the count nor share a reservation.
         ticket = Ticket(self, principal, uuid.uuid4().hex, slot)
         try:
-            await self.admit(principal, request, ticket.reservation_id)
+            await self.admit(principal, model, ticket.reservation_id, prompt, completion, price)
         except BaseException:
             slot.release()  # nothing was reserved
             raise

@@ -16,6 +16,7 @@ from core.names import ADMIN_TENANT, CONVERSATION_ID_RE
 from deployments.gateway import MASTER_KID, Principal
 from deployments.ingress_state import IngressState, ingress_state, principal
 from deployments.middleware import TENANT_HEADER
+from rag.embedder import EMBEDDING_MODEL
 from state.api_keys import Limits
 
 router = APIRouter()
@@ -53,12 +54,13 @@ async def _tenant_usage(ingress: IngressState, tenant: str, limits: Limits | Non
 
 @router.get("/v1/models")
 async def models(ingress: State) -> dict:
-    return {"object": "list", "data": [_model_card(m, ingress.created) for m in ingress.served_models]}
+    models = [*ingress.served_models, EMBEDDING_MODEL]
+    return {"object": "list", "data": [_model_card(m, ingress.created) for m in models]}
 
 
 @router.get("/v1/models/{model_id}")
 async def model(model_id: str, ingress: State) -> dict:
-    if model_id not in ingress.served_models:
+    if model_id not in ingress.served_models and model_id != EMBEDDING_MODEL:
         raise NotFound(f"model {model_id!r} does not exist", param="model")
     return _model_card(model_id, ingress.created)
 

@@ -238,6 +238,9 @@ class Orchestrator:
         if request.model not in self._served:
             raise NotFound(f"model {request.model!r} does not exist; try {self._engine.model_name!r}", param="model")
         max_tokens = resolve_max_tokens(request.max_tokens, self._limits)
+        if caller.kind == "text":  # /v1/completions: the prompt goes to the engine as it is
+            params = generation_params(request, max_tokens)
+            return Turn(request, caller, caller.response_id, request.messages[0].content, params, [], timing=timing)
         history, citations = await asyncio.gather(
             self._history(request, caller), self._retrieve(request, caller, timing)
         )

@@ -16,7 +16,7 @@ import asyncio
 
 from ray import serve
 
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.models import (
     Citation,
     CollectionInfo,
@@ -29,7 +29,7 @@ from core.models import (
 from core.names import SHARED_PREFIX
 from core.setting_groups import RagSettings
 from rag.collections import physical_name, public_name, tenant_prefix
-from rag.embedder import Embedder
+from rag.embedder import BadTokens, Embedder, InputTooLong
 from rag.ingest import ingest_document
 from rag.store import ChunkStore, make_client
 
@@ -64,6 +64,13 @@ class Retriever:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _embed_queries(self, queries: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self._embedder.embed, queries)
+
+    async def embed(self, inputs: list[str] | list[list[int]]) -> tuple[list[list[float]], int]:
+        """`/v1/embeddings`: the vectors of texts or token lists, and the tokens the model was fed."""
+        try:
+            return await asyncio.to_thread(self._embedder.embed_inputs, inputs)
+        except (InputTooLong, BadTokens) as exc:
+            raise InvalidRequest(str(exc), param=f"input[{exc.index}]") from exc
 
     async def ingest(self, request: IngestRequest, tenant: str) -> IngestResponse:
         name = request.collection or self._rag.collection

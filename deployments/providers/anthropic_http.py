@@ -107,6 +107,7 @@ def to_anthropic(messages: list[dict[str, Any]], params: GenerationParams) -> di
 
 class AnthropicProvider(HTTPProvider):
     kind = "anthropic"
+    completes = False  # the Messages API has no raw-prompt completions
 
     def refuses(self, params: GenerationParams) -> str | None:
         return refused_field(params)

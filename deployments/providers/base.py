@@ -64,13 +64,13 @@ class GenerationParams:
 
 
 def deltas_from_chunk(payload: dict) -> list[EngineDelta]:
-    """An OpenAI `chat.completion.chunk` payload as deltas, one per choice that carries something; the usage,
-    if any, on the last."""
+    """An OpenAI `chat.completion.chunk` (or `text_completion`) payload as deltas, one per choice that carries
+    something; the usage, if any, on the last."""
     deltas = []
     for choice in payload.get("choices") or []:
         delta = choice.get("delta") or {}
         found = EngineDelta(
-            text=delta.get("content") or "",
+            text=delta.get("content") or choice.get("text") or "",  # chat chunk, or text_completion chunk
             finish_reason=choice.get("finish_reason"),
             index=int(choice.get("index") or 0),
             tool_calls=delta.get("tool_calls") or None,
@@ -146,9 +146,12 @@ def status_error(provider: str, status: int, headers: Mapping[str, str], body: s
 
 
 class Provider(Protocol):
+    """`messages`: chat messages, or a raw prompt (str) for providers that `complete` (a completions API)."""
+
     name: str
     kind: str
     price: Price
+    completes: bool
 
     def serves(self, model: str) -> bool: ...
 
@@ -157,7 +160,7 @@ class Provider(Protocol):
         ...
 
     def stream(
-        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]] | str, params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]: ...
 
     async def check_health(self) -> None: ...

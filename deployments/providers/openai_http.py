@@ -11,6 +11,7 @@ from deployments.providers.http_common import HTTPProvider, sse_events
 
 class OpenAIProvider(HTTPProvider):
     kind = "openai"
+    completes = True
 
     def _headers(self) -> dict[str, str]:
         key = self._config.api_key()
@@ -19,24 +20,30 @@ class OpenAIProvider(HTTPProvider):
     def refuses(self, params: GenerationParams) -> str | None:
         return None  # the same API: every field passes through
 
-    def request_body(self, model: str, messages: list[dict[str, Any]], params: GenerationParams) -> dict[str, Any]:
+    def request_body(
+        self, model: str, messages: list[dict[str, Any]] | str, params: GenerationParams
+    ) -> dict[str, Any]:
+        """A chat completions body, or a completions one for a raw prompt (str)."""
+        prompt = {"prompt": messages} if isinstance(messages, str) else {"messages": messages}
         body: dict[str, Any] = {
             "model": self._config.upstream_model(model),
-            "messages": messages,
+            **prompt,
             "stream": True,
             "stream_options": {"include_usage": True},
             **params.fields(),
         }
-        if messages and messages[-1]["role"] == "assistant" and self._config.continuation == "vllm":
+        chat = not isinstance(messages, str)
+        if chat and messages and messages[-1]["role"] == "assistant" and self._config.continuation == "vllm":
             body.update(continue_final_message=True, add_generation_prompt=False)
         return body
 
     async def stream(
-        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]] | str, params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         headers = {**self._headers(), "x-request-id": request_id}
         body = self.request_body(model, messages, params)
-        async for _, data in sse_events(self._client, self.name, "/chat/completions", body, headers):
+        path = "/completions" if isinstance(messages, str) else "/chat/completions"
+        async for _, data in sse_events(self._client, self.name, path, body, headers):
             if "error" in data:
                 error = data["error"] or {}
                 raise ProviderError(self.name, f"stream error: {error.get('message') or error}")

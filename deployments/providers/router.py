@@ -113,9 +113,19 @@ class ProviderRouter:
         await self._record(provider, ok=False)
 
     async def stream(
-        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str, out: RoutedStream
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        params: GenerationParams,
+        request_id: str,
+        out: RoutedStream,
     ) -> AsyncIterator[list[EngineDelta]]:
-        candidates = capable(model, [p for p in self.providers if p.serves(model)], params)
+        serving = [p for p in self.providers if p.serves(model)]
+        if isinstance(messages, str):  # a raw completions prompt: only providers with a completions API
+            serving = [p for p in serving if getattr(p, "completes", False)]
+            if not serving:
+                raise InvalidRequest(f"no provider of model {model!r} serves /v1/completions", param="model")
+        candidates = capable(model, serving, params)
         route = self._strategy.order(candidates, self.stats)
         out.reason = route.reason
         queue = list(route.providers)
@@ -143,7 +153,7 @@ class ProviderRouter:
                     retry_after_s=1,
                 )
             sent = out.text
-            attempt_messages = _continuing(messages, sent) if sent else messages
+            attempt_messages = continuing(messages, sent) if sent else messages
             done = out.usage().completion_tokens
             attempt_params = replace(params, max_tokens=max(1, params.max_tokens - done)) if sent else params
             leg = Leg(provider.name)
@@ -251,9 +261,12 @@ async def close_all(providers: list[Provider]) -> None:
     await asyncio.gather(*(p.aclose() for p in providers), return_exceptions=True)
 
 
-def _continuing(messages: list[dict[str, Any]], sent: str) -> list[dict[str, Any]]:
+def continuing(messages: list[dict[str, Any]] | str, sent: str) -> list[dict[str, Any]] | str:
     """The prompt with the text sent so far as the assistant's message to continue: appended to the assistant
-    prefill a takeover began with (one trailing assistant message: the engine continues only the last)."""
+    prefill a takeover began with (one trailing assistant message: the engine continues only the last). A raw
+    completions prompt simply goes on with the text."""
+    if isinstance(messages, str):
+        return messages + sent
     if messages and messages[-1].get("role") == "assistant":
         return [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + sent}]
     return [*messages, {"role": "assistant", "content": sent}]

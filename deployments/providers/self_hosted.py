@@ -76,6 +76,7 @@ class ServeLLMEngine:
     become ProviderError (the router fails over); the request's own faults stay InvalidRequest."""
 
     kind = "self_hosted"
+    completes = True
 
     def __init__(self, handle: DeploymentHandle, model_id: str, name: str = "self-hosted", price: Price | None = None):
         self.name = name
@@ -91,28 +92,27 @@ class ServeLLMEngine:
         return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
 
     async def stream(
-        self, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
+        self, model: str, messages: list[dict[str, Any]] | str, params: GenerationParams, request_id: str
     ) -> AsyncIterator[list[EngineDelta]]:
         # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
         from vllm.exceptions import VLLMClientError
 
         fields = params.fields()
-        if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
-            fields.update(continue_final_message=True, add_generation_prompt=False)
+        common = {"model": self._model_id, "stream": True, "stream_options": {"include_usage": True}}
         try:
-            request = ChatCompletionRequest(
-                model=self._model_id,
-                messages=messages,
-                stream=True,
-                stream_options={"include_usage": True},
-                request_id=request_id,
-                **fields,
-            )
+            if isinstance(messages, str):  # /v1/completions: the raw prompt
+                request: Any = CompletionRequest(prompt=messages, request_id=request_id, **common, **fields)
+                call = self._stream_handle.completions
+            else:
+                if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
+                    fields.update(continue_final_message=True, add_generation_prompt=False)
+                request = ChatCompletionRequest(messages=messages, request_id=request_id, **common, **fields)
+                call = self._stream_handle.chat
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (pydantic's ValidationError is a ValueError)
             raise InvalidRequest(f"the engine refused the request: {_first_error(exc)}") from exc
         try:
-            async for item in self._stream_handle.chat.remote(request):
+            async for item in call.remote(request):
                 deltas = decode_sse_items(item)
                 if deltas:
                     yield deltas

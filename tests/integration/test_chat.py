@@ -12,7 +12,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def test_models_lists_the_served_models(openai_client):
     # ours, and the one only the (fake) managed fallback provider serves
-    assert sorted(m.id for m in openai_client.models.list().data) == sorted([MODEL, FALLBACK_ONLY_MODEL])
+    assert sorted(m.id for m in openai_client.models.list().data) == sorted(
+        [MODEL, FALLBACK_ONLY_MODEL, "all-MiniLM-L6-v2"]
+    )
 
 
 def test_chat_answers_paris(openai_client):

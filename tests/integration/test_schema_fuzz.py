@@ -22,7 +22,9 @@ def _bounded(case) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if case.path == "/v1/chat/completions":
+    if case.path == "/v1/embeddings" and isinstance(body.get("model"), str):
+        body["model"] = "all-MiniLM-L6-v2"
+    if case.path in ("/v1/chat/completions", "/v1/completions"):
         if isinstance(body.get("model"), str):
             body["model"] = MODEL  # a random model name would only ever meet the 404
         tokens = body.get("max_tokens")
