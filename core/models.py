@@ -66,8 +66,9 @@ class Caller(BaseModel):
     response_id: str = Field(default_factory=lambda: new_id("chatcmpl"), description="The answer's id (journal).")
     reservation_id: str | None = Field(None, description="The limit reservation its answer settles, if any.")
     journal: bool = Field(True, description="Journal the answer (resumable); batch requests are not.")
-    kind: Literal["chat", "text"] = Field(
-        "chat", description="text: a /v1/completions prompt, sent to the engine raw (no chat template)."
+    kind: Literal["chat", "text", "messages"] = Field(
+        "chat",
+        description="text: a /v1/completions prompt, sent to the engine raw; messages: Anthropic's Messages API.",
     )
 
 

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from core.anthropic_messages import whole_message
 from core.completions import Completion, CompletionRequest, completion_chunk, whole_completion
 from core.errors import InvalidRequest, NotFound
 from core.models import Caller, ChatRequest, ChatResponse, new_id
@@ -29,6 +30,7 @@ from deployments.answer_stream import Batch, answer_events
 from deployments.answers import fold
 from deployments.gateway import Principal, Ticket
 from deployments.ingress_state import IngressState, ingress_state, principal
+from deployments.messages_stream import messages_sse
 from deployments.sse import SSEResponse, prepend, sse_frames
 from observability import prom
 
@@ -58,7 +60,7 @@ async def chat_completions(
         ) from exc
     # What the request asks, not how it wants it delivered: a retry may stream what the first did not.
     meaning = body.model_dump(mode="json", exclude={"stream", "stream_options"})
-    return await _answer(ingress, who, chat, who.caller(), idempotency_key, meaning)
+    return await answer(ingress, who, chat, who.caller(), idempotency_key, meaning)
 
 
 @router.post("/v1/completions", response_model=Completion)
@@ -79,10 +81,10 @@ async def completions(
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
     caller = who.caller().model_copy(update={"kind": "text", "response_id": new_id("cmpl")})
     meaning = {"completions": body.model_dump(mode="json", exclude={"stream", "stream_options"})}
-    return await _answer(ingress, who, chat, caller, idempotency_key, meaning)
+    return await answer(ingress, who, chat, caller, idempotency_key, meaning)
 
 
-async def _answer(
+async def answer(
     ingress: IngressState,
     who: Principal,
     chat: ChatRequest,
@@ -210,6 +212,8 @@ async def _respond(
         headers["x-llmserve-provider"] = result.provider or ""
         if result.cost_usd is not None:
             headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
+        if caller.kind == "messages":
+            return JSONResponse(whole_message(result), headers=headers)
         whole = whole_completion(result) if text else result
         return JSONResponse(whole.model_dump(mode="json", exclude_none=True), headers=headers)
     first: Batch = []
@@ -229,5 +233,8 @@ async def _respond(
     if provider:
         headers["x-llmserve-provider"] = provider
     on_close = ticket.finish if ticket is not None else lambda: None
-    frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None)
+    if caller.kind == "messages":
+        frames = messages_sse(prepend(first, events), request_id)
+    else:
+        frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None)
     return SSEResponse(frames, on_close=on_close, headers=headers, write_timeout_s=ingress.write_timeout_s)

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import LLMServeError, PayloadTooLarge, PermissionDenied
 from core.names import validate_tenant_id
 from deployments.gateway import Gateway
-from deployments.http_errors import error_response
+from deployments.http_errors import error_response, route_path
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GUARDED = ("/v1/", "/admin/")
@@ -49,7 +49,7 @@ class GatewayMiddleware:
         path = route_path(scope)
         if path.startswith(_GUARDED) or path in ("/v1", "/admin"):
             try:
-                principal = await self._gateway.authenticate(headers.get("authorization", ""))
+                principal = await self._gateway.authenticate(_authorization(headers))
                 if path.startswith("/admin") and not principal.admin:
                     raise PermissionDenied("admin routes need an admin key")
                 if headers.get(TENANT_HEADER):
@@ -60,20 +60,16 @@ class GatewayMiddleware:
                 limit = self._max_file_bytes if uploading else self._max_body_bytes
                 receive = await _bounded_body(headers, receive, limit)
             except LLMServeError as exc:
-                await error_response(exc, request_id)(scope, receive, send)
+                await error_response(exc, request_id, path)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def route_path(scope: Scope) -> str:
-    """The path the app routes: the ASGI path after the root path (as starlette._utils.get_route_path, which
-    Starlette's router matches with)."""
-    path, root = scope["path"], scope.get("root_path", "")
-    if not root or not path.startswith(root):
-        return path
-    if path == root:
-        return "/"
-    return path[len(root) :] if path[len(root)] == "/" else path
+def _authorization(headers: dict[str, str]) -> str:
+    """`Authorization: Bearer <key>`, or Anthropic clients' `x-api-key: <key>`."""
+    if headers.get("authorization") or not headers.get("x-api-key"):
+        return headers.get("authorization", "")
+    return f"Bearer {headers['x-api-key']}"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
