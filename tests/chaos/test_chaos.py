@@ -7,13 +7,14 @@ For each: every stream completes (resumed from its last event id where its conne
 text equals the stored assistant turn, stored once, and the service answers again soon after."""
 
 import asyncio
+import json
 import time
 import uuid
 
 import httpx
 import pytest
 
-from benchmarks.chaos import Chaos, answered, run_role, stream_one, wait_answering
+from benchmarks.chaos import MODEL, Chaos, answered, run_role, stream_one, wait_answering
 
 pytestmark = pytest.mark.chaos
 
@@ -124,3 +125,94 @@ def test_a_client_that_disconnects_resumes_even_after_the_orchestrator_died_mean
     assert result.finished, result
     messages = httpx.get(f"{base}/v1/conversations/{cid}", headers={"Authorization": f"Bearer {stack.key}"}).json()
     assert messages["messages"][-1] == {"role": "assistant", "content": result.text}
+
+
+async def _resumable(base: str, key: str, path: str, body: dict, progress: list[int]) -> dict:
+    """A streamed answer from `path`, resumed at GET {path}/{id} from its last event whenever it breaks; its
+    events' data and the error it ended with, if any."""
+    from httpx_sse import aconnect_sse
+
+    headers = {"Authorization": f"Bearer {key}"}
+    out: dict = {"events": [], "error": None, "id": None, "last": "0", "resumes": 0}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=60)) as client:
+        for _ in range(40):
+            if out["id"] is None:
+                call = ("POST", f"{base}{path}", {"json": body})
+            else:
+                out["resumes"] += 1
+                call = (
+                    "GET",
+                    f"{base}{path}/{out['id']}",
+                    {"params": {"stream": "true", "starting_after": out["last"]}},
+                )
+            try:
+                async with aconnect_sse(client, call[0], call[1], headers=headers, **call[2]) as source:
+                    if source.response.status_code != 200:
+                        await asyncio.sleep(1)
+                        continue
+                    async for event in source.aiter_sse():
+                        if event.data == "[DONE]":
+                            return out
+                        data = json.loads(event.data)
+                        if "error" in data:
+                            out["error"] = data["error"]
+                            return out
+                        out["id"], out["last"] = data["id"], event.id or out["last"]
+                        out["events"].append(data)
+                        progress[0] += 1
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5)
+    return out
+
+
+def test_a_completion_is_taken_over_from_its_raw_prompt_when_its_orchestrator_dies(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    body = {"model": MODEL, "prompt": "Once upon a time, a fox", "max_tokens": 40, "temperature": 0,
+            "stream": True}  # fmt: skip
+
+    async def scenario():
+        progress = [0]
+        task = asyncio.ensure_future(_resumable(base, stack.key, "/v1/completions", body, progress))
+        while progress[0] < 3 and not task.done():
+            await asyncio.sleep(0.05)
+        stack.hurt("orchestrator")()
+        return await task
+
+    result = asyncio.run(scenario())
+    print({k: v for k, v in result.items() if k != "events"}, len(result["events"]), "events")
+    assert result["error"] is None, result
+    text = "".join(c["text"] for e in result["events"] for c in e["choices"])
+    assert any(c.get("finish_reason") for e in result["events"] for c in e["choices"]), result
+    stored = httpx.get(f"{base}/v1/completions/{result['id']}", headers={"Authorization": f"Bearer {stack.key}"})
+    assert stored.json()["choices"][0]["text"] == text and text  # what the client saw is what was stored
+
+
+def test_a_tool_call_cut_off_by_a_death_is_an_error_never_a_broken_call(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    tool = {"type": "function", "function": {"name": "record", "parameters": {
+        "type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}}}  # fmt: skip
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story about a fox."}],
+            "tools": [tool], "tool_choice": "required", "max_tokens": 120, "temperature": 0, "stream": True,
+            "rag": False}  # fmt: skip
+
+    async def scenario():
+        progress = [0]
+        task = asyncio.ensure_future(_resumable(base, stack.key, "/v1/chat/completions", body, progress))
+        while progress[0] < 4 and not task.done():
+            await asyncio.sleep(0.05)
+        stack.hurt("orchestrator")()
+        return await task
+
+    result = asyncio.run(scenario())
+    print({k: v for k, v in result.items() if k != "events"}, len(result["events"]), "events")
+    arguments = "".join(
+        (call.get("function") or {}).get("arguments") or ""
+        for e in result["events"] for c in e["choices"] for call in (c.get("delta") or {}).get("tool_calls") or []
+    )  # fmt: skip
+    if result["error"] is not None:  # cut off mid-call: said so, nothing continued from text
+        assert result["error"]["code"] == "answer_interrupted", result
+    else:  # the call was whole before the death reached it
+        assert isinstance(json.loads(arguments)["story"], str)

@@ -19,6 +19,7 @@ class Scripted:
     delay_s: float = 0.0
     name: str = "scripted"
     kind: str = "self_hosted"
+    completes: bool = True  # takes a raw prompt (str) as well as chat messages
     price: Price = field(default_factory=lambda: Price(1.0, 2.0))
     seen: list[list[dict]] = field(default_factory=list)
 

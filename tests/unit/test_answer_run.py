@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 
+from core.errors import ServiceUnavailable
 from core.models import Caller, ChatRequest
 from core.tokens import TokenCounter
 from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
@@ -125,6 +126,57 @@ def test_a_takeover_continues_the_journaled_text_and_commits_the_whole_answer_on
             assert [m.content for m in history] == ["Say hello.", "Hello there friend"]
             usage = await s.limiter.usage(TENANT, KEY)
             assert usage["requests"] == 1 and usage["completion_tokens"] == 2 + TokenCounter().count_text("Hello")
+
+    asyncio.run(go())
+
+
+async def _journaled_then_taken_over(s: RunServices, t: Turn, events: list[dict]) -> AnswerRun:
+    """`t`'s journal holds `events` and its writer died: a run taking it over, started."""
+    rid = t.chunk_id
+    await s.journal.open(TENANT, rid, t.record(), t.caller.model_dump())
+    await s.journal.append(TENANT, rid, 1, [Event(i, e) for i, e in enumerate(events, 1)], len(events))
+    status, epoch = await s.journal.take_over(TENANT, rid, force=True)
+    assert status == "taken"
+    meta = await s.journal.meta(TENANT, rid)
+    resumed = Turn.from_record(meta["request"], Caller.model_validate(meta["caller"]), rid)
+    run = AnswerRun(resumed, s, epoch=epoch, prefix=await s.journal.events(TENANT, rid))
+    run.start(on_done=lambda _: None)
+    return run
+
+
+def test_a_completion_is_taken_over_by_continuing_its_raw_prompt(redis_prefix):
+    async def go():
+        provider = Scripted([" there", " friend"])
+        async with services(redis_prefix, provider) as (_, s, _statuses):
+            request = ChatRequest(model="m", messages=[{"role": "user", "content": "Once upon"}], max_tokens=8)
+            caller = Caller(tenant=TENANT, key_id=KEY, response_id="cmpl-1", kind="text")
+            t = Turn(request, caller, "cmpl-1", "Once upon", GenerationParams(max_tokens=8), [])
+            hello = {"id": "cmpl-1", "choices": [{"index": 0, "delta": {"content": " a time"}}]}
+            run = await _journaled_then_taken_over(s, t, [hello])
+            await follow_all(run, after=1)
+            assert provider.seen == ["Once upon a time"]  # the raw prompt went on with the text, no template
+            assert text_of(await s.journal.events(TENANT, "cmpl-1")) == " a time there friend"
+
+    asyncio.run(go())
+
+
+def test_a_tool_call_taken_over_mid_way_ends_interrupted_not_continued_as_text(redis_prefix):
+    async def go():
+        provider = Scripted([" never"])
+        async with services(redis_prefix, provider) as (_, s, _statuses):
+            tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+            request = ChatRequest(model="m", messages=HI, tools=[tool], tool_choice="required", max_tokens=8)
+            caller = Caller(tenant=TENANT, key_id=KEY, response_id="chatcmpl-9")
+            params = GenerationParams(max_tokens=8, tools=[tool], tool_choice="required")
+            t = Turn(request, caller, "chatcmpl-9", HI, params, [])
+            half = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a'}}
+            run = await _journaled_then_taken_over(
+                s, t, [{"id": "chatcmpl-9", "choices": [{"index": 0, "delta": {"tool_calls": [half]}}]}]
+            )
+            with pytest.raises(ServiceUnavailable) as cut:
+                await follow_all(run, after=1)
+            assert cut.value.code == "answer_interrupted" and provider.seen == []
+            assert (await s.journal.meta(TENANT, "chatcmpl-9"))["status"] == "failed"
 
     asyncio.run(go())
 
