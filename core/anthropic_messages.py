@@ -7,13 +7,13 @@ event sequence is built in deployments/messages_api.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.models import ChatRequest, ChatResponse, RagOptions
+from core.refusals import OffValues, refuse_unless_off
 
 _REFUSED = "not supported by this server yet"
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -57,6 +57,15 @@ class MessageParam(BaseModel):
 
     role: Literal["user", "assistant"]
     content: str | list[Block]
+
+    @model_validator(mode="after")
+    def _blocks_of_the_role(self) -> MessageParam:
+        wrong = ToolResultBlock if self.role == "assistant" else ToolUseBlock
+        if isinstance(self.content, list) and any(isinstance(b, wrong) for b in self.content):
+            raise ValueError(
+                f"{wrong.model_fields['type'].annotation.__args__[0]} blocks do not belong in {self.role} messages"
+            )
+        return self
 
 
 class AnthropicTool(BaseModel):
@@ -103,7 +112,7 @@ class OutputConfig(BaseModel):
         return value
 
 
-_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
+_OFF_VALUES: OffValues = {
     "top_k": lambda v: v is None,
     "thinking": lambda v: v is None or v.get("type") == "disabled",
     "container": lambda v: v is None,
@@ -149,10 +158,8 @@ class MessagesRequest(BaseModel):
 
     @field_validator(*_OFF_VALUES, mode="before")
     @classmethod
-    def _unserved(cls, value: Any, info: ValidationInfo) -> Any:
-        if not _OFF_VALUES[info.field_name](value):
-            raise PydanticCustomError("unsupported_parameter", "{name} is " + _REFUSED, {"name": info.field_name})
-        return value
+    def _unserved(cls, value: Any, info: ValidationInfo) -> None:
+        return refuse_unless_off(_OFF_VALUES, value, info.field_name, _REFUSED)
 
     def as_chat(self, request_id: str | None) -> ChatRequest:
         """The chat request it runs as (raises pydantic's ValidationError for what only chat checks)."""
@@ -214,11 +221,16 @@ def _chat_messages(m: MessageParam) -> list[dict[str, Any]]:
         for b in m.content
         if isinstance(b, ToolResultBlock)
     ]
-    if any(isinstance(b, ToolUseBlock) for b in m.content):
-        raise PydanticCustomError("invalid_value", "tool_use blocks belong in assistant messages", {})
     if text or not out:
         out.append({"role": "user", "content": text})
     return out
+
+
+def stop_reason(finish: str | None, called: bool) -> str:
+    """Anthropic's stop reason: max_tokens first (a call cut off there is not a call to run), then tool_use."""
+    if finish == "length":
+        return "max_tokens"
+    return "tool_use" if called else STOP_REASONS.get(finish or "stop", "end_turn")
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -248,8 +260,7 @@ def whole_message(answer: ChatResponse) -> dict[str, Any]:
                 "input": tool_input(call.function.arguments),
             }
         )
-    finish = choice.finish_reason or "stop"
-    stop = "tool_use" if choice.message.tool_calls else STOP_REASONS.get(finish, "end_turn")
+    stop = stop_reason(choice.finish_reason, bool(choice.message.tool_calls))
     return {
         "id": message_id(answer.id),
         "type": "message",

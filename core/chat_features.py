@@ -137,7 +137,7 @@ def merge_tool_call_deltas(deltas: list[ToolCallDelta]) -> list[ToolCall]:
         if d.function is not None:
             call["name"] = d.function.name or call["name"]
             call["arguments"] += d.function.arguments or ""
-    return [
-        ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
-        for _, c in sorted(calls.items())
+    return [  # an upstream that gave no id still gets one: clients send it back with the tool's result
+        ToolCall(id=c["id"] or f"call_{i}", function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+        for i, c in sorted(calls.items())
     ]

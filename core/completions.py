@@ -5,18 +5,17 @@ the journal), with the prompt sent to the engine untouched; its chunks are resha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
 from core.chat_features import MAX_CHOICES
 from core.models import ChatChunk, ChatRequest, ChatResponse, StreamOptions, Usage
+from core.refusals import OffValues, refuse_unless_off
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 _REFUSED = "not supported by this server's completions yet"
-_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
+_OFF_VALUES: OffValues = {
     "logprobs": lambda v: v is None,
     "echo": lambda v: not v,
     "suffix": lambda v: v is None,
@@ -53,12 +52,10 @@ class CompletionRequest(BaseModel):
             raise ValueError("one prompt per request (send a list of one, or a string)")
         return value
 
-    @field_validator(*_OFF_VALUES)
+    @field_validator(*_OFF_VALUES, mode="before")
     @classmethod
-    def _refused(cls, value: Any, info: ValidationInfo) -> Any:
-        if not _OFF_VALUES[info.field_name](value):
-            raise PydanticCustomError("unsupported_parameter", "{name} is " + _REFUSED, {"name": info.field_name})
-        return value
+    def _refused(cls, value: Any, info: ValidationInfo) -> None:
+        return refuse_unless_off(_OFF_VALUES, value, info.field_name, _REFUSED)
 
     @property
     def text(self) -> str:

@@ -25,6 +25,7 @@ from core.chat_features import (
     ToolChoice,
 )
 from core.names import CONVERSATION_ID_RE, CONVERSATION_ID_RULE
+from core.refusals import UNSERVED, refuse_unless_off
 
 # OpenAI request fields this server does not serve yet, each with the test for its "off" value: sent off, a field
 # is accepted (clients and frameworks send defaults); sent on, it is a 400 naming it (`unsupported_parameter`),
@@ -43,13 +44,7 @@ _MESSAGE_OFF_VALUES: dict[str, Callable[[Any], bool]] = {
     "audio": lambda v: v is None,
     "refusal": lambda v: v is None,
 }
-_UNSERVED = "not supported by this server yet"
-
-
-def _refuse_unless_off(off: dict[str, Callable[[Any], bool]], value: Any, name: str) -> None:
-    if not off[name](value):
-        raise PydanticCustomError("unsupported_parameter", "{name} is " + _UNSERVED, {"name": name})
-    return None
+_UNSERVED = UNSERVED
 
 
 def new_id(prefix: str) -> str:
@@ -66,9 +61,9 @@ class Caller(BaseModel):
     response_id: str = Field(default_factory=lambda: new_id("chatcmpl"), description="The answer's id (journal).")
     reservation_id: str | None = Field(None, description="The limit reservation its answer settles, if any.")
     journal: bool = Field(True, description="Journal the answer (resumable); batch requests are not.")
-    kind: Literal["chat", "text", "messages"] = Field(
+    kind: Literal["chat", "text", "messages", "responses"] = Field(
         "chat",
-        description="text: a /v1/completions prompt, sent to the engine raw; messages: Anthropic's Messages API.",
+        description="The API it came by (the shape of its answer); text: a /v1/completions prompt, sent raw.",
     )
 
 
@@ -116,7 +111,7 @@ class ChatMessage(BaseModel):
     @field_validator(*_MESSAGE_OFF_VALUES, mode="before")
     @classmethod
     def _unserved(cls, value: Any, info: ValidationInfo) -> None:
-        return _refuse_unless_off(_MESSAGE_OFF_VALUES, value, info.field_name)
+        return refuse_unless_off(_MESSAGE_OFF_VALUES, value, info.field_name)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -194,7 +189,7 @@ class ChatRequest(BaseModel):
     @field_validator(*_OFF_VALUES, mode="before")
     @classmethod
     def _unserved(cls, value: Any, info: ValidationInfo) -> None:
-        return _refuse_unless_off(_OFF_VALUES, value, info.field_name)
+        return refuse_unless_off(_OFF_VALUES, value, info.field_name)
 
     @field_validator("rag", mode="before")
     @classmethod
@@ -255,13 +250,6 @@ class ChatRequest(BaseModel):
     @property
     def choices(self) -> int:
         return self.n or 1
-
-    @property
-    def structured(self) -> bool:
-        """The answer is shaped by a grammar or holds several choices: another provider cannot continue it from
-        its text as an assistant prefill (a failover or takeover mid-answer starts nothing it cannot finish)."""
-        tools = bool(self.tools) and self.tool_choice != "none"
-        return tools or bool(self.response_format and self.response_format.structured) or self.choices > 1
 
     @property
     def include_usage(self) -> bool:

@@ -31,7 +31,7 @@ from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChunkChoice
 from core.tokens import TokenCounter
 from deployments.handles import detached
 from deployments.providers.base import EngineDelta, GenerationParams
-from deployments.providers.router import ProviderRouter, RoutedStream, continuing
+from deployments.providers.router import ProviderRouter, RoutedStream, continuing, interrupted
 from deployments.run_metrics import Timing
 from state.conversations import ConversationStore
 from state.journal import Event, Journal
@@ -121,7 +121,8 @@ class AnswerRun:
         self._journaled = turn.caller.journal
         self.events: list[Event] = list(prefix or [])
         self._seq = self.events[-1].seq if self.events else 0
-        self._prefix_text = "".join(_text(e.chunk) for e in self.events)
+        self._prefix_text = "".join(_text(e.chunk) for e in self.events)  # the first choice's: continued
+        self._prefix_generated = "".join(_generated(e.chunk) for e in self.events)  # all of it: counted
         self.routed = RoutedStream()
         self.finish_reason = next((r for e in self.events if (r := _finish(e.chunk))), None)
         self.error: BaseException | None = None
@@ -269,18 +270,14 @@ class AnswerRun:
 
     async def _chunks(self) -> AsyncIterator[list[ChatChunk]]:
         turn, routed = self.turn, self.routed
-        if self.finish_reason is not None:  # a takeover of an answer that was whole already
+        whole = self.finish_reason is not None and len(_finished(self.events)) >= (turn.params.n or 1)
+        if whole:  # a takeover of an answer that was whole already
             if not any("usage" in e.chunk for e in self.events):
                 yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
             return
         prompt, params = turn.prompt, turn.params
         if params.structured and any(_output(e.chunk) for e in self.events):
-            raise ServiceUnavailable(
-                "the answer's replica died mid-way, and an answer with tool calls, a response_format or several "
-                "choices cannot be continued from its text; retry it",
-                code="answer_interrupted",
-                retry_after_s=1,
-            )
+            raise interrupted("its replica died")
         if self._prefix_text:  # continue the journaled text
             prompt = continuing(prompt, self._prefix_text)
             done = self._s.tokens.count_text(self._prefix_text)
@@ -382,20 +379,21 @@ class AnswerRun:
                            self.response_id, caller.reservation_id, usage.total_tokens)  # fmt: skip
 
     def _usage(self) -> Usage:
-        """What the providers reported, plus, for a takeover, the journaled text counted exactly."""
+        """What the providers reported, plus, for a takeover, what was journaled (every choice, tool-call
+        arguments) counted exactly."""
         usage = self.routed.usage()
-        if not self._prefix_text:
+        if not self._prefix_generated:
             return usage
         prompt = usage.prompt_tokens or self._s.tokens.count_messages(self.turn.prompt)
-        completion = usage.completion_tokens + self._s.tokens.count_text(self._prefix_text)
+        completion = usage.completion_tokens + self._s.tokens.count_text(self._prefix_generated)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
     def _cost(self) -> float:
         cost = self.routed.cost_usd
-        if self._prefix_text:  # the journaled part, at the first provider's price
+        if self._prefix_generated:  # the journaled part, at the first provider's price
             provider = next(iter(self._s.router.providers), None)
             if provider is not None:
-                cost += provider.price.cost(0, self._s.tokens.count_text(self._prefix_text))
+                cost += provider.price.cost(0, self._s.tokens.count_text(self._prefix_generated))
         return cost
 
 
@@ -427,6 +425,21 @@ def _first_choices(chunk: dict) -> list[dict]:
 def _text(chunk: dict) -> str:
     """The first choice's text in a journaled chunk (what a takeover continues)."""
     return "".join((c.get("delta") or {}).get("content") or "" for c in _first_choices(chunk))
+
+
+def _generated(chunk: dict) -> str:
+    """Every choice's text and tool-call arguments in a journaled chunk."""
+    out = []
+    for c in chunk.get("choices") or []:
+        delta = c.get("delta") or {}
+        out.append(delta.get("content") or "")
+        out += [(t.get("function") or {}).get("arguments") or "" for t in delta.get("tool_calls") or []]
+    return "".join(out)
+
+
+def _finished(events: list[Event]) -> set[int]:
+    """The choices that have their finish reason."""
+    return {c.get("index") or 0 for e in events for c in e.chunk.get("choices") or [] if c.get("finish_reason")}
 
 
 def _output(chunk: dict) -> bool:

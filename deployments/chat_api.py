@@ -26,11 +26,14 @@ from core.anthropic_messages import whole_message
 from core.completions import Completion, CompletionRequest, completion_chunk, whole_completion
 from core.errors import InvalidRequest, NotFound
 from core.models import Caller, ChatRequest, ChatResponse, new_id
+from core.responses import finished_response
 from deployments.answer_stream import Batch, answer_events
 from deployments.answers import fold
 from deployments.gateway import Principal, Ticket
+from deployments.http_errors import invalid_request_from
 from deployments.ingress_state import IngressState, ingress_state, principal
 from deployments.messages_stream import messages_sse
+from deployments.responses_stream import responses_sse
 from deployments.sse import SSEResponse, prepend, sse_frames
 from observability import prom
 
@@ -76,9 +79,7 @@ async def completions(
     try:
         chat = body.as_chat(request.state.request_id)
     except ValidationError as exc:  # what only the chat request checks (stop, logit_bias, ...)
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+        raise invalid_request_from(exc) from exc
     caller = who.caller().model_copy(update={"kind": "text", "response_id": new_id("cmpl")})
     meaning = {"completions": body.model_dump(mode="json", exclude={"stream", "stream_options"})}
     return await answer(ingress, who, chat, caller, idempotency_key, meaning)
@@ -144,6 +145,8 @@ async def chat_completion(
     caller = Caller.model_validate(meta["caller"])
     if not stream:
         return await _respond(ingress, chat.model_copy(update={"stream": False}), caller, 0, None, None)
+    if caller.kind in ("messages", "responses"):  # their event streams are not rebuilt from the middle
+        raise InvalidRequest(f"a {caller.kind} answer is read back whole here, not resumed", param="stream")
     after = starting_after
     if after is None and last_event_id is not None:
         if not re.fullmatch(r"[0-9]{1,18}", last_event_id):
@@ -214,8 +217,15 @@ async def _respond(
             headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
         if caller.kind == "messages":
             return JSONResponse(whole_message(result), headers=headers)
-        whole = whole_completion(result) if text else result
-        return JSONResponse(whole.model_dump(mode="json", exclude_none=True), headers=headers)
+        if caller.kind == "responses":
+            record = await ingress.responses.get(caller.tenant, caller.response_id) or {}
+            return JSONResponse(finished_response(caller.response_id, record, result), headers=headers)
+        if text:
+            return JSONResponse(whole_completion(result).model_dump(mode="json", exclude_none=True), headers=headers)
+        body = result.model_dump(mode="json", exclude_none=True)
+        for choice in body["choices"]:  # a tool-call-only answer has content null, as OpenAI sends it
+            choice["message"].setdefault("content", None)
+        return JSONResponse(body, headers=headers)
     first: Batch = []
     try:
         # Wait for the first events before sending the status line, so that errors raised before any output
@@ -235,6 +245,9 @@ async def _respond(
     on_close = ticket.finish if ticket is not None else lambda: None
     if caller.kind == "messages":
         frames = messages_sse(prepend(first, events), request_id)
+    elif caller.kind == "responses":
+        record = await ingress.responses.get(caller.tenant, caller.response_id) or {}
+        frames = responses_sse(prepend(first, events), request_id, caller.response_id, record)
     else:
         frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None)
     return SSEResponse(frames, on_close=on_close, headers=headers, write_timeout_s=ingress.write_timeout_s)

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from deployments import admin_api, batch_api, chat_api, embeddings_api, messages_api, openai_api, rag_api
+from deployments import (
+    admin_api,
+    batch_api,
+    chat_api,
+    embeddings_api,
+    messages_api,
+    openai_api,
+    rag_api,
+    responses_api,
+)
 from deployments.http_errors import install_error_handlers
 from deployments.ingress_state import IngressState
 from deployments.middleware import GatewayMiddleware
@@ -27,6 +36,7 @@ def build_http_app(state: IngressState, max_body_bytes: int) -> FastAPI:
     app.include_router(openai_api.router)
     app.include_router(embeddings_api.router)
     app.include_router(messages_api.router)
+    app.include_router(responses_api.router)
     app.include_router(rag_api.router)
     app.include_router(batch_api.router)  # /v1/files, /v1/batches
     app.include_router(admin_api.router)

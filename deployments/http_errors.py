@@ -8,11 +8,12 @@ import json
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from core import errors
-from core.errors import LLMServeError, QuotaExceeded
+from core.errors import InvalidRequest, LLMServeError, QuotaExceeded
 from observability import prom
 
 _STARLETTE_TYPES = {
@@ -85,6 +86,14 @@ def route_path(scope: Scope) -> str:
     if path == root:
         return "/"
     return path[len(root) :] if path[len(root)] == "/" else path
+
+
+def invalid_request_from(exc: ValidationError) -> InvalidRequest:
+    """A request that is valid as sent but not as the chat request it runs as (completions, Messages, Responses):
+    its first problem, named."""
+    first = exc.errors()[0]
+    param = _param(tuple(first["loc"]))
+    return InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param)
 
 
 def _param(loc: tuple) -> str | None:

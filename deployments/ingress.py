@@ -40,6 +40,7 @@ from state.interactive_load import InteractiveLoad
 from state.journal import Journal
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
+from state.responses import ResponseStore
 
 
 @serve.deployment(name="Ingress")
@@ -96,6 +97,7 @@ class Ingress:
             batches=BatchStore(client, state.redis_prefix),
             grants=SharedGrants(client, state.redis_prefix),
             journal=Journal(client, state.redis_prefix, state.journal_ttl_s),
+            responses=ResponseStore(client, state.redis_prefix, state.journal_ttl_s),
             batch=batch,
             routing=routing,
             pricing=pricing,

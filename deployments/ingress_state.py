@@ -22,6 +22,7 @@ from state.conversations import ConversationStore
 from state.files import FileStore
 from state.journal import Journal
 from state.rag_grants import SharedGrants
+from state.responses import ResponseStore
 
 logger = logging.getLogger("llmserve.ingress")
 
@@ -39,6 +40,7 @@ class IngressState:
     batches: BatchStore
     grants: SharedGrants
     journal: Journal
+    responses: ResponseStore
     batch: BatchSettings
     routing: RoutingSettings
     pricing: PricingSettings

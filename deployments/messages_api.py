@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import ValidationError
 
 from core.anthropic_messages import MessagesRequest
-from core.errors import InvalidRequest
 from core.models import new_id
 from deployments.chat_api import IDEMPOTENCY_KEY_MAX, answer
 from deployments.gateway import Principal
+from deployments.http_errors import invalid_request_from
 from deployments.ingress_state import IngressState, ingress_state, principal
 
 router = APIRouter()
@@ -32,9 +32,7 @@ async def messages(
     try:
         chat = body.as_chat(request.state.request_id)
     except ValidationError as exc:  # what only the chat request checks (tool messages, conversation ids, ...)
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from exc
+        raise invalid_request_from(exc) from exc
     caller = who.caller().model_copy(update={"kind": "messages", "response_id": new_id("msg")})
     meaning = {"messages": body.model_dump(mode="json", exclude={"stream"})}
     return await answer(ingress, who, chat, caller, idempotency_key, meaning)

@@ -9,12 +9,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from core.anthropic_messages import STOP_REASONS, message_id
+from core.anthropic_messages import message_id, stop_reason
 from core.models import ChatChunk
 from deployments.http_errors import anthropic_error_body, error_body
+from deployments.sse import Batch
 
 logger = logging.getLogger("llmserve.ingress")
-Batch = list[tuple[int, ChatChunk]]
 
 
 def _event(name: str, data: dict[str, Any]) -> str:
@@ -28,6 +28,7 @@ class _Blocks:
         self.index = -1
         self.open: str | None = None
         self.tool_use = False
+        self.calls: set[int] = set()  # tool calls (by their index) given a block
 
     def start(self, kind: str, block: dict[str, Any]) -> list[str]:
         out = self.close()
@@ -58,9 +59,11 @@ def _chunk_events(chunk: ChatChunk, blocks: _Blocks) -> tuple[list[str], str | N
                 out += blocks.start("text", {"type": "text", "text": ""})
             out.append(blocks.delta({"type": "text_delta", "text": delta.content}))
         for call in delta.tool_calls or []:
-            if call.id:
+            if call.index not in blocks.calls:  # a new call (some upstreams repeat the id on every piece)
+                blocks.calls.add(call.index)
                 name = call.function.name if call.function else ""
-                out += blocks.start("tool_use", {"type": "tool_use", "id": call.id, "name": name, "input": {}})
+                block = {"type": "tool_use", "id": call.id or f"toolu_{call.index}", "name": name, "input": {}}
+                out += blocks.start("tool_use", block)
             if call.function and call.function.arguments:
                 out.append(blocks.delta({"type": "input_json_delta", "partial_json": call.function.arguments}))
         finish = choice.finish_reason or finish
@@ -85,7 +88,7 @@ async def messages_sse(batches: AsyncIterator[Batch], request_id: str | None) ->
                 usage = chunk.usage or usage
             if out:
                 yield "".join(out)
-        stop = "tool_use" if blocks.tool_use else STOP_REASONS.get(finish or "stop", "end_turn")
+        stop = stop_reason(finish, blocks.tool_use)
         counted = {"input_tokens": usage.prompt_tokens if usage else 0,
                    "output_tokens": usage.completion_tokens if usage else 0}  # fmt: skip
         closing = [*blocks.close(), _event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},

@@ -40,23 +40,38 @@ class Embedder:
         self._batch_size = batch_size
 
     def embed_inputs(self, inputs: Sequence[str | Sequence[int]]) -> tuple[list[list[float]], int]:
-        """Texts or token-id lists (this model's tokenizer) as vectors, and the tokens the model was fed (special
-        tokens included). Raises InputTooLong or BadTokens naming the input."""
+        """Texts or token-id lists (this model's tokenizer; embedded as given, not decoded and re-read) as vectors,
+        and the tokens the model was fed (special tokens included). Raises InputTooLong or BadTokens naming the
+        input."""
         tokenizer, limit = self._model.tokenizer, self._model.max_seq_length
-        texts, total = [], 0
+        texts: dict[int, str] = {}
+        ids: dict[int, list[int]] = {}
+        total = 0
         for index, item in enumerate(inputs):
             if isinstance(item, str):
                 count = len(tokenizer(item)["input_ids"])
-                texts.append(item)
+                texts[index] = item
             else:
                 if any(not 0 <= t < tokenizer.vocab_size for t in item):
                     raise BadTokens(index, tokenizer.vocab_size)
-                texts.append(tokenizer.decode(list(item), skip_special_tokens=True))
-                count = len(item) + 2  # with [CLS] and [SEP]
+                ids[index] = [tokenizer.cls_token_id, *item, tokenizer.sep_token_id]
+                count = len(ids[index])
             if count > limit:
                 raise InputTooLong(index, count, limit)
             total += count
-        return self.embed(texts), total
+        vectors = dict(zip(texts, self.embed(list(texts.values())), strict=True))
+        if ids:
+            vectors.update(zip(ids, self._embed_ids(list(ids.values())), strict=True))
+        return [vectors[i] for i in range(len(inputs))], total
+
+    def _embed_ids(self, sequences: list[list[int]]) -> list[list[float]]:
+        import torch
+
+        batch = self._model.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        with torch.no_grad():
+            vectors = self._model(dict(batch))["sentence_embedding"]
+        return torch.nn.functional.normalize(vectors, p=2, dim=1).tolist()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-length vectors, so cosine similarity is a dot product."""

@@ -131,6 +131,7 @@ class AnthropicProvider(HTTPProvider):
         )
         prompt_tokens = 0
         calls: dict[int, int] = {}  # content block index -> tool call index
+        given: set[int] = set()  # tool_use blocks whose input came
         async for event, data in sse_events(self._client, self.name, "/v1/messages", body, self._headers()):
             kind = data.get("type", event)
             if kind == "message_start":
@@ -143,7 +144,11 @@ class AnthropicProvider(HTTPProvider):
                                                 "function": named}])]  # fmt: skip
             elif kind == "content_block_delta" and (data.get("delta") or {}).get("type") == "input_json_delta":
                 piece = {"arguments": data["delta"].get("partial_json") or ""}
+                given.add(data.get("index", 0))
                 yield [EngineDelta(tool_calls=[{"index": calls.get(data.get("index", 0), 0), "function": piece}])]
+            elif kind == "content_block_stop" and data.get("index", 0) in calls and data.get("index", 0) not in given:
+                empty = {"index": calls[data.get("index", 0)], "function": {"arguments": "{}"}}  # a call without input
+                yield [EngineDelta(tool_calls=[empty])]
             elif kind == "content_block_delta":
                 text = (data.get("delta") or {}).get("text") or ""
                 if trimmed:

@@ -30,6 +30,12 @@ class EngineDelta:
     def output(self) -> bool:
         return bool(self.text or self.tool_calls)
 
+    @property
+    def generated(self) -> str:
+        """What the model wrote in this step (text and tool-call arguments), for counting tokens."""
+        arguments = "".join((c.get("function") or {}).get("arguments") or "" for c in self.tool_calls or [])
+        return self.text + arguments
+
 
 @dataclass(frozen=True)
 class GenerationParams:

@@ -37,6 +37,7 @@ class Leg:
 
     provider: str
     text: str = ""  # the first choice's text: what another provider continues
+    generated: str = ""  # everything it wrote (every choice, tool-call arguments): counted when it reported no usage
     produced: bool = False  # any output (text or tool calls, in any choice)
     usage: Usage | None = None
     cost_usd: float = 0.0
@@ -146,12 +147,7 @@ class ProviderRouter:
                     recovering.append(provider)
                 continue
             if params.structured and any(leg.produced for leg in out.legs):
-                raise ServiceUnavailable(
-                    "the answer was cut off mid-way and cannot be continued elsewhere (tool calls, a response_format "
-                    "or several choices are not continued from text); retry it",
-                    code="answer_interrupted",
-                    retry_after_s=1,
-                )
+                raise interrupted(f"its provider {out.legs[-1].provider} failed")
             sent = out.text
             attempt_messages = continuing(messages, sent) if sent else messages
             done = out.usage().completion_tokens
@@ -190,6 +186,7 @@ class ProviderRouter:
                         for d in batch:
                             leg.text += d.text if d.index == 0 else ""
                             leg.produced |= d.output
+                            leg.generated += d.generated
                             leg.usage = d.usage or leg.usage
                             out.finish_reason = d.finish_reason or out.finish_reason
                         yield batch
@@ -235,9 +232,20 @@ class ProviderRouter:
     def _settle_leg(self, provider: Provider, leg: Leg, messages: list[dict[str, Any]]) -> None:
         """The leg's usage (counted exactly when the provider stopped before reporting it) and its cost."""
         if leg.usage is None:
-            prompt, completion = self._tokens.count_messages(messages), self._tokens.count_text(leg.text)
+            prompt, completion = self._tokens.count_messages(messages), self._tokens.count_text(leg.generated)
             leg.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
         leg.cost_usd = provider.price.cost(leg.usage.prompt_tokens, leg.usage.completion_tokens)
+
+
+def interrupted(why: str) -> ServiceUnavailable:
+    """An answer with tool calls, a response_format or several choices is not continued from its text (a grammar
+    cannot resume inside a half-written call): cut off mid-way, it ends with this error."""
+    return ServiceUnavailable(
+        f"the answer was cut off mid-way ({why}); an answer with tool calls, a response_format or several choices "
+        "cannot be continued elsewhere: retry it",
+        code="answer_interrupted",
+        retry_after_s=1,
+    )
 
 
 def capable(model: str, providers: list[Provider], params: GenerationParams) -> list[Provider]:

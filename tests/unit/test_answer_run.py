@@ -181,6 +181,23 @@ def test_a_tool_call_taken_over_mid_way_ends_interrupted_not_continued_as_text(r
     asyncio.run(go())
 
 
+def test_several_choices_are_whole_only_when_every_choice_finished(redis_prefix):
+    async def go():
+        provider = Scripted([" never"])
+        async with services(redis_prefix, provider) as (_, s, _statuses):
+            request = ChatRequest(model="m", messages=HI, n=2, max_tokens=8)
+            caller = Caller(tenant=TENANT, key_id=KEY, response_id="chatcmpl-8")
+            t = Turn(request, caller, "chatcmpl-8", HI, GenerationParams(max_tokens=8, n=2), [])
+            first_done = {"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}
+            second_half = {"index": 1, "delta": {"content": "Hel"}}
+            run = await _journaled_then_taken_over(s, t, [{"id": "chatcmpl-8", "choices": [first_done, second_half]}])
+            with pytest.raises(ServiceUnavailable) as cut:  # choice 1 was cut: not reported as whole
+                await follow_all(run, after=1)
+            assert cut.value.code == "answer_interrupted" and provider.seen == []
+
+    asyncio.run(go())
+
+
 def test_a_writer_that_was_taken_over_stops_and_commits_settles_and_ends_nothing(redis_prefix):
     """The new writer commits, settles and ends the answer; the old one (only slow) must not touch any of it."""
 

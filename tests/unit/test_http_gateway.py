@@ -18,6 +18,7 @@ from state.conversations import ConversationStore
 from state.files import FileStore
 from state.journal import Journal
 from state.rag_grants import SharedGrants
+from state.responses import ResponseStore
 from tests.conftest import redis_client
 
 MASTER = "sk-master-for-this-test"
@@ -61,6 +62,7 @@ async def app_under_prefix(client, prefix: str, orchestrator=None):
         batches=BatchStore(client, prefix),
         grants=SharedGrants(client, prefix),
         journal=Journal(client, prefix, ttl_s=600),
+        responses=ResponseStore(client, prefix, 600),
         batch=BatchSettings(),
         routing=RoutingSettings(),
         pricing=PricingSettings(),

@@ -104,3 +104,28 @@ def test_errors_take_anthropics_shape():
         "error": {"type": "invalid_request_error", "message": "no (param: max_tokens)"},
     }
     assert anthropic_error_body(429, body)["error"]["type"] == "rate_limit_error"
+
+
+def test_an_upstream_repeating_the_call_id_makes_one_block_and_a_call_cut_at_max_tokens_is_not_tool_use():
+    def chunk(*choices, **extra):
+        return ChatChunk(id="msg-abc", model="m", choices=list(choices), **extra)
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a'}}
+    again = {"index": 0, "id": "call_1", "function": {"arguments": '": 1'}}
+    chunks = [
+        chunk({"index": 0, "delta": {"tool_calls": [call]}}),
+        chunk({"index": 0, "delta": {"tool_calls": [again]}, "finish_reason": "length"}),
+        chunk(usage={"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}),
+    ]
+
+    async def batches():
+        for i, c in enumerate(chunks, 1):
+            yield [(i, c)]
+
+    async def collect():
+        return "".join([frame async for frame in messages_sse(batches(), "r")])
+
+    events = [json.loads(line[6:]) for line in asyncio.run(collect()).splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events].count("content_block_start") == 1
+    assert events[-2]["delta"]["stop_reason"] == "max_tokens"
+    assert whole_message(fold(chunks))["stop_reason"] == "max_tokens"
