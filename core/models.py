@@ -61,6 +61,7 @@ class Caller(BaseModel):
     response_id: str = Field(default_factory=lambda: new_id("chatcmpl"), description="The answer's id (journal).")
     reservation_id: str | None = Field(None, description="The limit reservation its answer settles, if any.")
     journal: bool = Field(True, description="Journal the answer (resumable); batch requests are not.")
+    detached: bool = Field(False, description="Runs to its end though nobody follows it (background responses).")
     kind: Literal["chat", "text", "messages", "responses"] = Field(
         "chat",
         description="The API it came by (the shape of its answer); text: a /v1/completions prompt, sent raw.",

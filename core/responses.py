@@ -84,6 +84,10 @@ class NamedFunction(_Strict):
     name: str
 
 
+class ConversationRef(_Strict):
+    id: str
+
+
 class TextFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = None
@@ -98,10 +102,8 @@ class TextConfig(_Strict):
 
 
 _OFF_VALUES: OffValues = {
-    "background": lambda v: not v,
     "reasoning": lambda v: v is None,
     "include": lambda v: not v,
-    "conversation": lambda v: v is None,
     "prompt": lambda v: v is None,
     "max_tool_calls": lambda v: v is None,
     "top_logprobs": lambda v: not v,
@@ -132,10 +134,12 @@ class ResponsesRequest(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = Field(None, description="Accepted; prefix caching is the engine's.")
     service_tier: str | None = None
-    background: Any = Field(None, description=f"{_REFUSED}: 400 unless false.")
+    background: bool = Field(False, description="Run detached: poll GET, stream it from GET, cancel it.")
     reasoning: Any = Field(None, description=f"{_REFUSED}.")
     include: Any = Field(None, description=f"{_REFUSED}: 400 unless empty.")
-    conversation: Any = Field(None, description=f"{_REFUSED}; chain with previous_response_id.")
+    conversation: str | ConversationRef | None = Field(
+        None, description="A conversation (ours: /v1/conversations): its turns go first, this one is kept in it."
+    )
     prompt: Any = Field(None, description=f"{_REFUSED}.")
     max_tool_calls: Any = Field(None, description=f"{_REFUSED}.")
     top_logprobs: Any = Field(None, description=f"{_REFUSED}.")
@@ -146,6 +150,21 @@ class ResponsesRequest(BaseModel):
     @classmethod
     def _unserved(cls, value: Any, info: ValidationInfo) -> None:
         return refuse_unless_off(_OFF_VALUES, value, info.field_name, _REFUSED)
+
+    @field_validator("conversation")
+    @classmethod
+    def _one_history(cls, value: str | ConversationRef | None, info: ValidationInfo) -> str | ConversationRef | None:
+        if value is not None and info.data.get("previous_response_id"):
+            raise ValueError("conversation and previous_response_id cannot both be given")
+        return value
+
+    @property
+    def conversation_id(self) -> str | None:
+        return (
+            self.conversation
+            if isinstance(self.conversation, str) or self.conversation is None
+            else self.conversation.id
+        )
 
     def own_messages(self) -> list[dict[str, Any]]:
         """This request's input items as chat messages (function calls merged into one assistant message)."""
@@ -171,7 +190,7 @@ class ResponsesRequest(BaseModel):
             "model": self.model, "stream": self.stream, "max_tokens": self.max_output_tokens,
             "temperature": self.temperature, "top_p": self.top_p, "user": self.user or self.safety_identifier,
             "metadata": self.metadata, "store": self.store, "parallel_tool_calls": self.parallel_tool_calls,
-            "rag": self.rag if self.rag is not None else False,
+            "rag": self.rag if self.rag is not None else False, "conversation_id": self.conversation_id,
         }  # fmt: skip
         if self.stream:
             fields["stream_options"] = {"include_usage": True}
@@ -250,7 +269,7 @@ def response_object(
         "temperature": asked.get("temperature"), "top_p": asked.get("top_p"),
         "max_output_tokens": asked.get("max_output_tokens"), "metadata": asked.get("metadata") or {},
         "text": asked.get("text") or {"format": {"type": "text"}}, "store": request.get("store", True),
-        "truncation": "disabled", "background": False, "error": error,
+        "truncation": "disabled", "background": bool(asked.get("background")), "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None, "usage": usage,
     }  # fmt: skip
 

@@ -43,7 +43,7 @@ _END = object()
 
 
 class _Abandoned(Exception):
-    """Nobody followed the run for its grace period."""
+    """Nobody followed the run for its grace period, or its cancellation was asked for."""
 
 
 class Fenced(Exception):
@@ -188,11 +188,11 @@ class AnswerRun:
                         raise end
                     return
                 if await self._abandoned():  # a run that streams on with nobody reading it
-                    raise _Abandoned
+                    raise _Abandoned("nobody followed it")
                 await self._renew_reservation()
-        except _Abandoned:
+        except _Abandoned as stopped:
             status = "cancelled"
-            self.error = ServiceUnavailable("the answer was cancelled: nobody followed it", code="cancelled")
+            self.error = ServiceUnavailable(f"the answer was cancelled: {stopped}", code="cancelled")
             await _stop(producer)  # its last leg's usage is counted as the engine call closes
             with contextlib.suppress(RedisError, ServiceUnavailable, Fenced):
                 await self._settle()
@@ -228,7 +228,7 @@ class AnswerRun:
         except TimeoutError:
             await self._journal([])  # renew the lease
             if await self._abandoned():
-                raise _Abandoned from None
+                raise _Abandoned("nobody followed it") from None
             await self._renew_reservation()
             return None
         if self._last_write is not None:  # a write went out moments ago: let a few more chunks join this one
@@ -243,6 +243,8 @@ class AnswerRun:
     async def _abandoned(self) -> bool:
         """Nobody has followed it for `grace_s`: not here, and not from another replica (a client that resumed
         there follows the journal, and says so in it)."""
+        if self.turn.caller.detached:  # a background answer runs to its end (or its cancel)
+            return False
         if self._followers or self._alone_since is None or time.monotonic() - self._alone_since < self._s.grace_s:
             return False
         if not self._journaled:
@@ -341,8 +343,10 @@ class AnswerRun:
             lambda: append(tenant, rid, self._epoch, events, self._seq, status, error, refresh_ttl)
         )
         self._ttl_set |= refresh_ttl
-        if not accepted:
+        if accepted == 0:
             raise Fenced(f"answer {rid}: another replica took it over (epoch > {self._epoch})")
+        if accepted == 2:
+            raise _Abandoned("its cancellation was asked for")
 
     async def _commit(self, events: list[Event]) -> None:
         """The request's new messages and the whole answer, appended to the conversation once (keyed by the

@@ -50,6 +50,7 @@ class IngressState:
     created: int = field(default_factory=lambda: int(time.time()))
     orchestrator_stream: DeploymentHandle = field(init=False)
 
+    carrying_on: set[str] = field(default_factory=set, init=False)  # orphaned background answers followed here
     _background: set[asyncio.Task] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:

@@ -1,19 +1,22 @@
 """OpenAI's Responses API: `POST /v1/responses` (text, function tools, structured text, streamed with the event
-sequence the SDK reads), `GET` / `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`, chains by
-`previous_response_id`, `instructions`, `store`. A response runs as a chat answer (limits, failover, journal); what
+sequence the SDK reads; `background: true` runs it detached), `GET /v1/responses/{id}` (whole, or streamed from
+`starting_after`), `DELETE`, `POST .../cancel`, `GET .../input_items`, chains by `previous_response_id`,
+`instructions`, `store`. A response runs as a chat answer (limits, failover, journal); what
 it asked is kept per tenant beside the journal (state/responses.py), and a chain is read back through it, so chains
 may fork. Another tenant's response is 404."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from core.errors import InvalidRequest, NotFound
-from core.models import ChatChunk, ChatRequest
+from core.models import Caller, ChatChunk, ChatRequest
 from core.names import OBJECT_ID_RE
 from core.responses import (
     ResponsesRequest,
@@ -24,11 +27,14 @@ from core.responses import (
     response_object,
     usage_object,
 )
+from deployments.answer_stream import answer_events
 from deployments.answers import fold
 from deployments.chat_api import IDEMPOTENCY_KEY_MAX, answer
 from deployments.gateway import Principal
 from deployments.http_errors import invalid_request_from
 from deployments.ingress_state import IngressState, ingress_state, principal
+from deployments.responses_stream import responses_sse
+from deployments.sse import SSEResponse
 
 router = APIRouter()
 State = Annotated[IngressState, Depends(ingress_state)]
@@ -66,15 +72,97 @@ async def create_response(
         "created_at": int(time.time()),
     }
     await ingress.responses.put(who.tenant, response_id, record)
-    caller = who.caller().model_copy(update={"kind": "responses", "response_id": response_id})
+    caller = who.caller().model_copy(
+        update={"kind": "responses", "response_id": response_id, "detached": body.background}
+    )
+    if body.background and not body.stream:
+        if idempotency_key:
+            raise InvalidRequest(
+                "a background response is named by its id: send no Idempotency-Key", param="background"
+            )
+        return await _start_detached(ingress, who, chat, caller, record)
     meaning = {"responses": body.model_dump(mode="json", exclude={"stream"})}
     return await answer(ingress, who, chat, caller, idempotency_key, meaning)
 
 
+async def _start_detached(
+    ingress: IngressState, who: Principal, chat: ChatRequest, caller: Caller, record: dict[str, Any]
+) -> JSONResponse:
+    """Let the answer in and start it, then answer at once (`queued`): it runs to its end with nobody following
+    it, settles its own reservation, and is read with GET (whole, or streamed) or cancelled."""
+    ticket = await ingress.gateway.open(who, chat)
+    caller = caller.model_copy(update={"reservation_id": ticket.reservation_id})
+    events = ticket.stream(answer_events(ingress, chat, caller, 0, ingress.routing.request_deadline_s))
+    try:
+        async for _ in events:  # the first batch says it has begun: its run owns the reservation now
+            break
+    finally:
+        await events.aclose()
+    return JSONResponse(response_object(caller.response_id, record, "queued", record["created_at"]))
+
+
 @router.get("/v1/responses/{response_id}")
-async def get_response(response_id: str, ingress: State, who: Who) -> dict[str, Any]:
+async def get_response(
+    response_id: str,
+    request: Request,
+    ingress: State,
+    who: Who,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=0)] = None,
+):
+    """The response as it stands; with `stream=true`, its events after `starting_after` (numbered as the first
+    stream was), then the live rest."""
     record = await _record(ingress, who.tenant, response_id)
+    meta = await ingress.journal.meta(who.tenant, response_id)
+    if not stream or meta is None:
+        if meta is not None and meta["status"] == "running":
+            await _carry_on_if_orphaned(ingress, who.tenant, response_id)
+        return await stored_response(ingress, who.tenant, response_id, record)
+    chat, caller = ChatRequest.model_validate(meta["request"]["request"]), Caller.model_validate(meta["caller"])
+    events = answer_events(ingress, chat, caller, 0, ingress.routing.request_deadline_s)
+    after = -1 if starting_after is None else starting_after
+    frames = responses_sse(events, request.state.request_id, response_id, record, after)
+    return SSEResponse(frames, on_close=lambda: None, headers={"cache-control": "no-cache"},
+                       write_timeout_s=ingress.write_timeout_s)  # fmt: skip
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, ingress: State, who: Who) -> dict[str, Any]:
+    """Stop a background response (its writer sees it within a third of a lease; what it wrote stays, and its
+    usage is charged)."""
+    record = await _record(ingress, who.tenant, response_id)
+    if not record["asked"].get("background"):
+        raise InvalidRequest("only background responses can be cancelled", param="response_id")
+    if await ingress.journal.cancel(who.tenant, response_id) == "running":
+        for _ in range(100):
+            await _carry_on_if_orphaned(ingress, who.tenant, response_id)  # a dead writer never sees the flag
+            status, _ = await ingress.journal.lease_lapsed(who.tenant, response_id)
+            if status != "running":
+                break
+            await asyncio.sleep(0.1)
     return await stored_response(ingress, who.tenant, response_id, record)
+
+
+async def _carry_on_if_orphaned(ingress: IngressState, tenant: str, response_id: str) -> None:
+    """A background response whose writer died has nobody to take it over (nobody follows it): follow it here,
+    in the background, so that an orchestrator takes it over and finishes (or cancels) it."""
+    status, lapsed = await ingress.journal.lease_lapsed(tenant, response_id)
+    if status != "running" or not lapsed or response_id in ingress.carrying_on:
+        return
+    meta = await ingress.journal.meta(tenant, response_id)
+    if meta is None:
+        return
+    chat, caller = ChatRequest.model_validate(meta["request"]["request"]), Caller.model_validate(meta["caller"])
+    ingress.carrying_on.add(response_id)
+
+    async def follow() -> None:
+        try:
+            async for _ in answer_events(ingress, chat, caller, 0, ingress.routing.request_deadline_s):
+                pass
+        finally:
+            ingress.carrying_on.discard(response_id)
+
+    ingress.background(follow())
 
 
 @router.delete("/v1/responses/{response_id}")
@@ -132,10 +220,14 @@ async def stored_response(
     """The response object of a stored response: in progress, completed, incomplete or failed."""
     meta, whole = await _answer_of(ingress, tenant, response_id)
     created = record.get("created_at")
+    if meta is not None and whole is None and meta["status"] == "cancelled":
+        return response_object(response_id, record, "cancelled", created)
     if meta is None or whole is None:
         return response_object(response_id, record, "in_progress", created)
     output = output_items(whole) if whole.choices else []
     usage = usage_object(whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    if meta["status"] == "cancelled":
+        return response_object(response_id, record, "cancelled", created, output, usage)
     if meta["status"] == "failed":
         error = {"code": meta["error"].get("code") or "server_error", "message": meta["error"].get("message", "")}
         return response_object(response_id, record, "failed", created, output, usage, error=error)

@@ -19,9 +19,12 @@ logger = logging.getLogger("llmserve.ingress")
 
 
 class _Events:
-    def __init__(self, response_id: str, record: dict[str, Any]):
+    """`after`: the events up to this sequence number were sent before (a resumed stream): built, not sent."""
+
+    def __init__(self, response_id: str, record: dict[str, Any], after: int = -1):
         self.response_id, self.record = response_id, record
         self.seq = 0
+        self.after = after
         self.output: list[dict[str, Any]] = []  # finished items
         self.item: dict[str, Any] | None = None  # the item being streamed
         self.text = ""
@@ -31,7 +34,9 @@ class _Events:
     def event(self, kind: str, **data: Any) -> str:
         payload = {"type": kind, "sequence_number": self.seq, **data}
         self.seq += 1
-        return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+        if payload["sequence_number"] <= self.after:
+            return ""
+        return f"id: {payload['sequence_number']}\nevent: {kind}\ndata: {json.dumps(payload)}\n\n"
 
     def response(self, status: str, **extra: Any) -> dict[str, Any]:
         return response_object(self.response_id, self.record, status, self.created_at, list(self.output), **extra)
@@ -103,9 +108,11 @@ class _Events:
 
 
 async def responses_sse(
-    batches: AsyncIterator[Batch], request_id: str | None, response_id: str, record: dict[str, Any]
+    batches: AsyncIterator[Batch], request_id: str | None, response_id: str, record: dict[str, Any], after: int = -1
 ) -> AsyncIterator[str]:
-    events = _Events(response_id, record)
+    """The events; from the answer's first chunk on, those after sequence number `after` (a resumed stream is
+    built again from the journal, so its numbers are the first stream's)."""
+    events = _Events(response_id, record, after)
     started, finish, usage = False, None, None
     try:
         async for batch in batches:
@@ -118,7 +125,7 @@ async def responses_sse(
                 out += frames
                 finish = finished or finish
                 usage = chunk.usage or usage
-            if out:
+            if "".join(out):
                 yield "".join(out)
         closing = events.close()
         counted = usage_object(usage.prompt_tokens, usage.completion_tokens) if usage else None

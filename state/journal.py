@@ -9,10 +9,11 @@ never add to an answer someone else is continuing.
 
 Keys (prefix `<p>:t:{T}`, the answer's tenant; state/keyspace.py):
   <p>:t:{T}:resp:<id>            STREAM entries {seq: sequence number of its first chunk, chunks: JSON list}
-  <p>:t:{T}:resp:<id>:meta       HASH   status (running | completed | failed | cancelled), epoch, lease_until
-                                        (unix ms, Redis's clock), last_seq, request and caller (JSON: what a
-                                        takeover needs), body_sha256 (for Idempotency-Key reuse), created, error (JSON),
-                                        followed_at (unix ms: a follower on another replica last read it)
+  <p>:t:{T}:resp:<id>:meta       HASH   status (running | completed | failed | cancelled), cancel (1: asked for),
+                                        epoch, lease_until (unix ms, Redis's clock), last_seq, request and caller
+                                        (JSON: what a takeover needs), body_sha256 (for Idempotency-Key reuse),
+                                        created, error (JSON), followed_at (unix ms: a follower on another replica
+                                        last read it)
   <p>:t:{T}:idem:<kid>:<key>     STRING the response id an API key's Idempotency-Key made
 All of them expire `ttl_s` after the answer's last write.
 """
@@ -35,6 +36,8 @@ FOLLOWED_EVERY_S = 2.0  # how often a follower of the journal says it is reading
 _APPEND = """
 local meta, stream = KEYS[1], KEYS[2]
 if redis.call('HGET', meta, 'epoch') ~= ARGV[1] then return 0 end
+-- Its cancellation was asked for: nothing more is added; only the final write (with a status) goes through.
+if ARGV[6] == '' and redis.call('HGET', meta, 'cancel') == '1' then return 2 end
 -- A retry of an append that did run (its reply was lost to a timeout) must not add the events twice.
 local applied = tonumber(redis.call('HGET', meta, 'last_seq') or '0') >= tonumber(ARGV[4])
 if ARGV[3] ~= '[]' and not applied then redis.call('XADD', stream, '*', 'seq', ARGV[2], 'chunks', ARGV[3]) end
@@ -81,6 +84,12 @@ redis.call('HSET', KEYS[1], 'followed_at', tonumber(t[1]) * 1000 + math.floor(to
 return 1
 """
 
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return status or ''
+"""
+
 _FOLLOWED_WITHIN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -117,6 +126,7 @@ class Journal:
         self._lease_lapsed = client.register_script(_LEASE_LAPSED)
         self._followed = client.register_script(_FOLLOWED)
         self._followed_within = client.register_script(_FOLLOWED_WITHIN)
+        self._cancel = client.register_script(_CANCEL)
 
     def _keys(self, tenant: str, response_id: str) -> tuple[str, str]:
         base = f"{tenant_base(self._p, tenant)}:resp:{response_id}"
@@ -140,10 +150,10 @@ class Journal:
         status: str = "",
         error: dict | None = None,
         refresh_ttl: bool = False,
-    ) -> bool:
-        """Add events (and renew the lease); with `status`, end the answer. False: another writer took over.
-        The keys' TTL is set on the writer's first write (`refresh_ttl`) and on the last (with `status`), not on
-        every append."""
+    ) -> int:
+        """Add events (and renew the lease); with `status`, end the answer. 1: done; 0: another writer took over;
+        2: its cancellation was asked for (nothing added; end it with status cancelled). The keys' TTL is set on
+        the writer's first write (`refresh_ttl`) and on the last (with `status`), not on every append."""
         meta, stream = self._keys(tenant, response_id)
         chunks = json.dumps([e.chunk for e in events])
         first = events[0].seq if events else last_seq
@@ -158,7 +168,7 @@ class Journal:
             self.ttl_s,
             int(refresh_ttl),
         ]
-        return bool(await self._append(keys=[meta, stream], args=args))
+        return int(await self._append(keys=[meta, stream], args=args))
 
     async def take_over(self, tenant: str, response_id: str, force: bool = False) -> tuple[str, int]:
         """('taken', new epoch) when the run is ours now: its writer's lease ran out, or `force` (the caller saw
@@ -166,6 +176,18 @@ class Journal:
         meta, _ = self._keys(tenant, response_id)
         status, epoch = await self._take_over(keys=[meta], args=[self.lease_ms, 1 if force else 0])
         return status, int(epoch)
+
+    async def cancel(self, tenant: str, response_id: str) -> str:
+        """Ask the writer of a running answer to stop (it sees it at its next write, within a third of a lease);
+        the answer's status now ('' when there is none)."""
+        meta, _ = self._keys(tenant, response_id)
+        return str(await self._cancel(keys=[meta]))
+
+    async def lease_lapsed(self, tenant: str, response_id: str) -> tuple[str, bool]:
+        """The answer's status, and whether its writer's lease ran out (nobody is writing it)."""
+        meta, _ = self._keys(tenant, response_id)
+        status, lapsed = await self._lease_lapsed(keys=[meta])
+        return str(status), bool(lapsed)
 
     async def followed_within(self, tenant: str, response_id: str, seconds: float) -> bool:
         """Whether a follower on another replica read the answer in the last `seconds`."""

@@ -216,3 +216,32 @@ def test_a_tool_call_cut_off_by_a_death_is_an_error_never_a_broken_call(chaos):
         assert result["error"]["code"] == "answer_interrupted", result
     else:  # the call was whole before the death reached it
         assert isinstance(json.loads(arguments)["story"], str)
+
+
+def test_a_background_response_whose_orchestrators_died_is_finished_when_it_is_next_read(chaos):
+    """Nobody follows a background response: when every orchestrator replica died under it, the next GET (or
+    cancel) finds its writer's lease lapsed and carries it on, so it still ends, and is charged once."""
+    stack, base = chaos
+    healthy(stack, base)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    body = {"model": MODEL, "input": "Tell a short story about a fox.", "max_output_tokens": 60, "temperature": 0,
+            "rag": False, "background": True}  # fmt: skip
+    started = httpx.post(f"{base}/v1/responses", json=body, headers=headers, timeout=120).json()
+    path = f"{base}/v1/responses/{started['id']}"
+    deadline = time.monotonic() + 60
+    while not httpx.get(path, headers=headers, timeout=30).json()["output"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = [stack.hurt("orchestrator")(), stack.hurt("orchestrator")()]  # both replicas: its run is gone
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(path, headers=headers, timeout=30).json()
+        except (httpx.HTTPError, ValueError):
+            response = {"status": "unreachable"}
+        if response["status"] not in ("queued", "in_progress", "unreachable"):
+            break
+        time.sleep(1)
+    print(killed, {k: response.get(k) for k in ("status", "usage")})
+    assert response["status"] in ("completed", "incomplete"), response
+    text = "".join(p["text"] for item in response["output"] for p in item.get("content", []))
+    assert text and response["usage"]["output_tokens"] > 0

@@ -56,7 +56,7 @@ def test_healthz_needs_no_key_and_checks_everything(base_url):
         ({**GOOD, "temperature": 9}, "temperature"),
         ({**GOOD, "max_tokens": -1}, "max_tokens"),
         ({**GOOD, "max_tokens": 100000}, "max_tokens"),
-        ({**GOOD, "n": 3}, "n"),
+        ({**GOOD, "n": 9}, "n"),
         ({**GOOD, "conversation_id": "has spaces"}, "conversation_id"),
         ({**GOOD, "rag": {"top_k": 1000}}, "rag.top_k"),
         ({**GOOD, "rag": {"collection": "x"}}, "rag.collection"),

@@ -24,6 +24,13 @@ def _bounded(case) -> None:
         return
     if case.path == "/v1/embeddings" and isinstance(body.get("model"), str):
         body["model"] = "all-MiniLM-L6-v2"
+    if case.path in ("/v1/messages", "/v1/responses") and isinstance(body.get("model"), str):
+        body["model"] = MODEL
+    for field in ("max_output_tokens",):  # Responses: a few tokens, as for chat
+        if isinstance(body.get(field), int) and not isinstance(body.get(field), bool):
+            body[field] = min(body[field], 4) or 1
+    if case.path == "/v1/messages" and isinstance(body.get("max_tokens"), int):
+        body["max_tokens"] = min(body["max_tokens"], 4) or 1
     if case.path in ("/v1/chat/completions", "/v1/completions"):
         if isinstance(body.get("model"), str):
             body["model"] = MODEL  # a random model name would only ever meet the 404
@@ -44,7 +51,9 @@ def _check(case, base_url: str, failures: list, seen: Counter) -> None:
         failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
     elif response.status_code >= 400:
         error = response.json().get("error") or {}
-        if not {"message", "type", "param", "code"} <= set(error):
+        # Anthropic's Messages API answers in Anthropic's shape: {type: error, error: {type, message}}
+        shape = {"message", "type"} if case.path == "/v1/messages" else {"message", "type", "param", "code"}
+        if not shape <= set(error):
             failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
 
 

@@ -63,7 +63,13 @@ def two_tenants(base_url):
     line["body"] = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}
     uploaded = client_a.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
     batch = client_a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    response = httpx.post(
+        f"{base_url}/v1/responses", headers=as_key(key_a), timeout=120,
+        json={"model": MODEL, "input": SECRET, "max_output_tokens": 2, "rag": False, "background": True},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
     objects = {
+        "response_id": response.json()["id"],
         "completion_id": said.json()["id"],
         "conversation_id": "ada-1",
         "collection": "docs",
@@ -86,6 +92,8 @@ def snapshot(base_url: str, key: str, objects: dict) -> dict:
         "file": get(f"/v1/files/{objects['file_id']}").json(),
         "file_content": get(f"/v1/files/{objects['file_id']}/content").text,
         "batch": {k: batch[k] for k in ("id", "input_file_id", "created_at")} | {"cancelled": batch["cancelled_at"]},
+        "response": {k: v for k, v in get(f"/v1/responses/{objects['response_id']}").json().items() if k != "status"},
+        "response_items": get(f"/v1/responses/{objects['response_id']}/input_items").json(),
     }
 
 

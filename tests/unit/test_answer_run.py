@@ -198,6 +198,44 @@ def test_several_choices_are_whole_only_when_every_choice_finished(redis_prefix)
     asyncio.run(go())
 
 
+def test_a_cancelled_answer_stops_at_its_next_write_and_is_charged_what_it_wrote(redis_prefix):
+    async def go():
+        provider = Scripted(["a", "b", "c", "d", "e", "f", "g", "h"], delay_s=0.2)
+        async with services(redis_prefix, provider) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-5")
+            run = await started(s, "chatcmpl-5")
+            await asyncio.sleep(0.5)
+            assert await s.journal.cancel(TENANT, "chatcmpl-5") == "running"
+            with pytest.raises(ServiceUnavailable) as stopped:
+                await follow_all(run)
+            assert stopped.value.code == "cancelled" and statuses == ["cancelled"]
+            assert (await s.journal.meta(TENANT, "chatcmpl-5"))["status"] == "cancelled"
+            usage = await s.limiter.usage(TENANT, KEY)
+            assert usage["requests"] == 1 and 0 < usage["completion_tokens"] < 8
+            assert await s.journal.cancel(TENANT, "chatcmpl-5") == "cancelled"  # nothing left to cancel
+
+    asyncio.run(go())
+
+
+def test_a_detached_answer_runs_to_its_end_with_nobody_following(redis_prefix):
+    async def go():
+        provider = Scripted(["a", "b", "c"], delay_s=0.1)
+        async with services(redis_prefix, provider, grace_s=0.05) as (_, s, statuses):
+            t = turn("chatcmpl-6")
+            t = Turn(t.request, t.caller.model_copy(update={"detached": True}), t.chunk_id, t.prompt, t.params, [])
+            await s.journal.open(TENANT, "chatcmpl-6", t.record(), t.caller.model_dump())
+            run = AnswerRun(t, s)
+            run.start(on_done=lambda _: None)
+            follower = run.follow()
+            await anext(follower)  # one look, then nobody follows it (undetached, it would be cancelled)
+            await follower.aclose()
+            while not run.done:
+                await asyncio.sleep(0.05)
+            assert statuses == ["ok"] and text_of(await s.journal.events(TENANT, "chatcmpl-6")) == "abc"
+
+    asyncio.run(go())
+
+
 def test_a_writer_that_was_taken_over_stops_and_commits_settles_and_ends_nothing(redis_prefix):
     """The new writer commits, settles and ends the answer; the old one (only slow) must not touch any of it."""
 
