@@ -72,7 +72,16 @@ def bench(
         "ttft_slo_s": ttft_slo_ms / 1000 if ttft_slo_ms else None,
         "tpot_slo_s": tpot_slo_ms / 1000 if tpot_slo_ms else None,
     }
-    results = measure(target, key, workload, levels, rate, repeats=repeats, **slo)
+
+    def heard(label: str, level: dict) -> None:  # each level as it ends, not all at the end
+        console.print(
+            f"{label}: {level['req_per_s']:.2f} req/s, {level['output_tok_per_s']:.1f} output tok/s, "
+            f"TTFT p50 {level['ttft_p50_ms']:.0f} ms, TPOT p50 {level['tpot_p50_ms']:.1f} ms, {level['errors']} errors"
+        )
+
+    planned = [f"c={c}" for c in levels] + [f"rate={r:g}" for r in rate or []]
+    console.print(f"measuring {target}: {', '.join(planned)}, {repeats} run(s) each")
+    results = measure(target, key, workload, levels, rate, repeats=repeats, on_level=heard, **slo)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     console.print(results_table(results))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +97,11 @@ def measure(
     ttft_slo_s: float | None = None,
     tpot_slo_s: float | None = None,
     duration_s: float | None = None,
+    on_level: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
     """{level label: median metrics}. Labels: 'c=<n>' for concurrency levels, 'rate=<r>' for Poisson rates.
     With `duration_s`, each concurrency level runs that long (cycling through the prompts) instead of once
-    through them."""
+    through them. `on_level(label, metrics)` hears of each level as soon as it is measured."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     bodies = workload.bodies()
     asyncio.run(run_level(url, headers, bodies[:4], 2))  # warm-up
@@ -108,9 +110,13 @@ def measure(
         level = bodies[: max(workload.requests // 2, 2 * c)] if c == 1 and not duration_s else bodies
         runs = [asyncio.run(run_level(url, headers, level, c, duration_s)) for _ in range(repeats)]
         results[f"c={c}"] = {"concurrency": c, **_combine(runs, ttft_slo_s, tpot_slo_s)}
+        if on_level is not None:
+            on_level(f"c={c}", results[f"c={c}"])
     for rate in rates or []:
         runs = [asyncio.run(run_poisson(url, headers, bodies, rate, workload.seed + i)) for i in range(repeats)]
         results[f"rate={rate:g}"] = {"rate": rate, **_combine(runs, ttft_slo_s, tpot_slo_s)}
+        if on_level is not None:
+            on_level(f"rate={rate:g}", results[f"rate={rate:g}"])
     return results
 
 

@@ -116,8 +116,9 @@ async def providers(ingress: State, gpu_hour_usd: float | None = None) -> dict:
     if gpu_hour_usd is not None and gpu_hour_usd < 0:
         raise InvalidRequest("gpu_hour_usd must not be negative", param="gpu_hour_usd")
     return await provider_report(
-        ingress.routing, ingress.pricing, ingress.gpus_per_replica, ingress.redis, ingress.redis_prefix, gpu_hour_usd
-    )
+        ingress.routing, ingress.pricing, ingress.gpus_per_replica, ingress.redis, ingress.redis_prefix, gpu_hour_usd,
+        ingress.accelerator,
+    )  # fmt: skip
 
 
 async def _tenant(ingress: IngressState, tenant: str) -> dict:

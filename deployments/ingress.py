@@ -102,6 +102,7 @@ class Ingress:
             routing=routing,
             pricing=pricing,
             gpus_per_replica=engine.tensor_parallel_size,
+            accelerator=engine.accelerator,
             served_models=served_models,
             write_timeout_s=limits.write_timeout_s,
         )

@@ -45,6 +45,7 @@ class IngressState:
     routing: RoutingSettings
     pricing: PricingSettings
     gpus_per_replica: int
+    accelerator: str  # what a self-hosted replica runs on: cpu | gpu
     served_models: list[str]
     write_timeout_s: float = 30.0
     created: int = field(default_factory=lambda: int(time.time()))

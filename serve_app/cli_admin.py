@@ -178,7 +178,8 @@ def tenants_delete(
 
 def cost(
     gpu_hour_usd: Annotated[
-        float | None, typer.Option(help="USD per GPU-hour of a self-hosted replica (default: settings).")
+        float | None,
+        typer.Option(help="USD per GPU-hour of a self-hosted replica, per replica-hour on CPU (default: settings)."),
     ] = None,
     server: ServerOption = None,
     master_key: MasterKeyOption = None,
@@ -198,9 +199,13 @@ def cost(
     console.print(table)
     own = report.get("self_hosted")
     if own and own["tokens_per_s_busy"] is not None:
+        if report.get("accelerator") == "cpu":  # no GPUs to count: the price is a replica's hour
+            priced = f"${report['gpu_hour_usd']:g}/replica-hour (CPU)"
+        else:
+            priced = f"${report['gpu_hour_usd']:g}/GPU-hour x {report['gpus_per_replica']} GPU(s)"
         console.print(
-            f"self-hosted: {own['tokens_per_s_busy']:.1f} tokens/s while busy at ${report['gpu_hour_usd']:g}/GPU-hour "
-            f"x {report['gpus_per_replica']} GPU(s) = ${own['usd_per_mtok_full_use']:.4f} per 1M tokens at full use"
+            f"self-hosted: {own['tokens_per_s_busy']:.1f} tokens/s while busy at {priced} "
+            f"= ${own['usd_per_mtok_full_use']:.4f} per 1M tokens at full use"
         )
         if own["break_even_utilisation"] is not None:
             console.print(

@@ -8,7 +8,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from serve_app.cli_common import (
     ApiKeyOption,
@@ -101,6 +101,9 @@ def rag_share(
 
 def batches(
     watch: Annotated[bool, typer.Option(help="Refresh every 2 s until no batch is running.")] = False,
+    ids: Annotated[
+        bool, typer.Option(help="Only ids: batch, status, output file, error file (tab-separated).")
+    ] = False,
     limit: Annotated[int, typer.Option(help="How many of the newest batches to show.")] = 20,
     tenant: TenantOption = None,
     server: ServerOption = None,
@@ -115,7 +118,12 @@ def batches(
 
     def render() -> tuple[Table, bool]:
         data = call(client, "GET", "/v1/batches", params={"limit": limit})["data"]
-        table = Table("batch", "status", "progress", "done/total", "completed", "failed", "output file", "error file")
+        whole = {"overflow": "fold", "min_width": 12}  # ids whole (folded on a narrow screen), never cut with "…"
+        table = Table(
+            Column("batch", **whole), "status", "progress", "done/total", "completed", "failed",
+            Column("output file", **whole), Column("error file", **whole),
+            caption_justify="left",
+        )  # fmt: skip
         running = False
         for b in data:
             counts = b["request_counts"]
@@ -130,9 +138,14 @@ def batches(
         if queue.status_code == 200:
             q = queue.json()
             table.caption = f"queue: {q['queue_depth']} requests waiting or running, oldest {q['oldest_age_s']:.0f} s"
+        table.caption = (table.caption + "; " if table.caption else "") + "--ids: the ids alone, one batch per line"
         return table, running
 
     with client:
+        if ids:
+            for b in call(client, "GET", "/v1/batches", params={"limit": limit})["data"]:
+                print("\t".join((b["id"], b["status"], b["output_file_id"] or "-", b["error_file_id"] or "-")))
+            return
         table, running = render()
         if not watch or not running:
             console.print(table)

@@ -19,7 +19,10 @@ async def provider_report(
     client: aioredis.Redis,
     redis_prefix: str,
     gpu_hour_usd: float | None = None,
+    accelerator: str = "gpu",
 ) -> dict:
+    """Per provider: usage, measured $/1M tokens, breaker; and the self-hosted economics. `accelerator`: what a
+    self-hosted replica runs on (on CPU, `gpu_hour_usd` is the price of a replica-hour)."""
     usage = ProviderUsage(client, redis_prefix)
     breaker = CircuitBreaker(client, redis_prefix, breaker_policy(routing))
     gpu_hour = pricing.gpu_hour_usd if gpu_hour_usd is None else gpu_hour_usd
@@ -41,7 +44,13 @@ async def provider_report(
         )
         if config.kind == "self_hosted":
             own_usage = u
-    report: dict = {"object": "list", "data": rows, "gpu_hour_usd": gpu_hour, "gpus_per_replica": gpus_per_replica}
+    report: dict = {
+        "object": "list",
+        "data": rows,
+        "gpu_hour_usd": gpu_hour,
+        "gpus_per_replica": gpus_per_replica,
+        "accelerator": accelerator,
+    }
     if own_usage is not None:
         managed = [r for r in rows if r["kind"] != "self_hosted"]
         mix = _output_share(own_usage)

@@ -85,6 +85,9 @@ def test_sdk_round_trip_with_the_real_model_and_malformed_lines_in_the_error_fil
     row = next(r for r in shown.output.splitlines() if batch.id in r)
     assert "completed" in row and "8/8" in row
     assert "queue:" in shown.output  # the master key also sees the queue
+    narrow = CliRunner().invoke(cli, [*args, "--ids"], env={"COLUMNS": "60"})  # ids whole, however narrow
+    listed = next(line.split("\t") for line in narrow.output.splitlines() if line.startswith(batch.id))
+    assert listed == [batch.id, "completed", done.output_file_id, done.error_file_id]
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_charges_once(base_url, stack):

@@ -111,4 +111,5 @@ def test_cost_reports_each_providers_measured_usage_and_the_break_even(base_url,
     result = CliRunner().invoke(cli, ["cost", "--server", base_url, "--master-key", MASTER_KEY, "--gpu-hour-usd", "1"])
     assert result.exit_code == 0, result.output
     assert re.search(r"cheaper than fallback above [0-9.]+ % utilisation", result.output)
+    assert "$1/replica-hour (CPU)" in result.output and "GPU" not in result.output  # this stack runs on CPU
     assert http.get("/admin/providers", headers={"Authorization": "Bearer sk-nope"}).status_code == 401

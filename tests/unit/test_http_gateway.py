@@ -67,6 +67,7 @@ async def app_under_prefix(client, prefix: str, orchestrator=None):
         routing=RoutingSettings(),
         pricing=PricingSettings(),
         gpus_per_replica=1,
+        accelerator="cpu",
         served_models=["m"],
     )
     return gateway, build_http_app(state, max_body_bytes=4096)

@@ -73,7 +73,10 @@ def test_measure_keeps_every_repeats_raw_latencies_for_the_cdf_plots():
     from benchmarks.bench import Workload, measure
 
     with scripted_server(0.1, 50.0) as url:
-        results = measure(url, None, Workload(model="fake", requests=4, max_tokens=5), [2], repeats=2)
+        heard: list[str] = []
+        workload = Workload(model="fake", requests=4, max_tokens=5)
+        results = measure(url, None, workload, [2], repeats=2, on_level=lambda label, _: heard.append(label))
+    assert heard == ["c=2"]  # each level is told as it ends (bench prints it then), not only at the end
     level = results["c=2"]
     samples = level["samples"]
     assert len(samples["ttft"]) == 8 and len(samples["e2e"]) == 8  # 4 requests x 2 repeats
