@@ -108,10 +108,6 @@ class ResponseFormat(BaseModel):
             raise ValueError(f"json_schema is only for response_format of type json_schema, not {self.type}")
         return self
 
-    @property
-    def structured(self) -> bool:
-        return self.type != "text"
-
 
 class TopLogprob(BaseModel):
     token: str

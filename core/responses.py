@@ -3,14 +3,13 @@ a finished answer as a `response` object with its output items (message, functio
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from core.chat_features import FUNCTION_NAME_RE
+from core.chat_features import FunctionDefinition
 from core.models import ChatResponse
 from core.refusals import OffValues, refuse_unless_off
 
@@ -64,19 +63,10 @@ class FunctionCallOutputItem(_Strict):
 InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
 
 
-class FunctionTool(_Strict):
-    type: Literal["function"]
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+class FunctionTool(FunctionDefinition):
+    """A Responses API function tool: chat's function definition, flat, with its type."""
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not FUNCTION_NAME_RE.match(value):
-            raise ValueError("a function name is 1-64 characters of a-z, A-Z, 0-9, _ and -")
-        return value
+    type: Literal["function"]
 
 
 class NamedFunction(_Strict):
@@ -289,7 +279,3 @@ def finished_response(response_id: str, record: dict[str, Any], whole: ChatRespo
 def usage_object(prompt: int, completion: int) -> dict[str, Any]:
     return {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
-
-
-def arguments_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)

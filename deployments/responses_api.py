@@ -116,8 +116,8 @@ async def get_response(
     meta = await ingress.journal.meta(who.tenant, response_id)
     if not stream or meta is None:
         if meta is not None and meta["status"] == "running":
-            await _carry_on_if_orphaned(ingress, who.tenant, response_id)
-        return await stored_response(ingress, who.tenant, response_id, record)
+            await _carry_on_if_orphaned(ingress, who.tenant, response_id, meta)
+        return await stored_response(ingress, who.tenant, response_id, record, meta)
     chat, caller = ChatRequest.model_validate(meta["request"]["request"]), Caller.model_validate(meta["caller"])
     events = answer_events(ingress, chat, caller, 0, ingress.routing.request_deadline_s)
     after = -1 if starting_after is None else starting_after
@@ -133,25 +133,21 @@ async def cancel_response(response_id: str, ingress: State, who: Who) -> dict[st
     record = await _record(ingress, who.tenant, response_id)
     if not record["asked"].get("background"):
         raise InvalidRequest("only background responses can be cancelled", param="response_id")
-    if await ingress.journal.cancel(who.tenant, response_id) == "running":
-        for _ in range(100):
-            await _carry_on_if_orphaned(ingress, who.tenant, response_id)  # a dead writer never sees the flag
-            status, _ = await ingress.journal.lease_lapsed(who.tenant, response_id)
-            if status != "running":
+    meta = await ingress.journal.meta(who.tenant, response_id)
+    if meta is not None and await ingress.journal.cancel(who.tenant, response_id) == "running":
+        for _ in range(100):  # until its writer ended it (a dead writer never sees the flag: it is carried on)
+            if await _carry_on_if_orphaned(ingress, who.tenant, response_id, meta) != "running":
                 break
             await asyncio.sleep(0.1)
     return await stored_response(ingress, who.tenant, response_id, record)
 
 
-async def _carry_on_if_orphaned(ingress: IngressState, tenant: str, response_id: str) -> None:
+async def _carry_on_if_orphaned(ingress: IngressState, tenant: str, response_id: str, meta: dict) -> str:
     """A background response whose writer died has nobody to take it over (nobody follows it): follow it here,
-    in the background, so that an orchestrator takes it over and finishes (or cancels) it."""
+    in the background, so that an orchestrator takes it over and finishes (or cancels) it. Its status now."""
     status, lapsed = await ingress.journal.lease_lapsed(tenant, response_id)
     if status != "running" or not lapsed or response_id in ingress.carrying_on:
-        return
-    meta = await ingress.journal.meta(tenant, response_id)
-    if meta is None:
-        return
+        return status
     chat, caller = ChatRequest.model_validate(meta["request"]["request"]), Caller.model_validate(meta["caller"])
     ingress.carrying_on.add(response_id)
 
@@ -163,6 +159,7 @@ async def _carry_on_if_orphaned(ingress: IngressState, tenant: str, response_id:
             ingress.carrying_on.discard(response_id)
 
     ingress.background(follow())
+    return status
 
 
 @router.delete("/v1/responses/{response_id}")
@@ -206,8 +203,11 @@ async def _record(ingress: IngressState, tenant: str, response_id: str) -> dict[
     return record
 
 
-async def _answer_of(ingress: IngressState, tenant: str, response_id: str) -> tuple[dict[str, Any] | None, Any]:
-    meta = await ingress.journal.meta(tenant, response_id)
+async def _answer_of(
+    ingress: IngressState, tenant: str, response_id: str, meta: dict | None = None
+) -> tuple[dict[str, Any] | None, Any]:
+    """The journal's meta (`meta`, when read already) and the answer folded from its events."""
+    meta = meta or await ingress.journal.meta(tenant, response_id)
     if meta is None:
         return None, None
     chunks = [ChatChunk.model_validate(e.chunk) for e in await ingress.journal.events(tenant, response_id)]
@@ -215,10 +215,10 @@ async def _answer_of(ingress: IngressState, tenant: str, response_id: str) -> tu
 
 
 async def stored_response(
-    ingress: IngressState, tenant: str, response_id: str, record: dict[str, Any]
+    ingress: IngressState, tenant: str, response_id: str, record: dict[str, Any], meta: dict | None = None
 ) -> dict[str, Any]:
-    """The response object of a stored response: in progress, completed, incomplete or failed."""
-    meta, whole = await _answer_of(ingress, tenant, response_id)
+    """The response object of a stored response: in progress, completed, incomplete, cancelled or failed."""
+    meta, whole = await _answer_of(ingress, tenant, response_id, meta)
     created = record.get("created_at")
     if meta is not None and whole is None and meta["status"] == "cancelled":
         return response_object(response_id, record, "cancelled", created)

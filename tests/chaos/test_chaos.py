@@ -166,22 +166,29 @@ async def _resumable(base: str, key: str, path: str, body: dict, progress: list[
     return out
 
 
-def test_a_completion_is_taken_over_from_its_raw_prompt_when_its_orchestrator_dies(chaos):
-    stack, base = chaos
-    healthy(stack, base)
-    body = {"model": MODEL, "prompt": "Once upon a time, a fox", "max_tokens": 40, "temperature": 0,
-            "stream": True}  # fmt: skip
+def _orchestrator_killed_under(stack: Chaos, base: str, path: str, body: dict, after_events: int) -> dict:
+    """A streamed answer from `path`, an orchestrator replica SIGKILLed once it has sent `after_events` events."""
 
     async def scenario():
         progress = [0]
-        task = asyncio.ensure_future(_resumable(base, stack.key, "/v1/completions", body, progress))
-        while progress[0] < 3 and not task.done():
+        task = asyncio.ensure_future(_resumable(base, stack.key, path, body, progress))
+        while progress[0] < after_events and not task.done():
             await asyncio.sleep(0.05)
         stack.hurt("orchestrator")()
         return await task
 
     result = asyncio.run(scenario())
     print({k: v for k, v in result.items() if k != "events"}, len(result["events"]), "events")
+    return result
+
+
+def test_a_completion_is_taken_over_from_its_raw_prompt_when_its_orchestrator_dies(chaos):
+    stack, base = chaos
+    healthy(stack, base)
+    body = {"model": MODEL, "prompt": "Once upon a time, a fox", "max_tokens": 40, "temperature": 0,
+            "stream": True}  # fmt: skip
+
+    result = _orchestrator_killed_under(stack, base, "/v1/completions", body, after_events=3)
     assert result["error"] is None, result
     text = "".join(c["text"] for e in result["events"] for c in e["choices"])
     assert any(c.get("finish_reason") for e in result["events"] for c in e["choices"]), result
@@ -198,16 +205,7 @@ def test_a_tool_call_cut_off_by_a_death_is_an_error_never_a_broken_call(chaos):
             "tools": [tool], "tool_choice": "required", "max_tokens": 120, "temperature": 0, "stream": True,
             "rag": False}  # fmt: skip
 
-    async def scenario():
-        progress = [0]
-        task = asyncio.ensure_future(_resumable(base, stack.key, "/v1/chat/completions", body, progress))
-        while progress[0] < 4 and not task.done():
-            await asyncio.sleep(0.05)
-        stack.hurt("orchestrator")()
-        return await task
-
-    result = asyncio.run(scenario())
-    print({k: v for k, v in result.items() if k != "events"}, len(result["events"]), "events")
+    result = _orchestrator_killed_under(stack, base, "/v1/chat/completions", body, after_events=4)
     arguments = "".join(
         (call.get("function") or {}).get("arguments") or ""
         for e in result["events"] for c in e["choices"] for call in (c.get("delta") or {}).get("tool_calls") or []
