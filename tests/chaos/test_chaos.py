@@ -7,6 +7,7 @@ For each: every stream completes (resumed from its last event id where its conne
 text equals the stored assistant turn, stored once, and the service answers again soon after."""
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -229,7 +230,9 @@ def test_a_background_response_whose_orchestrators_died_is_finished_when_it_is_n
     deadline = time.monotonic() + 60
     while not httpx.get(path, headers=headers, timeout=30).json()["output"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    killed = [stack.hurt("orchestrator")(), stack.hurt("orchestrator")()]  # both replicas: its run is gone
+    killed = [stack.hurt("orchestrator")()]
+    with contextlib.suppress(RuntimeError):  # the other replica too, when one is up now: its run is gone either way
+        killed.append(stack.hurt("orchestrator")())
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
