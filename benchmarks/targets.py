@@ -55,6 +55,8 @@ def vllm_command(settings: Settings, model_dir: str, port: int) -> list[str]:
         "--port",
         str(port),
     ]
+    if engine.quantization:
+        cmd += ["--quantization", engine.quantization]
     if engine.enforce_eager:
         cmd.append("--enforce-eager")
     if engine.kv_cache_memory_bytes:

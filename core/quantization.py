@@ -71,23 +71,39 @@ class QuantizationError(ValueError):
     """A quantization mode this model or this hardware cannot use."""
 
 
-def checkpoint_method(model_source: str) -> str | None:
-    """`quantization_config.quant_method` of a local checkpoint folder ('' when it is not quantized), or None
-    when the folder is not local (an HF id: vLLM reads it on the replica's node)."""
+def checkpoint_quantization(model_source: str) -> dict | None:
+    """`quantization_config` of a local checkpoint folder ({} when it is not quantized), or None when the folder
+    is not local (an HF id: vLLM reads it on the replica's node)."""
     config_path = Path(model_source).expanduser() / "config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text())
-    quant = config.get("quantization_config") or {}
-    return str(quant.get("quant_method") or "").lower()
+    return json.loads(config_path.read_text()).get("quantization_config") or {}
 
 
-def check_quantization(
-    mode: str | None, accelerator: str, accelerator_type: str | None, model_source: str | None
-) -> None:
-    """Raise QuantizationError with what to do instead, or return when vLLM can run `mode` here."""
-    if mode is None:
-        return
+def checkpoint_method(model_source: str) -> str | None:
+    """`quantization_config.quant_method` of a local checkpoint folder ('' when it is not quantized), or None
+    when the folder is not local."""
+    quant = checkpoint_quantization(model_source)
+    return None if quant is None else str(quant.get("quant_method") or "").lower()
+
+
+def int4_weight_only(quant: dict) -> bool:
+    """Whether a checkpoint's weights are 4-bit integers with full-precision activations (AWQ/GPTQ, or
+    compressed-tensors W4A16): the layers vLLM's CPU backend runs with its WNA16 kernel."""
+    method = str(quant.get("quant_method") or "").lower()
+    if method in {"awq", "gptq"}:
+        return int(quant.get("bits") or quant.get("w_bit") or 4) == 4
+    if method != "compressed-tensors":
+        return False
+    return any(
+        (group.get("weights") or {}).get("type") == "int"
+        and (group.get("weights") or {}).get("num_bits") == 4
+        and not group.get("input_activations")
+        for group in (quant.get("config_groups") or {}).values()
+    )
+
+
+def _check_mode(mode: str, accelerator: str, accelerator_type: str | None) -> None:
     if mode not in QUANTIZATION_MODES:
         raise QuantizationError(f"unknown quantization {mode!r}; vLLM knows: {', '.join(QUANTIZATION_MODES)}")
     if accelerator == "cpu" and mode not in CPU_MODES:
@@ -103,18 +119,46 @@ def check_quantization(
                 f"quantization {mode!r} needs CUDA compute capability {needed / 10:.1f}; {accelerator_type} has "
                 f"{capability / 10:.1f} (pick a newer GPU type, or awq/gptq which run from 7.5, gptq from 6.0)"
             )
-    method = checkpoint_method(model_source) if model_source else None
-    if method is None:
-        return
+
+
+def _check_checkpoint(mode: str, method: str, model_source: str) -> None:
     wanted = CHECKPOINT_METHODS.get(mode)
     if wanted is not None and method not in wanted:
         found = f"a {method!r} checkpoint" if method else "an unquantized checkpoint"
+        hint = "use e.g. an '-AWQ'/'-GPTQ' model, or fp8 to quantize while loading"
+        if method == "compressed-tensors":
+            hint = "llmcompressor writes AWQ and GPTQ in that format: set quantization: compressed-tensors"
         raise QuantizationError(
             f"quantization {mode!r} needs a checkpoint quantized with {' or '.join(sorted(wanted))}, but "
-            f"{model_source} is {found} (use e.g. an '-AWQ'/'-GPTQ' model, or fp8 to quantize while loading)"
+            f"{model_source} is {found} ({hint})"
         )
     if mode in ONLINE_MODES and method and method not in {"fp8", "fbgemm_fp8"} | {mode}:
         raise QuantizationError(
             f"quantization {mode!r} quantizes full-precision weights while loading, but {model_source} is "
             f"already quantized with {method!r}: leave quantization unset and vLLM reads the checkpoint's own"
+        )
+
+
+def check_quantization(
+    mode: str | None,
+    accelerator: str,
+    accelerator_type: str | None,
+    model_source: str | None,
+    dtype: str = "auto",
+) -> None:
+    """Raise QuantizationError with what to do instead, or return when vLLM can run `mode` here. A checkpoint
+    that is quantized already is checked with no mode too (vLLM then reads the checkpoint's own)."""
+    if mode is not None:
+        _check_mode(mode, accelerator, accelerator_type)
+    quant = checkpoint_quantization(model_source) if model_source else None
+    if quant is None:
+        return
+    if mode is not None:
+        _check_checkpoint(mode, str(quant.get("quant_method") or "").lower(), model_source)
+    if accelerator == "cpu" and dtype in {"float32", "float"} and int4_weight_only(quant):
+        # Seen here: vLLM 0.32's CPUWNA16 kernel raises '"cpu_gemm_wna16" not implemented for 'Float'' on the
+        # first forward pass, a minute after deploy.
+        raise QuantizationError(
+            f"{model_source} has 4-bit weights, and vLLM's CPU kernel for them (CPUWNA16) runs bfloat16 or "
+            "float16 activations only, not float32: set engine.dtype: bfloat16"
         )

