@@ -7,11 +7,13 @@ overloaded server answers 503 + Retry-After in microseconds instead of letting r
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 
 from core.errors import ServiceUnavailable
 from core.setting_groups import EngineSettings, LimitsSettings
+from observability import prom
 
 
 def model_capacity(limits: LimitsSettings, engine: EngineSettings, ingress_replicas: int) -> int:
@@ -46,6 +48,7 @@ class AdmissionGate:
 
     def enter(self, model: str) -> Slot:
         if self._inflight[model] >= self.capacity:
+            prom.inc("llmserve_admission_rejected_total", model=model)
             raise ServiceUnavailable(
                 f"model {model!r} is at capacity ({self.capacity} requests in flight); retry shortly",
                 code="overloaded",
@@ -65,3 +68,12 @@ class AdmissionGate:
         self._inflight[model] -= 1
         if self._inflight[model] <= 0:
             del self._inflight[model]
+
+    async def report_every(self, models: list[str], interval_s: float = 2.0) -> None:
+        """Keep the in-flight and capacity gauges of `models` current. On a timer, not per request: Ray drops a
+        gauge nobody set again within two of its export intervals, so an idle model's 0 must be said again."""
+        while True:
+            for model in models:
+                prom.set_gauge("llmserve_requests_in_flight", self._inflight[model], model=model)
+                prom.set_gauge("llmserve_admission_capacity", self.capacity, model=model)
+            await asyncio.sleep(interval_s)

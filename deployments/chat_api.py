@@ -115,7 +115,7 @@ async def answer(
         ticket = await ingress.gateway.open(who, chat)
         response_id = caller.response_id
         ticket.answer_started = lambda: _has_journal(ingress, who.tenant, response_id)
-        prom.observe("llmserve_stage_seconds", time.perf_counter() - started, stage="admission")
+        prom.stage("admission", time.perf_counter() - started)
         caller = caller.model_copy(update={"reservation_id": ticket.reservation_id})
         return await _respond(ingress, chat, caller, 0, ticket, request_id, chat.include_usage)
     except BaseException:

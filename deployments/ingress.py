@@ -108,7 +108,9 @@ class Ingress:
         )
         # Batch workers yield to interactive traffic: publish how much of it this replica has in flight.
         load = InteractiveLoad(client, state.redis_prefix)
-        self._publisher = asyncio.get_event_loop().create_task(load.run_publisher(gateway.admission.total, 0.1))
+        loop = asyncio.get_event_loop()
+        self._publisher = loop.create_task(load.run_publisher(gateway.admission.total, 0.1))
+        self._gauges = loop.create_task(gateway.admission.report_every(list(served_models)))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self._state, self._max_body_bytes)

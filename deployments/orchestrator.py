@@ -293,8 +293,18 @@ class Orchestrator:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         end = time.perf_counter()
-        export_prometheus(turn.timing, routed, end, status)
-        record = wandb_record(turn.timing, routed, end, status, len(turn.citations), turn.request.stream)
+        export_prometheus(turn.timing, routed, end, status, turn.request.model, turn.caller.tenant)
+        record = wandb_record(
+            turn.timing,
+            routed,
+            end,
+            status,
+            len(turn.citations),
+            turn.request.stream,
+            response_id=turn.caller.response_id,
+            model=turn.request.model,
+            tenant=turn.caller.tenant,
+        )
         self._metrics.record(record)
 
     async def _count_provider_usage(self, routed: RoutedStream) -> None:

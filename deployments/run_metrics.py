@@ -19,40 +19,56 @@ class Timing:
     first_token: float | None = None
 
 
-def export_prometheus(timing: Timing, routed: RoutedStream, end: float, status: str) -> None:
-    """Prometheus (through Ray's metrics agent): latencies, stages, tokens, outcomes, cost."""
+def export_prometheus(timing: Timing, routed: RoutedStream, end: float, status: str, model: str, tenant: str) -> None:
+    """Prometheus (through Ray's metrics agent): latencies, stages, tokens, outcomes, attempts, cost."""
     usage = routed.usage()
-    provider = "+".join(routed.providers) or "none"
-    prom.inc("llmserve_requests_total", provider=provider, status=status)
-    prom.observe("llmserve_e2e_seconds", end - timing.start, provider=provider, status=status)
-    prom.observe("llmserve_stage_seconds", timing.retrieval_s, stage="retrieval")
+    provider = routed.finisher
+    prom.inc("llmserve_requests_total", model=model, provider=provider, status=status, tenant=tenant)
+    prom.observe("llmserve_e2e_seconds", end - timing.start, model=model, provider=provider, status=status)
+    prom.stage("retrieval", timing.retrieval_s)
     if timing.prompt_done is not None:
-        prom.observe("llmserve_stage_seconds", timing.prompt_done - timing.start - timing.retrieval_s, stage="prompt")
+        prom.stage("prompt", timing.prompt_done - timing.start - timing.retrieval_s)
     if timing.first_token is not None:
-        prom.observe("llmserve_ttft_seconds", timing.first_token - timing.start, provider=provider)
+        prom.observe("llmserve_ttft_seconds", timing.first_token - timing.start, model=model, provider=provider)
         if timing.prompt_done is not None:
-            prom.observe("llmserve_stage_seconds", timing.first_token - timing.prompt_done, stage="queue")
-        prom.observe("llmserve_stage_seconds", end - timing.first_token, stage="decode")
+            prom.stage("queue", timing.first_token - timing.prompt_done)
+        prom.stage("decode", end - timing.first_token)
         if usage.completion_tokens > 1:
             tpot = (end - timing.first_token) / (usage.completion_tokens - 1)
-            prom.observe("llmserve_tpot_seconds", tpot, provider=provider)
-    prom.inc("llmserve_tokens_total", usage.prompt_tokens, provider=provider, kind="prompt")
-    prom.inc("llmserve_tokens_total", usage.completion_tokens, provider=provider, kind="completion")
+            prom.observe("llmserve_tpot_seconds", tpot, model=model, provider=provider)
     for leg in routed.legs:
-        prom.inc("llmserve_cost_usd_total", leg.cost_usd, provider=leg.provider)
-    for name, count in routed.failed.items():
-        prom.inc("llmserve_failovers_total", count, provider=name)
+        labels = {"model": model, "provider": leg.provider, "tenant": tenant}
+        if leg.usage is not None:
+            prom.inc("llmserve_tokens_total", leg.usage.prompt_tokens, kind="prompt", **labels)
+            prom.inc("llmserve_tokens_total", leg.usage.completion_tokens, kind="completion", **labels)
+        prom.inc("llmserve_cost_usd_total", leg.cost_usd, **labels)
+    for name, ok in routed.attempts:
+        prom.inc("llmserve_provider_attempts_total", provider=name, outcome="ok" if ok else "error")
+    for before, after in routed.failovers():
+        prom.inc("llmserve_failovers_total", from_provider=before, to_provider=after)
 
 
 def wandb_record(
-    timing: Timing, routed: RoutedStream, end: float, status: str, rag_chunks: int, stream: bool
+    timing: Timing,
+    routed: RoutedStream,
+    end: float,
+    status: str,
+    rag_chunks: int,
+    stream: bool,
+    *,
+    response_id: str,
+    model: str,
+    tenant: str,
 ) -> dict[str, Any]:
-    """One request's W&B row."""
+    """One request's W&B row; `response_id` is the answer's id, as clients see it (`id`, GET .../{id})."""
     usage = routed.usage()
     e2e = end - timing.start
     ttft = (timing.first_token - timing.start) if timing.first_token else None
     decode_s = (end - timing.first_token) if timing.first_token else 0.0
     return {
+        "response_id": response_id,
+        "model": model,
+        "tenant": tenant,
         "ttft_s": ttft,
         "e2e_latency_s": e2e,
         "retrieval_s": timing.retrieval_s,
@@ -64,7 +80,8 @@ def wandb_record(
         "stream": int(stream),
         "ok": int(status == "ok"),
         "status": status,
-        "provider": "+".join(routed.providers),
-        "failovers": len(routed.failures),
+        "provider": routed.finisher,
+        "providers": "+".join(routed.providers),
+        "failovers": len(routed.failovers()),
         "cost_usd": routed.cost_usd,
     }

@@ -49,11 +49,25 @@ class RoutedStream:
     legs: list[Leg] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     failed: Counter[str] = field(default_factory=Counter)  # failed attempts per provider
+    attempts: list[tuple[str, bool]] = field(default_factory=list)  # (provider, succeeded), in order
     finish_reason: str | None = None
 
     @property
     def providers(self) -> list[str]:
         return [leg.provider for leg in self.legs]
+
+    @property
+    def finisher(self) -> str:
+        """The provider that finished the answer (the last that produced part of it), or 'none'."""
+        return self.legs[-1].provider if self.legs else "none"
+
+    def failovers(self) -> list[tuple[str, str]]:
+        """(from, to) each time a failed attempt was followed by an attempt of another provider."""
+        return [
+            (before, after)
+            for (before, ok), (after, _) in zip(self.attempts, self.attempts[1:], strict=False)
+            if not ok and before != after
+        ]
 
     @property
     def text(self) -> str:
@@ -111,6 +125,7 @@ class ProviderRouter:
 
     async def _failed(self, provider: Provider, out: RoutedStream) -> None:
         out.failed[provider.name] += 1
+        out.attempts.append((provider.name, False))
         await self._record(provider, ok=False)
 
     async def stream(
@@ -206,6 +221,7 @@ class ProviderRouter:
                     continue
                 finally:
                     self._settle_leg(provider, leg, attempt_messages)
+                out.attempts.append((provider.name, True))
                 await self._record(provider, ok=True)
                 return
             finally:

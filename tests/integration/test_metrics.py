@@ -27,15 +27,14 @@ def test_request_metrics_reach_wandb(stack, openai_client):
     while match is None and time.monotonic() < deadline:
         for run_file in offline_run_files(stack.settings.data_dir):
             for row in history_rows(run_file):
-                if (
-                    row.get("prompt_tokens") == response.usage.prompt_tokens
-                    and row.get("completion_tokens") == completion_tokens
-                ):
+                if row.get("response_id") == response.id:  # a row joins to the answer the client got
                     match = row
         time.sleep(2)
     assert match is not None, "no W&B row for the request"
+    assert (match["prompt_tokens"], match["completion_tokens"]) == (response.usage.prompt_tokens, completion_tokens)
     assert 0 < match["ttft_s"] <= match["e2e_latency_s"]
     assert match["tokens_per_s"] > 0 and match["ok"] == 1
+    assert (match["model"], match["tenant"], match["provider"]) == (MODEL, "admin", "self-hosted")
 
 
 def test_prometheus_exposes_latency_histograms_stages_tokens_and_errors(stack, openai_client, http):

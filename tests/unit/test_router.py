@@ -71,6 +71,9 @@ def test_every_request_succeeds_while_one_provider_is_healthy():
         for text, out in asyncio.run(two()):
             assert text == good.script.text and out.providers == ["b"]
             assert len(out.failures) == 1 and "HTTP 50" in out.failures[0]
+            # metrics that add up: three failed tries of a, one of b; one failover; b finished the answer
+            assert out.attempts == [("a", False)] * 3 + [("b", True)]
+            assert out.failovers() == [("a", "b")] and out.finisher == "b"
         assert len(bad.script.requests) == 6  # 3 attempts each (FAST.max_attempts), then failover
 
 
@@ -98,6 +101,7 @@ def test_mid_stream_failover_yields_exactly_the_script_with_nothing_repeated(tok
         a.script.faults.append(Fault(disconnect_after=4))
         got, out = asyncio.run(answer(router([openai(a), anthropic(b)], tokens=tokens)))
         assert got == text and out.providers == ["a", "b"]
+        assert out.failovers() == [("a", "b")] and out.finisher == "b"
         _, continued, _ = b.script.requests[0]
         assert continued["messages"][-1] == {"role": "assistant", "content": "One two three four"}
         # a was cut off before it reported usage: what it was sent and streamed, counted with the tokenizer
@@ -107,6 +111,15 @@ def test_mid_stream_failover_yields_exactly_the_script_with_nothing_repeated(tok
         usage = out.usage()
         assert usage.prompt_tokens == a_leg.usage.prompt_tokens  # the prompt as the first provider saw it
         assert usage.completion_tokens == a_leg.usage.completion_tokens + len(text.split()[4:])  # b counts its own
+
+
+def test_a_retry_of_the_same_provider_is_an_attempt_not_a_failover():
+    with serve_fake("openai") as a:
+        a.script.faults.append(Fault(status=503))
+        _, out = asyncio.run(answer(router([openai(a)])))
+        assert out.attempts == [("a", False), ("a", True)]
+        assert out.failovers() == [] and out.finisher == "a"
+    assert RoutedStream().finisher == "none"
 
 
 def test_costs_add_up_to_usage_times_price():
