@@ -228,16 +228,17 @@ def main() -> None:
     cache = engine_settings(8000).engine.model_cache_dir
     results: dict[str, dict] = {}
     for variant in VARIANTS:
-        model_dir = resolve_model_source(variant.model, cache, progress=print)
         if variant.quantization and args.awq_dir:
             model_dir = str(args.awq_dir)
+        else:
+            model_dir = resolve_model_source(variant.model, cache, progress=print)
         print(f"{variant.name}: serving {model_dir} ({variant.dtype}, {variant.quantization or 'no quantization'})")
         results[variant.name] = run_variant(variant, model_dir, args, args.out)
     reference = results["float32"]["answers"]
     for r in results.values():
         r.update(agreement(r["answers"], reference))
     (args.out / "results.json").write_text(
-        json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)  # paths as strings
     )
     table = markdown(results)
     (args.out / "results.md").write_text(table)

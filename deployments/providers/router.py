@@ -58,8 +58,8 @@ class RoutedStream:
 
     @property
     def finisher(self) -> str:
-        """The provider that finished the answer (the last that produced part of it), or 'none'."""
-        return self.legs[-1].provider if self.legs else "none"
+        """The provider whose attempt ended the answer well, or 'none' (failed, cancelled, or never answered)."""
+        return self.attempts[-1][0] if self.attempts and self.attempts[-1][1] else "none"
 
     def failovers(self) -> list[tuple[str, str]]:
         """(from, to) each time a failed attempt was followed by an attempt of another provider."""

@@ -60,18 +60,20 @@ def prometheus(stack, tmp_path_factory):
         stderr=open(folder / "prometheus.log", "w"),  # noqa: SIM115 - open as long as the process
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, (folder / "prometheus.log").read_text()[-2000:]
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (folder / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def _queries() -> list[tuple[str, str]]:
@@ -86,13 +88,16 @@ def _queries() -> list[tuple[str, str]]:
     ]
 
 
-def _load(base_url: str, headers: dict, stop: threading.Event) -> None:
+def _load(base_url: str, headers: dict, stop: threading.Event, errors: list[str]) -> None:
     """Requests one after another until told to stop: the engine's gauges (KV-cache use, running, waiting) are
     exported only while it works, and the same long prompt each time makes prefix-cache hits."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 24, "rag": False}
     with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
         while not stop.is_set():
-            client.post("/v1/chat/completions", json=body).raise_for_status()
+            reply = client.post("/v1/chat/completions", json=body)
+            if reply.status_code != 200:
+                errors.append(f"{reply.status_code} {reply.text[:300]}")
+                stop.set()
 
 
 # ~330 tokens: vLLM's CPU backend caches prefixes in blocks of 128 tokens (platforms/cpu.py), so a shorter prompt
@@ -102,22 +107,22 @@ PROMPT = "Describe, in two short sentences, how a river carries sand from the mo
 
 def test_every_dashboard_query_returns_data_from_the_running_stack(prometheus, http, base_url):
     assert http.post("/v1/chat/completions", json={"model": MODEL}).status_code == 400
-    stop = threading.Event()
-    loader = threading.Thread(
-        target=_load, args=(base_url, {"Authorization": f"Bearer {MASTER_KEY}"}, stop), daemon=True
-    )
+    stop, errors = threading.Event(), []
+    auth = {"Authorization": f"Bearer {MASTER_KEY}"}
+    loader = threading.Thread(target=_load, args=(base_url, auth, stop, errors), daemon=True)
     loader.start()
     try:
-        _wait_for_every_query(prometheus)
+        _wait_for_every_query(prometheus, errors)
     finally:
         stop.set()
         loader.join(timeout=120)
     print(f"\n[prometheus] {len(_queries())} dashboard queries, each with data")
 
 
-def _wait_for_every_query(prometheus: str) -> None:
+def _wait_for_every_query(prometheus: str, load_errors: list[str]) -> None:
     deadline = time.monotonic() + 120  # Ray's agent exports every few seconds; Prometheus scrapes every second
     while True:
+        assert not load_errors, f"the background load failed: {load_errors}"
         empty = []
         for title, expr in _queries():
             reply = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()

@@ -104,8 +104,11 @@ def test_an_llmcompressor_awq_checkpoint_is_served_as_compressed_tensors_and_awq
 
 def test_4bit_weights_on_cpu_need_bfloat16_activations_whatever_the_mode(tmp_path):
     (tmp_path / "ct").mkdir()
-    for folder in (w4a16_checkpoint(tmp_path / "ct"), checkpoint(tmp_path, "awq")):
-        for mode in (None, "compressed-tensors" if "ct" in folder else "awq"):
+    for folder, own_mode in (
+        (w4a16_checkpoint(tmp_path / "ct"), "compressed-tensors"),
+        (checkpoint(tmp_path, "awq"), "awq"),
+    ):
+        for mode in (None, own_mode):
             with pytest.raises(QuantizationError, match=r"set engine\.dtype: bfloat16"):
                 check_quantization(mode, "cpu", None, folder, dtype="float32")
         check_quantization(None, "gpu", None, folder, dtype="float32")  # the GPU kernels take float32 input
