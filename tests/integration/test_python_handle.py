@@ -51,3 +51,16 @@ def test_typed_errors_reach_python_callers(stack):
     handle = serve.get_app_handle(stack.settings.app_name)
     with pytest.raises(NotFound):
         handle.chat.remote(request().model_copy(update={"model": "nope"})).result(timeout_s=60)
+
+
+def test_a_handle_call_must_name_a_tenant_that_exists(stack, http):
+    """As an admin key's X-LLMServe-Tenant: objects and metrics belong only to tenants an admin made."""
+    from core.errors import NotFound
+
+    handle = serve.get_app_handle(stack.settings.app_name)
+    ghost = f"ghost-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(NotFound, match=ghost):
+        handle.chat.remote(request(), tenant=ghost).result(timeout_s=120)
+    assert http.put(f"/admin/tenants/{ghost}", json={}).status_code == 200
+    assert "Paris" in handle.chat.remote(request(), tenant=ghost).result(timeout_s=120).choices[0].message.content
+    assert http.delete(f"/admin/tenants/{ghost}").status_code == 200
