@@ -39,7 +39,7 @@ def _spawn_ray_target(kind: str, port: int, log: Path) -> tuple[subprocess.Popen
     raise RuntimeError(f"{kind} exited before it was ready; see {log}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=90)
@@ -71,14 +71,14 @@ def run_compare(
         wait_http(f"http://127.0.0.1:{port}/v1/models", timeout_s=300)
         results["vllm"] = measure(f"http://127.0.0.1:{port}", None, workload, concurrency, repeats=repeats)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
     say("(b) ray.serve.llm build_openai_app: starting")
     proc, url, _ = _spawn_ray_target("rayllm", free_port(), out_dir / "rayllm.log")
     try:
         results["rayllm"] = measure(url, None, workload, concurrency, repeats=repeats)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
     say("(c, d) llmserve without and with RAG: starting")
     proc, url, key = _spawn_ray_target("ours", free_port(), out_dir / "ours.log")
@@ -89,7 +89,7 @@ def run_compare(
         rag = {"rag": {"collection": "bench", "top_k": 3, "min_score": -1}}  # always retrieve and use 3 chunks
         results["llmserve-rag"] = measure(url, key, replace(workload, extra_body=rag), concurrency, repeats=repeats)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
     report = {"workload": {**workload.__dict__, "prompt_file": str(workload.prompt_file or "")}, "results": results}
     report["wall_s"] = time.monotonic() - started

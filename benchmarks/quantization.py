@@ -27,6 +27,7 @@ import httpx
 import psutil
 
 from benchmarks.bench import Workload, measure
+from benchmarks.compare import stop_process
 from benchmarks.gateway_overhead import free_port, wait_http
 from benchmarks.targets import engine_settings, vllm_command
 
@@ -177,12 +178,7 @@ def run_variant(variant: Variant, model_dir: str, args: argparse.Namespace, out_
         result.update(tree_rss(proc.pid))
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def markdown(results: dict[str, dict]) -> str:

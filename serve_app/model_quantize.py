@@ -11,7 +11,6 @@ checkpoint declares; llmcompressor writes AWQ in that format) and `engine.dtype:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,7 +23,6 @@ from filelock import FileLock
 from serve_app.model_prep import (
     AWQ_GROUP_SIZE,
     AWQ_RECIPE,
-    SMOLLM2_AWQ_ALIAS,
     SMOLLM2_AWQ_MODEL_ID,
     Progress,
     _silent,
@@ -33,10 +31,6 @@ from serve_app.model_prep import (
     prepare_smollm2,
 )
 
-AWQ_ALIAS = SMOLLM2_AWQ_ALIAS
-AWQ_MODEL_ID = SMOLLM2_AWQ_MODEL_ID
-QUANTIZE_METHODS = ("awq",)
-PROVENANCE_FILE = "llmserve-quantization.json"  # written by quantize_awq.py
 _HERE = Path(__file__).parent
 REQUIREMENTS = _HERE / "quantize-requirements.txt"
 SCRIPT = _HERE / "quantize_awq.py"
@@ -66,24 +60,19 @@ def ensure_quantize_venv(venv: Path, progress: Progress = _silent) -> Path:
     return python
 
 
-def provenance(folder: Path) -> dict:
-    """How a quantized folder was made (algorithm, bits, group size, calibration, tool versions)."""
-    return json.loads((folder / PROVENANCE_FILE).read_text())
-
-
 def prepare_awq(cache_dir: Path, progress: Progress = _silent) -> Path:
     """Return the ready AWQ W4A16 folder, making it once (float32 first, then llmcompressor, ~7 min on 2 cores)."""
-    target = cache_dir / AWQ_MODEL_ID
+    target = cache_dir / SMOLLM2_AWQ_MODEL_ID
     if is_prepared(target, AWQ_RECIPE):
         return target
     source = prepare_smollm2(cache_dir, progress)
-    with FileLock(str(cache_dir / f"{AWQ_MODEL_ID}.lock")):
+    with FileLock(str(cache_dir / f"{SMOLLM2_AWQ_MODEL_ID}.lock")):
         if is_prepared(target, AWQ_RECIPE):
             return target
         python = ensure_quantize_venv(quantize_venv(cache_dir), progress)
         progress(f"quantizing {source.name} to 4-bit AWQ (W4A16, llmcompressor on the CPU; several minutes)")
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".quant-") as tmp:
-            staging = Path(tmp) / AWQ_MODEL_ID
+            staging = Path(tmp) / SMOLLM2_AWQ_MODEL_ID
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             command = [str(python), str(SCRIPT), str(source), str(staging), "--group-size", str(AWQ_GROUP_SIZE)]
             subprocess.run(command, check=True, env=env)
