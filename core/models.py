@@ -66,6 +66,8 @@ class Caller(BaseModel):
         "chat",
         description="The API it came by (the shape of its answer); text: a /v1/completions prompt, sent raw.",
     )
+    traceparent: str | None = Field(None, description="W3C traceparent of the span that asked for it (tracing).")
+    request_id: str | None = Field(None, description="The HTTP request's x-request-id (logs and W&B rows).")
 
 
 class ChatMessage(BaseModel):

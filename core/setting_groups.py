@@ -386,6 +386,12 @@ class MetricsSettings(Group):
     export_port: int = Field(
         8080, ge=1, le=65535, description="Where `llmserve up`'s Ray serves Prometheus metrics (/metrics)."
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector for traces (http://collector:4318): spans go to <url>/v1/traces. Unset: "
+        "OpenTelemetry's OTEL_EXPORTER_OTLP_ENDPOINT when set; else spans are made (trace ids in response headers, "
+        "logs and W&B rows) but not exported.",
+    )
 
     def resolved_wandb_mode(self) -> str:
         if self.wandb_mode != "auto":

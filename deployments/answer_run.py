@@ -33,6 +33,7 @@ from deployments.handles import detached
 from deployments.providers.base import EngineDelta, GenerationParams
 from deployments.providers.router import ProviderRouter, RoutedStream, continuing, interrupted
 from deployments.run_metrics import Timing
+from observability import tracing
 from state.conversations import ConversationStore
 from state.journal import Event, Journal
 from state.limits import Limiter
@@ -215,7 +216,8 @@ class AnswerRun:
             producer.cancel()
             self.done = True
             log = logger.info if status == "ok" else logger.warning
-            log("answer %s ended %s after event %d (epoch %d)%s", self.response_id, status, self._seq, self._epoch,
+            log("answer %s ended %s after event %d (epoch %d, trace %s)%s", self.response_id, status, self._seq,
+                self._epoch, tracing.trace_id(self.turn.timing.span) if self.turn.timing.span else "-",
                 f": {self.error!r}" if self.error is not None else "")  # fmt: skip
             async with self._changed:
                 self._changed.notify_all()
@@ -356,7 +358,8 @@ class AnswerRun:
             return
         new_turn = [*turn.request.messages, _first_answer(events)]
         commit = self._s.conversations.commit_turn
-        await self._retrying(lambda: commit(turn.caller.tenant, turn.conversation_id, turn.chunk_id, new_turn))
+        with tracing.span("commit", conversation_id=turn.conversation_id):
+            await self._retrying(lambda: commit(turn.caller.tenant, turn.conversation_id, turn.chunk_id, new_turn))
 
     async def _renew_reservation(self) -> None:
         """Keep the caller's reservation leased while the answer runs (a third of the lease at a time)."""

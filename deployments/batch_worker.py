@@ -30,7 +30,7 @@ from deployments.batch_accounts import BatchAccounts
 from deployments.batch_jobs import error_record, finalize, queue_lines, response_record
 from deployments.handles import configured
 from observability import prom
-from observability.wandb_sink import MetricsSink
+from observability.wandb_runs import sink_for
 from state.batches import TERMINAL, BatchStore, QueuedRequest
 from state.files import FileStore
 from state.interactive_load import InteractiveLoad
@@ -90,9 +90,7 @@ class BatchWorker:
         self.preemptions = 0
         self._stats = (0, 0.0)
         self._failing_rounds = 0
-        self._sink = MetricsSink.for_settings(
-            metrics, run_name=f"batch-worker-{self._consumer}", config={"model": model_name, "role": "batch-worker"}
-        )
+        self._sink = sink_for(metrics, "batch-worker", config={"model": model_name})
         self._loop = asyncio.get_event_loop().create_task(self._run())
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

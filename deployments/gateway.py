@@ -21,6 +21,7 @@ from core.pricing import Price
 from core.setting_groups import LimitsSettings
 from core.tokens import estimate_prompt_tokens, resolve_max_tokens
 from deployments.admission import AdmissionGate, Slot
+from observability import tracing
 from state.api_keys import KeyRecord, KeyStore, Limits
 from state.limits import Limiter, Scope
 from state.outage import retry_through_outage
@@ -43,7 +44,13 @@ class Principal:
     tenant_limits: Limits
 
     def caller(self) -> Caller:
-        return Caller(tenant=self.tenant, key_id=self.kid, admin=self.admin)
+        return Caller(
+            tenant=self.tenant,
+            key_id=self.kid,
+            admin=self.admin,
+            traceparent=tracing.traceparent(),
+            request_id=tracing.REQUEST_ID.get(),
+        )
 
     def scope(self) -> Scope:
         return Scope(self.tenant, self.kid, self.limits, self.tenant_limits)
@@ -126,12 +133,14 @@ class Gateway:
     async def open_for(self, principal: Principal, model: str, prompt: int, completion: int, price: Price) -> Ticket:
         """Let a request in: a place under the model's capacity (503 when full, before any Redis call, so a
         busy server costs the caller none of its quota), then its key's limits (429)."""
-        slot = self.admission.enter(model)
+        with tracing.span("admission", model=model):
+            slot = self.admission.enter(model)
         # Reserved and settled under an id of our own: the x-request-id is the client's to choose, and a
         # reused one must neither skip the count nor share a reservation.
         ticket = Ticket(self, principal, uuid.uuid4().hex, slot)
         try:
-            await self.admit(principal, model, ticket.reservation_id, prompt, completion, price)
+            with tracing.span("limits", tenant=principal.tenant, reserved_tokens=prompt + completion):
+                await self.admit(principal, model, ticket.reservation_id, prompt, completion, price)
         except BaseException:
             slot.release()  # nothing was reserved
             raise

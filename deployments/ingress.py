@@ -22,6 +22,7 @@ from core.setting_groups import (
     BatchSettings,
     EngineSettings,
     LimitsSettings,
+    MetricsSettings,
     PricingSettings,
     RoutingSettings,
     StateSettings,
@@ -34,6 +35,7 @@ from deployments.gateway import Gateway
 from deployments.handles import configured
 from deployments.http_app import build_http_app
 from deployments.ingress_state import IngressState
+from observability import tracing
 from rag.embedder import EMBEDDING_MODEL
 from state.batches import BatchStore
 from state.conversations import ConversationStore
@@ -67,10 +69,12 @@ class Ingress:
         served_models: list[str],
         ingress_replicas: int = 1,
         grpc: bool = True,
+        metrics: MetricsSettings | None = None,
     ):
         if not master_key_hash:
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
         make_ingress_port_rebindable()  # before Serve starts this replica's HTTP server
+        tracing.setup_tracing("ingress", metrics.otlp_endpoint if metrics else None)
         client = async_redis(state.redis_url)
         gateway = Gateway(
             client,

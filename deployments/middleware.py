@@ -20,10 +20,12 @@ from core.errors import LLMServeError, PayloadTooLarge, PermissionDenied
 from core.names import validate_tenant_id
 from deployments.gateway import Gateway
 from deployments.http_errors import error_response, route_path
+from observability import tracing
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GUARDED = ("/v1/", "/admin/")
 TENANT_HEADER = "x-llmserve-tenant"  # an admin key acting for another tenant
+TRACE_HEADER = b"x-llmserve-trace-id"
 
 
 class GatewayMiddleware:
@@ -47,9 +49,31 @@ class GatewayMiddleware:
         state["request_id"] = request_id
         # Serve's proxy already puts x-request-id (the client's, or a new one) on every response.
         path = route_path(scope)
+        method = scope.get("method", "")
+        # The request's span: a child of the client's traceparent when it sent one; current for the whole
+        # call (the app sends its streamed body before it returns), its trace id a response header.
+        with tracing.span(
+            f"{method} {_route_template(scope, path)}",
+            tracing.extract(headers),
+            kind=tracing.SpanKind.SERVER,
+            request_id=request_id,
+            **{"http.request.method": method, "url.path": path},
+        ) as server:
+            send = _with_trace_header(send, tracing.trace_id(server))
+            token = tracing.REQUEST_ID.set(request_id)
+            try:
+                await self._guarded(scope, receive, send, headers, path, request_id)
+            finally:
+                tracing.REQUEST_ID.reset(token)
+
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], path: str, request_id: str
+    ) -> None:
+        state = scope["state"]
         if path.startswith(_GUARDED) or path in ("/v1", "/admin"):
             try:
-                principal = await self._gateway.authenticate(_authorization(headers))
+                with tracing.span("auth"):
+                    principal = await self._gateway.authenticate(_authorization(headers))
                 if path.startswith("/admin") and not principal.admin:
                     raise PermissionDenied("admin routes need an admin key")
                 if headers.get(TENANT_HEADER):
@@ -63,6 +87,30 @@ class GatewayMiddleware:
                 await error_response(exc, request_id, path)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _with_trace_header(send: Send, trace_id: str) -> Send:
+    """`send` that puts `x-llmserve-trace-id` on the response's headers."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and trace_id:
+            message = {**message, "headers": [*message.get("headers", []), (TRACE_HEADER, trace_id.encode())]}
+        await send(message)
+
+    return sending
+
+
+def _route_template(scope: Scope, path: str) -> str:
+    """The route's template (`/v1/batches/{batch_id}`), not its path: span names stay few. Read from the
+    app's router before routing; a path no route matches is named by its first two segments."""
+    from starlette.routing import Match
+
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", []):
+        match, _ = route.matches({**scope, "path": path, "root_path": ""})
+        if match == Match.FULL:
+            return getattr(route, "path", path)
+    return "/".join(path.split("/")[:3]) or "/"
 
 
 def _authorization(headers: dict[str, str]) -> str:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -46,8 +46,9 @@ from deployments.handles import configured
 from deployments.prompt import build_prompt, generation_params, retrieval_query
 from deployments.providers.factory import build_providers, build_router
 from deployments.providers.router import RoutedStream
-from deployments.run_metrics import Timing, export_prometheus, wandb_record
-from observability.wandb_sink import MetricsSink
+from deployments.run_metrics import Timing, end_trace, export_prometheus, wandb_record
+from observability import tracing
+from observability.wandb_runs import sink_for
 from state.conversations import ConversationStore
 from state.journal import Event, Journal
 from state.limits import Limiter
@@ -85,6 +86,7 @@ class Orchestrator:
     ):
         if not state.redis_url:
             raise ValueError("state.redis_url is required (llmserve up starts an embedded Redis when none is set)")
+        tracing.setup_tracing("orchestrator", metrics.otlp_endpoint)
         self._engine = engine
         self._limits = limits
         self._state = state
@@ -121,10 +123,7 @@ class Orchestrator:
         )
         self._tokens = tokens
         self._runs: dict[str, AnswerRun] = {}
-        replica = serve.get_replica_context().replica_tag if _in_serve() else f"local-{os.getpid()}"
-        self._metrics = MetricsSink.for_settings(
-            metrics, run_name=f"orchestrator-{replica}", config={"model": engine.model_name, "replica": replica}
-        )
+        self._metrics = sink_for(metrics, "orchestrator", config={"model": engine.model_name})
 
     def __del__(self):
         metrics = getattr(self, "_metrics", None)
@@ -192,10 +191,11 @@ class Orchestrator:
             if meta is None:
                 if after_seq:
                     raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
-                turn = await self._prepare(request, caller)
+                turn = await self._traced_prepare(request, caller)
                 if caller.journal and not await self._journal.open(
                     caller.tenant, response_id, turn.record(), caller.model_dump()
                 ):
+                    tracing.end(turn.timing.span, status="followed")  # another call's run answers it
                     continue  # another call opened it first (a retry racing its first attempt): follow that
                 self._start(AnswerRun(turn, self._services))
                 yield []
@@ -205,6 +205,7 @@ class Orchestrator:
             if status == "taken":  # its writer is gone: continue it here, from what it journaled
                 prefix = await self._journal.events(caller.tenant, response_id)
                 turn = Turn.from_record(meta["request"], Caller.model_validate(meta["caller"]), response_id)
+                turn.timing.span = _answer_span("answer.takeover", turn.caller, turn.request.model, epoch=epoch)
                 self._start(AnswerRun(turn, self._services, epoch=epoch, prefix=prefix))
                 take_over = False
                 continue
@@ -231,7 +232,21 @@ class Orchestrator:
 
     def _start(self, run: AnswerRun) -> None:
         self._runs[run.response_id] = run
-        run.start(on_done=lambda r: self._runs.pop(r.response_id, None))
+        with tracing.current(run.turn.timing.span):  # its provider attempts are the answer span's children
+            run.start(on_done=lambda r: self._runs.pop(r.response_id, None))
+
+    async def _traced_prepare(self, request: ChatRequest, caller: Caller) -> Turn:
+        """`_prepare` under the answer's span (a child of the caller's traceparent); the span stays open until
+        the answer finishes (`_finished`)."""
+        span = _answer_span("answer", caller, request.model)
+        try:
+            with tracing.current(span):
+                turn = await self._prepare(request, caller)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        turn.timing.span = span
+        return turn
 
     async def _prepare(self, request: ChatRequest, caller: Caller) -> Turn:
         timing = Timing()
@@ -244,14 +259,15 @@ class Orchestrator:
         history, citations = await asyncio.gather(
             self._history(request, caller), self._retrieve(request, caller, timing)
         )
-        prompt = build_prompt(
-            history,
-            request.messages,
-            citations,
-            max_model_len=self._engine.max_model_len,
-            max_tokens=max_tokens,
-            tokens=self._tokens,
-        )
+        with tracing.span("prompt", history_messages=len(history), chunks=len(citations)):
+            prompt = build_prompt(
+                history,
+                request.messages,
+                citations,
+                max_model_len=self._engine.max_model_len,
+                max_tokens=max_tokens,
+                tokens=self._tokens,
+            )
         timing.prompt_done = time.perf_counter()
         params = generation_params(request, max_tokens)
         return Turn(request, caller, caller.response_id, prompt, params, citations, timing=timing)
@@ -259,9 +275,10 @@ class Orchestrator:
     async def _history(self, request: ChatRequest, caller: Caller) -> list[ChatMessage]:
         if not request.conversation_id:
             return []
-        return await self._conversations.history(
-            caller.tenant, request.conversation_id, self._state.history_max_messages
-        )
+        with tracing.span("history", conversation_id=request.conversation_id):
+            return await self._conversations.history(
+                caller.tenant, request.conversation_id, self._state.history_max_messages
+            )
 
     async def _retrieve(self, request: ChatRequest, caller: Caller, timing: Timing) -> list[Citation]:
         """Chunks from what the caller may read: its tenant's own collections, or a shared one granted to it."""
@@ -276,13 +293,15 @@ class Orchestrator:
             raise NotFound(f"RAG collection {collection!r} does not exist", param="rag.collection")
         t0 = time.perf_counter()
         try:
-            return await self._retriever.retrieve.remote(
-                query,
-                caller.tenant,
-                collection,
-                (options.top_k if options and options.top_k else None) or self._rag.top_k,
-                options.min_score if options and options.min_score is not None else self._rag.min_score,
-            )
+            with tracing.span("retrieval", collection=collection):
+                return await self._retriever.retrieve.remote(
+                    query,
+                    caller.tenant,
+                    collection,
+                    (options.top_k if options and options.top_k else None) or self._rag.top_k,
+                    options.min_score if options and options.min_score is not None else self._rag.min_score,
+                    traceparent=tracing.traceparent(),
+                )
         finally:
             timing.retrieval_s = time.perf_counter() - t0
 
@@ -294,6 +313,7 @@ class Orchestrator:
         task.add_done_callback(self._pending.discard)
         end = time.perf_counter()
         export_prometheus(turn.timing, routed, end, status, turn.request.model, turn.caller.tenant)
+        end_trace(turn.timing, routed, end, status)
         record = wandb_record(
             turn.timing,
             routed,
@@ -304,6 +324,8 @@ class Orchestrator:
             response_id=turn.caller.response_id,
             model=turn.request.model,
             tenant=turn.caller.tenant,
+            trace_id=tracing.trace_id(turn.timing.span) if turn.timing.span is not None else "",
+            request_id=turn.caller.request_id or "",
         )
         self._metrics.record(record)
 
@@ -327,17 +349,21 @@ class Orchestrator:
             logger.warning("provider usage not counted: %r", exc)
 
 
+def _answer_span(name: str, caller: Caller, model: str, **attributes: Any) -> tracing.Span:
+    return tracing.start(
+        name,
+        tracing.context_of(caller.traceparent),
+        response_id=caller.response_id,
+        model=model,
+        tenant=caller.tenant,
+        api=caller.kind,
+        **attributes,
+    )
+
+
 async def _collect(events: AsyncIterator[list[Event]]) -> list[Event]:
     return [e for batch in [b async for b in events] for e in batch]
 
 
 async def _awaitable(value):
     return await value
-
-
-def _in_serve() -> bool:
-    try:
-        serve.get_replica_context()
-        return True
-    except Exception:
-        return False

@@ -27,7 +27,8 @@ from core.models import (
     IngestResponse,
 )
 from core.names import SHARED_PREFIX
-from core.setting_groups import RagSettings
+from core.setting_groups import MetricsSettings, RagSettings
+from observability import tracing
 from rag.collections import physical_name, public_name, tenant_prefix
 from rag.embedder import BadTokens, Embedder, InputTooLong
 from rag.ingest import ingest_document
@@ -36,7 +37,8 @@ from rag.store import ChunkStore, make_client
 
 @serve.deployment(name="Retriever")
 class Retriever:
-    def __init__(self, rag: RagSettings):
+    def __init__(self, rag: RagSettings, metrics: MetricsSettings | None = None):
+        tracing.setup_tracing("retriever", metrics.otlp_endpoint if metrics else None)
         self._rag = rag
         self._embedder = Embedder(torch_threads=rag.torch_threads)
         self._embed_queries.set_max_batch_size(rag.batch_size)
@@ -45,16 +47,31 @@ class Retriever:
         self._write_lock = asyncio.Lock()
 
     async def retrieve(
-        self, query: str, tenant: str, collection: str | None, top_k: int, min_score: float
+        self,
+        query: str,
+        tenant: str,
+        collection: str | None,
+        top_k: int,
+        min_score: float,
+        traceparent: str | None = None,
     ) -> list[Citation]:
         """Chunks at least `min_score` similar to `query`. A collection named explicitly must exist;
         the default one may not yet (a fresh tenant has ingested nothing)."""
+        span = tracing.context_of(traceparent)
+        with tracing.span("retriever.retrieve", span, kind=tracing.SpanKind.SERVER, tenant=tenant, top_k=top_k):
+            return await self._retrieve(query, tenant, collection, top_k, min_score)
+
+    async def _retrieve(
+        self, query: str, tenant: str, collection: str | None, top_k: int, min_score: float
+    ) -> list[Citation]:
         name = collection or self._rag.collection
         physical = physical_name(tenant, name)
         if collection:
             await self._existing(physical, name, param="rag.collection")
-        vector = await self._embed_queries(query)
-        hits = await asyncio.to_thread(self._store.query, physical, vector, top_k)
+        with tracing.span("embed"):
+            vector = await self._embed_queries(query)
+        with tracing.span("chroma.query", collection=physical):
+            hits = await asyncio.to_thread(self._store.query, physical, vector, top_k)
         return [
             Citation(source=h.source, chunk_id=h.chunk_id, score=round(h.score, 4), text=h.text)
             for h in hits

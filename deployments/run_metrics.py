@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.providers.router import RoutedStream
-from observability import prom
+from observability import prom, tracing
+from observability.tracing import Span
 
 
 @dataclass
@@ -17,6 +18,31 @@ class Timing:
     retrieval_s: float = 0.0
     prompt_done: float | None = None
     first_token: float | None = None
+    span: Span | None = None  # the answer's span, ended by `end_trace`
+
+
+def end_trace(timing: Timing, routed: RoutedStream, end: float, status: str) -> None:
+    """The answer's span ends with its stages as measured (queued for the first token, then decoding), the first
+    token as an event, and what it cost."""
+    span = timing.span
+    if span is None:
+        return
+    if timing.first_token is not None:
+        if timing.prompt_done is not None:
+            tracing.span_between("queue", span, timing.prompt_done, timing.first_token)
+        span.add_event("first token", timestamp=tracing.wall_ns(timing.first_token))
+        tracing.span_between("decode", span, timing.first_token, end)
+    usage = routed.usage()
+    tracing.end(
+        span,
+        None if status == "ok" else status,
+        status=status,
+        provider=routed.finisher,
+        failovers=len(routed.failovers()),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost_usd=routed.cost_usd,
+    )
 
 
 def export_prometheus(timing: Timing, routed: RoutedStream, end: float, status: str, model: str, tenant: str) -> None:
@@ -59,14 +85,19 @@ def wandb_record(
     response_id: str,
     model: str,
     tenant: str,
+    trace_id: str = "",
+    request_id: str = "",
 ) -> dict[str, Any]:
-    """One request's W&B row; `response_id` is the answer's id, as clients see it (`id`, GET .../{id})."""
+    """One request's W&B row; `response_id` is the answer's id, as clients see it (`id`, GET .../{id});
+    `trace_id` joins it to its trace."""
     usage = routed.usage()
     e2e = end - timing.start
     ttft = (timing.first_token - timing.start) if timing.first_token else None
     decode_s = (end - timing.first_token) if timing.first_token else 0.0
     return {
         "response_id": response_id,
+        "trace_id": trace_id,
+        "request_id": request_id,
         "model": model,
         "tenant": tenant,
         "ttft_s": ttft,

@@ -1,6 +1,8 @@
 """Per-request records to W&B, batched in a background thread so the request path only enqueues.
 
-`wandb.init` (≈0.7 s, starts wandb-core) also happens in that thread, never on a request.
+`wandb.init` (≈0.7 s, starts wandb-core) also happens in that thread, never on a request. Besides the rows:
+the run summary (totals, latency percentiles) on every flush, and every `tables_every_s` latency histograms
+and a table of requests, tokens and spend by tenant, model and provider.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from core.setting_groups import MetricsSettings
 
 logger = logging.getLogger(__name__)
 _WINDOW = 1000
+_INIT_LOCK = threading.Lock()  # several runs in one process (the run writer) start one at a time
 
 
 class MetricsSink:
@@ -30,11 +34,26 @@ class MetricsSink:
         group: str,
         flush_interval_s: float = 2.0,
         config: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        job_type: str | None = None,
+        tables_every_s: float = 30.0,
     ):
         self._mode = mode
         self._init_kwargs = dict(
-            project=project, dir=str(directory), name=run_name, group=group, mode=mode, config=config or {}
+            project=project,
+            dir=str(directory),
+            name=run_name,
+            group=group,
+            mode=mode,
+            config=config or {},
+            id=run_id,
+            job_type=job_type,
+            resume="allow" if run_id else None,  # the same id again (a restarted writer) continues that run
+            reinit="create_new",
         )
+        self._tables_every_s = tables_every_s
+        self._tables_at = time.monotonic()
+        self._by_labels: dict[tuple[str, str, str], Counter[str]] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self._interval = flush_interval_s
         self._records: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -93,10 +112,11 @@ class MetricsSink:
         import wandb
 
         try:
-            self._run = wandb.init(
-                **self._init_kwargs,
-                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
-            )
+            with _INIT_LOCK:
+                self._run = wandb.init(
+                    **self._init_kwargs,
+                    settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True),
+                )
         except Exception:  # metrics must never take the service down
             logger.exception("wandb.init failed; request metrics will not be recorded")
             return
@@ -125,6 +145,25 @@ class MetricsSink:
                 logger.exception("wandb log failed")
         if batch:
             self._summarize(batch)
+        if self._count and time.monotonic() - self._tables_at >= self._tables_every_s:
+            self._tables_at = time.monotonic()
+            self._log_tables()
+
+    def _log_tables(self) -> None:
+        """Latency histograms over the recent window and the totals by tenant, model and provider."""
+        import wandb
+
+        try:
+            counted = ["requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd"]
+            rows = [[*labels, *(c[k] for k in counted)] for labels, c in self._by_labels.items()]
+            table = wandb.Table(columns=["tenant", "model", "provider", *counted], data=rows)
+            values: dict[str, Any] = {"by_tenant_model_provider": table}
+            for key, window in self._recent.items():
+                if window:
+                    values[f"{key}_histogram"] = wandb.Histogram(list(window))
+            self._run.log(values)
+        except Exception:
+            logger.exception("wandb tables failed")
 
     def _summarize(self, batch: list[dict[str, Any]]) -> None:
         """Run summary: totals, and latency percentiles over the last _WINDOW requests."""
@@ -135,6 +174,12 @@ class MetricsSink:
             for key in ("completion_tokens", "prompt_tokens", "cost_usd"):
                 self._totals[key] += values.get(key) or 0
             self._totals["errors"] += 0 if values.get("ok", 1) else 1
+            labels = (str(values.get("tenant", "")), str(values.get("model", "")), str(values.get("provider", "")))
+            counts = self._by_labels.setdefault(labels, Counter())
+            counts["requests"] += 1
+            counts["errors"] += 0 if values.get("ok", 1) else 1
+            for key in ("prompt_tokens", "completion_tokens", "cost_usd"):
+                counts[key] += values.get(key) or 0
         summary = {"requests": self._count, **{f"total_{k}": v for k, v in self._totals.items()}}
         for key, window in self._recent.items():
             if window:

@@ -74,7 +74,7 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
     served_models = s.served_models()
     retriever = Retriever.options(
         num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
-    ).bind(s.rag)
+    ).bind(s.rag, metrics=s.metrics)
     orchestrators = orchestrator_replicas(s.replicas)
     slots = s.engine.max_replicas * s.engine.target_ongoing_requests // orchestrators
     orchestrator = Orchestrator.options(
@@ -132,4 +132,5 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
         served_models=served_models,
         ingress_replicas=s.replicas.ingress,
         grpc=grpc,
+        metrics=s.metrics,
     )

@@ -13,6 +13,7 @@ from httpx_sse import aconnect_sse
 
 from core.provider_config import ProviderConfig
 from deployments.providers.base import Price, ProviderError, status_error
+from observability import tracing
 
 
 def make_client(config: ProviderConfig) -> httpx.AsyncClient:
@@ -24,7 +25,9 @@ def make_client(config: ProviderConfig) -> httpx.AsyncClient:
 async def sse_events(
     client: httpx.AsyncClient, provider: str, path: str, body: dict[str, Any], headers: dict[str, str]
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """POST and yield (event name, JSON data) per server-sent event, stopping at `[DONE]`."""
+    """POST and yield (event name, JSON data) per server-sent event, stopping at `[DONE]`. The provider
+    attempt's span goes along as `traceparent`."""
+    headers = tracing.inject(dict(headers))
     try:
         async with aconnect_sse(client, "POST", path, json=body, headers=headers) as source:
             response = source.response

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from opentelemetry.trace import Span
 from redis.exceptions import RedisError
 
 from core.errors import InvalidRequest, ServiceUnavailable
@@ -25,6 +26,7 @@ from core.tokens import TokenCounter
 from deployments.providers.base import EngineDelta, GenerationParams, Provider, ProviderError
 from deployments.providers.retry import RetryPolicy, open_stream
 from deployments.providers.routing import LoadStats, Strategy
+from observability import tracing
 from state.breaker import CircuitBreaker
 
 logger = logging.getLogger("llmserve.router")
@@ -123,7 +125,8 @@ class ProviderRouter:
         except RedisError:
             logger.warning("circuit breaker state for %s not recorded: Redis unavailable", provider.name)
 
-    async def _failed(self, provider: Provider, out: RoutedStream) -> None:
+    async def _failed(self, provider: Provider, out: RoutedStream, span: Span, error: BaseException) -> None:
+        span.add_event("attempt failed", {"llmserve.error": str(error)[:300]})
         out.failed[provider.name] += 1
         out.attempts.append((provider.name, False))
         await self._record(provider, ok=False)
@@ -170,19 +173,27 @@ class ProviderRouter:
             leg = Leg(provider.name)
             self.stats.enter(provider.name)
             started = time.perf_counter()
+            # A span per attempt (its retries are events), current while the attempt opens: a managed
+            # provider gets it as its traceparent. Ended by hand: the stream crosses yields.
+            attempt = tracing.start("provider.attempt", provider=provider.name, model=model, sent_chars=len(sent))
+            if out.attempts and not out.attempts[-1][1]:
+                attempt.add_event("failover", {"llmserve.from_provider": out.attempts[-1][0]})
+            outcome = "stopped"  # closed or cancelled before it ended
             try:
                 try:
-                    first, rest = await open_stream(
-                        provider.name,
-                        _starter(
-                            provider, model, attempt_messages, attempt_params, f"{request_id}-{len(out.failures)}"
-                        ),
-                        self._policy,
-                        deadline,
-                        self._first_token_timeout_s.get(provider.name, 30.0),
-                        lambda exc, p=provider: self._failed(p, out),
-                    )
+                    with tracing.current(attempt):
+                        first, rest = await open_stream(
+                            provider.name,
+                            _starter(
+                                provider, model, attempt_messages, attempt_params, f"{request_id}-{len(out.failures)}"
+                            ),
+                            self._policy,
+                            deadline,
+                            self._first_token_timeout_s.get(provider.name, 30.0),
+                            lambda exc, p=provider, s=attempt: self._failed(p, out, s, exc),
+                        )
                 except ProviderError as exc:
+                    outcome = "rejected" if exc.client_error else "error"
                     out.failures.append(str(exc))
                     if exc.recovering and provider not in recovering:
                         recovering.append(provider)
@@ -209,7 +220,8 @@ class ProviderRouter:
                 except StopAsyncIteration:
                     pass
                 except ProviderError as exc:
-                    await self._failed(provider, out)
+                    outcome = "error"
+                    await self._failed(provider, out, attempt, exc)
                     out.failures.append(f"{exc} (after {len(leg.text)} characters)")
                     logger.warning("request %s: %s failed mid-stream; failing over", request_id, provider.name)
                     if exc.recovering:  # its replica is being replaced: it continues once it is back
@@ -222,10 +234,12 @@ class ProviderRouter:
                 finally:
                     self._settle_leg(provider, leg, attempt_messages)
                 out.attempts.append((provider.name, True))
+                outcome = "ok"
                 await self._record(provider, ok=True)
                 return
             finally:
                 self.stats.leave(provider.name)
+                tracing.end(attempt, None if outcome == "ok" else outcome, outcome=outcome, chars=len(leg.text))
         logger.warning("request %s: no provider answered: %s", request_id, "; ".join(out.failures) or "none serves it")
         tried = ", ".join(dict.fromkeys(p.name for p in route.providers)) or "none serves this model"
         raise ServiceUnavailable(

@@ -39,7 +39,16 @@ def fallback():
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, fallback):
+def otlp(tmp_path_factory):
+    """A real OTLP/HTTP receiver process the stack exports its traces to (tests/fakes/otlp_receiver.py)."""
+    from tests.fakes.otlp_receiver import run_receiver
+
+    with run_receiver(tmp_path_factory.mktemp("otlp") / "spans.jsonl") as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, fallback, otlp):
     from pydantic import SecretStr
 
     from core.provider_config import ProviderConfig
@@ -52,7 +61,7 @@ def stack(tmp_path_factory, fallback):
         master_key=SecretStr(MASTER_KEY),
         data_dir=tmp_path_factory.mktemp("llmserve-data"),
         server={"port": _free_port(), "proxy_port": _free_port()},
-        metrics={"export_port": _free_port(), "flush_interval_s": 0.5},
+        metrics={"export_port": _free_port(), "flush_interval_s": 0.5, "otlp_endpoint": otlp.url},
         state={"redis_url": REDIS_URL, "redis_prefix": prefix},
         engine={"model_cache_dir": MODEL_CACHE_DIR},
         limits={"max_tokens_cap": 512, "max_inflight_per_model": ADMISSION_CAPACITY},

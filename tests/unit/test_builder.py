@@ -37,10 +37,10 @@ def test_each_deployment_gets_its_groups_and_only_the_key_hash():
         groups = {type(v).__name__ for v in values if isinstance(v, BaseModel)}
         assert groups <= {
             "Ingress": {"LimitsSettings", "StateSettings", "EngineSettings", "PricingSettings", "RoutingSettings",
-                        "BatchSettings"},
+                        "BatchSettings", "MetricsSettings"},
             "Orchestrator": {"EngineSettings", "LimitsSettings", "StateSettings", "RagSettings", "RoutingSettings",
                              "PricingSettings", "MetricsSettings"},
-            "Retriever": {"RagSettings"},
+            "Retriever": {"RagSettings", "MetricsSettings"},  # traces
             "BatchWorker": {"BatchSettings", "StateSettings", "LimitsSettings", "MetricsSettings"},
             "FakeLLM": set(),
         }[name]  # fmt: skip

@@ -1,0 +1,70 @@
+"""Tracing helpers: span names are route templates (few, bounded), the trace id goes on the response, a
+traceparent survives the trip through a string, stages measured with perf_counter land at the right wall time."""
+
+import asyncio
+import time
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from deployments.middleware import _route_template, _with_trace_header
+from observability import tracing
+
+
+def test_span_names_are_route_templates_not_paths():
+    app = FastAPI()
+
+    @app.get("/v1/batches/{batch_id}")
+    async def batch(batch_id: str) -> dict:
+        return {}
+
+    scope = {"type": "http", "method": "GET", "app": app, "root_path": ""}
+    assert _route_template(scope, "/v1/batches/batch_123") == "/v1/batches/{batch_id}"
+    assert _route_template(scope, "/v1/nothing/here/at/all") == "/v1/nothing"  # unmatched: bounded too
+
+
+def test_the_trace_id_goes_on_the_response_start_only():
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    wrapped = _with_trace_header(send, "ab" * 16)
+    asyncio.run(wrapped({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}))
+    asyncio.run(wrapped({"type": "http.response.body", "body": b"x"}))
+    assert sent[0]["headers"] == [(b"a", b"b"), (b"x-llmserve-trace-id", b"ab" * 16)]
+    assert "headers" not in sent[1]
+
+
+def test_traceparent_round_trip_and_stage_spans():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tracer = provider.get_tracer("test")
+    parent = tracer.start_span("answer", context=tracing.context_of(incoming))
+    assert tracing.trace_id(parent) == "0af7651916cd43dd8448eb211c80319c"
+    carried = tracing.traceparent(parent)  # what the Caller carries to another replica
+    assert carried.split("-")[1:3] == [
+        "0af7651916cd43dd8448eb211c80319c",
+        format(parent.get_span_context().span_id, "016x"),
+    ]
+    assert tracing.context_of(None) is None
+    started = time.perf_counter()
+    before = time.time_ns()
+    time.sleep(0.02)
+    ended = time.perf_counter()
+    original = trace.get_tracer_provider
+    trace.get_tracer_provider = lambda: provider  # tracing.tracer() asks the global provider
+    try:
+        tracing.span_between("decode", parent, started, ended)
+    finally:
+        trace.get_tracer_provider = original
+    parent.end()
+    [decode] = [s for s in exporter.get_finished_spans() if s.name == "decode"]
+    assert decode.parent.span_id == parent.get_span_context().span_id
+    assert abs(decode.start_time - before) < 5_000_000  # within 5 ms of when it began
+    assert 15_000_000 <= decode.end_time - decode.start_time < 200_000_000
