@@ -9,6 +9,7 @@ from deployments import (
     admin_api,
     batch_api,
     chat_api,
+    console_api,
     embeddings_api,
     messages_api,
     openai_api,
@@ -40,4 +41,5 @@ def build_http_app(state: IngressState, max_body_bytes: int) -> FastAPI:
     app.include_router(rag_api.router)
     app.include_router(batch_api.router)  # /v1/files, /v1/batches
     app.include_router(admin_api.router)
+    app.include_router(console_api.router)  # /console: pages that sign their callers in themselves
     return app
