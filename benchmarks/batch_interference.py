@@ -94,6 +94,7 @@ def main(
         data_dir=data_dir,
         server={"port": port, "proxy_port": port + 1},
         metrics={"export_port": port + 2, "wandb_mode": "disabled"},
+        state={"response_cache": False},  # every request generates
     )
     stack = start_local(settings, say=console.log)
     try:

@@ -179,7 +179,7 @@ class Chaos:
         port = free_port()
         groups: dict = {
             "server": {"port": port, "proxy_port": free_port()},
-            "state": {"redis_url": self.redis.url},
+            "state": {"redis_url": self.redis.url, "response_cache": False},  # every answer is generated
             "metrics": {"export_port": free_port(), "wandb_mode": "disabled"},
         }
         if fallback_url:

@@ -99,7 +99,11 @@ def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, w
         master_key=SecretStr(master),
         data_dir=workdir / "data",
         server={"port": port, "proxy_port": free_port()},
-        state={"redis_url": redis_url, "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:8]}"},
+        state={
+            "redis_url": redis_url,
+            "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:8]}",
+            "response_cache": False,
+        },
         engine={"served_model_name": MODEL},
         rag={"enabled": False},
         limits={"max_inflight_per_model": capacity},

@@ -111,7 +111,12 @@ def serve_ours(port: int, redis_url: str) -> None:
         data_dir=settings_dir(),
         server={"port": port, "proxy_port": port + 1},
         metrics={"export_port": port + 2, "wandb_mode": "offline"},
-        state={"redis_url": redis_url, "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:6]}"},
+        # No response cache: the same greedy prompts go to every target, and each must generate them.
+        state={
+            "redis_url": redis_url,
+            "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:6]}",
+            "response_cache": False,
+        },
         limits={"max_inflight_per_model": 1000},
     )
     stack = start_local(settings, say=lambda _: None)

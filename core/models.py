@@ -68,6 +68,9 @@ class Caller(BaseModel):
     )
     traceparent: str | None = Field(None, description="W3C traceparent of the span that asked for it (tracing).")
     request_id: str | None = Field(None, description="The HTTP request's x-request-id (logs and W&B rows).")
+    response_cache: bool | None = Field(
+        None, description="Its deterministic answers may come from the response cache (None: the server's default)."
+    )
 
 
 class ChatMessage(BaseModel):

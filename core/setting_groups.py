@@ -126,6 +126,20 @@ class StateSettings(Group):
         ge=0,
         description="An answer nobody follows any more (its client left and did not resume) is cancelled after this.",
     )
+    response_cache: bool = Field(
+        True,
+        description="Keep answers to deterministic requests (temperature 0, or a seed) and answer the same request "
+        "again from them (state/response_cache.py), for keys that do not say otherwise (a key's response_cache: "
+        "false opts out, true opts in).",
+    )
+    response_cache_ttl_s: int = Field(3600, ge=1, description="How long a cached answer is kept.")
+    response_cache_hit_cost: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="What a cache hit is charged against the budget, as a fraction of what the answer first cost "
+        "(0: nothing).",
+    )
 
 
 class RagSettings(Group):

@@ -26,6 +26,11 @@ class NewKey(Limits):
     tenant: str | None = Field(None, description="The tenant the key belongs to (made if new). Default: its own.")
     admin: bool = Field(False, description="An admin key: manages keys and tenants, sees every tenant's data.")
     expires_in_s: float | None = Field(None, gt=0, description="The key stops working this many seconds from now.")
+    response_cache: bool | None = Field(
+        None,
+        description="Answer its deterministic requests from the response cache: true, false (always generate), or "
+        "unset (the server's state.response_cache).",
+    )
 
 
 class TenantUpdate(Limits):
@@ -42,12 +47,13 @@ async def create_key(body: NewKey, ingress: State) -> dict:
     limits = Limits(**body.model_dump(include=set(Limits.model_fields)))
     expires_at = time.time() + body.expires_in_s if body.expires_in_s else None
     keys, tenants = ingress.gateway.keys, ingress.gateway.tenants
+    options = {"admin": body.admin, "expires_at": expires_at, "response_cache": body.response_cache}
     if body.tenant is not None:
         tenant = validate_tenant_id(body.tenant)
         await tenants.ensure(tenant)
-        key, record = await keys.create(body.name, tenant, limits, admin=body.admin, expires_at=expires_at)
+        key, record = await keys.create(body.name, tenant, limits, **options)
     else:  # a tenant of its own, named by the key's id
-        key, record = await keys.create(body.name, "", limits, admin=body.admin, expires_at=expires_at, own_tenant=True)
+        key, record = await keys.create(body.name, "", limits, own_tenant=True, **options)
         await tenants.ensure(record.tenant, name=body.name)
     return {"key": key, **record.model_dump()}
 

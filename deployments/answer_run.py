@@ -25,10 +25,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from core.chat_features import ToolCallDelta, merge_tool_call_deltas
 from core.errors import LLMServeError, ServiceUnavailable
-from core.models import Caller, ChatChunk, ChatMessage, ChatRequest, ChunkChoice, Citation, Delta, Usage
+from core.models import Caller, ChatChunk, ChatRequest, ChunkChoice, Citation, Delta, Usage
 from core.tokens import TokenCounter
+from deployments import journaled
 from deployments.handles import detached
 from deployments.providers.base import EngineDelta, GenerationParams
 from deployments.providers.router import ProviderRouter, RoutedStream, continuing, interrupted
@@ -38,6 +38,7 @@ from state.conversations import ConversationStore
 from state.journal import Event, Journal
 from state.limits import Limiter
 from state.outage import retry_through_outage
+from state.response_cache import ResponseCache
 
 logger = logging.getLogger("llmserve.runs")
 _END = object()
@@ -69,6 +70,8 @@ class Turn:
     citations: list[Citation]
     created: int = field(default_factory=lambda: int(time.time()))
     timing: Timing = field(default_factory=Timing)
+    cache_key: str | None = None  # a deterministic request's key in the response cache
+    cached: list[dict[str, Any]] | None = None  # the cached answer's chunks (a hit)
 
     @property
     def conversation_id(self) -> str | None:
@@ -109,6 +112,8 @@ class RunServices:
     limiter: Limiter
     tokens: TokenCounter
     finished: Callable[[Turn, RoutedStream, str], None]  # metrics and provider usage
+    cache: ResponseCache | None = None  # answers of deterministic requests, kept and replayed
+    hit_cost: float = 0.0  # what a cache hit is charged, as a fraction of what its answer first cost
     grace_s: float = 30.0
     retry_s: float = 120.0  # how long a Redis write (journal, commit, settle) is retried before it is given up
     coalesce_s: float = 0.0  # chunks within this of the previous journal write wait to go with the next one
@@ -122,10 +127,10 @@ class AnswerRun:
         self._journaled = turn.caller.journal
         self.events: list[Event] = list(prefix or [])
         self._seq = self.events[-1].seq if self.events else 0
-        self._prefix_text = "".join(_text(e.chunk) for e in self.events)  # the first choice's: continued
-        self._prefix_generated = "".join(_generated(e.chunk) for e in self.events)  # all of it: counted
+        self._prefix_text = "".join(journaled.text(e.chunk) for e in self.events)  # the first choice's: continued
+        self._prefix_generated = "".join(journaled.generated(e.chunk) for e in self.events)  # all of it: counted
         self.routed = RoutedStream()
-        self.finish_reason = next((r for e in self.events if (r := _finish(e.chunk))), None)
+        self.finish_reason = next((r for e in self.events if (r := journaled.finish(e.chunk))), None)
         self.error: BaseException | None = None
         self.done = False
         self._committed = False
@@ -136,6 +141,7 @@ class AnswerRun:
         self._alone_since: float | None = None
         self._task: asyncio.Task | None = None
         self._renewed = time.monotonic()
+        self._hit_cost_usd = 0.0
 
     @property
     def response_id(self) -> str:
@@ -274,13 +280,18 @@ class AnswerRun:
 
     async def _chunks(self) -> AsyncIterator[list[ChatChunk]]:
         turn, routed = self.turn, self.routed
-        whole = self.finish_reason is not None and len(_finished(self.events)) >= (turn.params.n or 1)
+        whole = self.finish_reason is not None and len(journaled.finished(self.events)) >= (turn.params.n or 1)
         if whole:  # a takeover of an answer that was whole already
             if not any("usage" in e.chunk for e in self.events):
                 yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
             return
+        if turn.cached is not None and not self.events:  # a response cache hit: no provider is asked
+            turn.timing.first_token = time.perf_counter()
+            routed.attempts.append(("cache", True))
+            yield self._replayed(turn.cached)
+            return
         prompt, params = turn.prompt, turn.params
-        if params.structured and any(_output(e.chunk) for e in self.events):
+        if params.structured and any(journaled.output(e.chunk) for e in self.events):
             raise interrupted("its replica died")
         if self._prefix_text:  # continue the journaled text
             prompt = continuing(prompt, self._prefix_text)
@@ -319,7 +330,7 @@ class AnswerRun:
         for chunk in chunks:
             self._seq += 1
             events.append(Event(self._seq, chunk.model_dump(mode="json", exclude_none=True)))
-            self.finish_reason = self.finish_reason or _finish(events[-1].chunk)
+            self.finish_reason = self.finish_reason or journaled.finish(events[-1].chunk)
         await self._journal(events)
         if self.finish_reason is not None and not self._committed:
             await self._commit([*self.events, *events])
@@ -328,6 +339,8 @@ class AnswerRun:
             await self._settle()
             await self._journal([], status="completed")
         self.events.extend(events)
+        if end is _END:
+            self._keep_in_cache()
         self._last_write = time.monotonic()
         async with self._changed:
             self._changed.notify_all()
@@ -356,7 +369,7 @@ class AnswerRun:
         turn = self.turn
         if turn.conversation_id is None:
             return
-        new_turn = [*turn.request.messages, _first_answer(events)]
+        new_turn = [*turn.request.messages, journaled.first_answer(events)]
         commit = self._s.conversations.commit_turn
         with tracing.span("commit", conversation_id=turn.conversation_id):
             await self._retrying(lambda: commit(turn.caller.tenant, turn.conversation_id, turn.chunk_id, new_turn))
@@ -385,6 +398,36 @@ class AnswerRun:
             logger.warning("answer %s: reservation %s was settled or reclaimed before its usage %s was counted",
                            self.response_id, caller.reservation_id, usage.total_tokens)  # fmt: skip
 
+    def _replayed(self, cached: list[dict[str, Any]]) -> list[ChatChunk]:
+        """A cached answer's chunks as this answer's: its id, conversation and citations, provider `cache`, and
+        the hit's cost (a fraction of what the answer first cost; nothing by default)."""
+        turn, out = self.turn, []
+        own = ("id", "object", "created", "model", "conversation_id", "citations", "provider", "cost_usd")
+        for i, chunk in enumerate(cached):
+            fields = {k: v for k, v in chunk.items() if k not in own}
+            if i == 0:
+                fields.update(conversation_id=turn.conversation_id, citations=turn.citations, provider="cache")
+            if "usage" in chunk:
+                self._hit_cost_usd = self._s.hit_cost * float(chunk.get("cost_usd") or 0.0)
+                fields.update(provider="cache", cost_usd=self._hit_cost_usd)
+            out.append(turn.chunk(**fields))
+        return out
+
+    def _keep_in_cache(self) -> None:
+        """A deterministic answer that one provider gave whole, in one run, goes to the response cache (in the
+        background: it is best effort, a miss next time is all a failure costs)."""
+        turn, routed = self.turn, self.routed
+        whole = len(journaled.finished(self.events)) >= (turn.params.n or 1)  # every choice ended (and well: at _END)
+        fresh = turn.cached is None and self._epoch == 1 and not self._prefix_generated and len(routed.legs) == 1
+        if self._s.cache is None or turn.cache_key is None or not (whole and fresh):
+            return
+        chunks = [e.chunk for e in self.events]
+        sources = [c.source for c in turn.citations]
+        put = self._s.cache.put(turn.caller.tenant, turn.cache_key, chunks, sources)
+        task = asyncio.ensure_future(put)
+        _caching.add(task)
+        task.add_done_callback(_cached)
+
     def _usage(self) -> Usage:
         """What the providers reported, plus, for a takeover, what was journaled (every choice, tool-call
         arguments) counted exactly."""
@@ -396,12 +439,21 @@ class AnswerRun:
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
     def _cost(self) -> float:
-        cost = self.routed.cost_usd
+        cost = self.routed.cost_usd + self._hit_cost_usd
         if self._prefix_generated:  # the journaled part, at the first provider's price
             provider = next(iter(self._s.router.providers), None)
             if provider is not None:
                 cost += provider.price.cost(0, self._s.tokens.count_text(self._prefix_generated))
         return cost
+
+
+_caching: set[asyncio.Task] = set()  # puts in flight (a task nobody holds may be collected)
+
+
+def _cached(task: asyncio.Task) -> None:
+    _caching.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("an answer was not kept in the response cache: %r", task.exception())
 
 
 async def _stop(task: asyncio.Task) -> None:
@@ -415,45 +467,3 @@ def _choice(d: EngineDelta) -> ChunkChoice:
     return ChunkChoice.model_validate(
         {"index": d.index, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
     )
-
-
-def _first_answer(events: list[Event]) -> ChatMessage:
-    """The assistant message the first choice adds up to (text and tool calls), as the conversation keeps it."""
-    choices = [c for e in events for c in _first_choices(e.chunk)]
-    calls = [ToolCallDelta.model_validate(t) for c in choices for t in (c.get("delta") or {}).get("tool_calls") or []]
-    text = "".join((c.get("delta") or {}).get("content") or "" for c in choices)
-    return ChatMessage(role="assistant", content=text, tool_calls=merge_tool_call_deltas(calls) or None)
-
-
-def _first_choices(chunk: dict) -> list[dict]:
-    return [c for c in chunk.get("choices") or [] if not c.get("index")]
-
-
-def _text(chunk: dict) -> str:
-    """The first choice's text in a journaled chunk (what a takeover continues)."""
-    return "".join((c.get("delta") or {}).get("content") or "" for c in _first_choices(chunk))
-
-
-def _generated(chunk: dict) -> str:
-    """Every choice's text and tool-call arguments in a journaled chunk."""
-    out = []
-    for c in chunk.get("choices") or []:
-        delta = c.get("delta") or {}
-        out.append(delta.get("content") or "")
-        out += [(t.get("function") or {}).get("arguments") or "" for t in delta.get("tool_calls") or []]
-    return "".join(out)
-
-
-def _finished(events: list[Event]) -> set[int]:
-    """The choices that have their finish reason."""
-    return {c.get("index") or 0 for e in events for c in e.chunk.get("choices") or [] if c.get("finish_reason")}
-
-
-def _output(chunk: dict) -> bool:
-    return any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls") for c in
-               chunk.get("choices") or [])  # fmt: skip
-
-
-def _finish(chunk: dict) -> str | None:
-    """The first choice's finish reason (the answer is whole, for the conversation, when it is)."""
-    return next((c.get("finish_reason") for c in _first_choices(chunk) if c.get("finish_reason")), None)

@@ -42,12 +42,14 @@ class Principal:
     admin: bool
     limits: Limits
     tenant_limits: Limits
+    response_cache: bool | None = None  # None: the server's default
 
     def caller(self) -> Caller:
         return Caller(
             tenant=self.tenant,
             key_id=self.kid,
             admin=self.admin,
+            response_cache=self.response_cache,
             traceparent=tracing.traceparent(),
             request_id=tracing.REQUEST_ID.get(),
         )
@@ -97,7 +99,15 @@ class Gateway:
             raise AuthenticationFailed(f"this API key expired at {expired}", code="expired_api_key")
         tenant = await self.tenants.get(record.tenant)
         tenant_limits = tenant.limits if tenant is not None else Limits()
-        return Principal(record.key_id, record.name, record.tenant, record.admin, record.limits(), tenant_limits)
+        return Principal(
+            record.key_id,
+            record.name,
+            record.tenant,
+            record.admin,
+            record.limits(),
+            tenant_limits,
+            record.response_cache,
+        )
 
     async def acting_for(self, principal: Principal, tenant: str) -> Principal:
         """An admin key acting for another tenant (the X-LLMServe-Tenant header): that tenant's objects and

@@ -44,6 +44,7 @@ from state.interactive_load import InteractiveLoad
 from state.journal import Journal
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
+from state.response_cache import ResponseCache
 from state.responses import ResponseStore
 
 
@@ -111,6 +112,8 @@ class Ingress:
             accelerator=engine.accelerator,
             served_models=served_models,
             write_timeout_s=limits.write_timeout_s,
+            response_cache=ResponseCache(client, state.redis_prefix, state.response_cache_ttl_s),
+            cache_by_default=state.response_cache,
         )
         # Batch workers yield to interactive traffic: publish how much of it this replica has in flight.
         load = InteractiveLoad(client, state.redis_prefix)

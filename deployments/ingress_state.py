@@ -22,6 +22,7 @@ from state.conversations import ConversationStore
 from state.files import FileStore
 from state.journal import Journal
 from state.rag_grants import SharedGrants
+from state.response_cache import ResponseCache
 from state.responses import ResponseStore
 
 logger = logging.getLogger("llmserve.ingress")
@@ -48,6 +49,8 @@ class IngressState:
     accelerator: str  # what a self-hosted replica runs on: cpu | gpu
     served_models: list[str]
     write_timeout_s: float = 30.0
+    response_cache: ResponseCache | None = None  # answers of deterministic requests (invalidated on ingest)
+    cache_by_default: bool = True  # for keys that do not say (state.response_cache)
     created: int = field(default_factory=lambda: int(time.time()))
     orchestrator_stream: DeploymentHandle = field(init=False)
 

@@ -42,6 +42,7 @@ from core.setting_groups import (
 from core.tokens import TokenCounter, resolve_max_tokens
 from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
 from deployments.answers import fold
+from deployments.console_samples import record_request_sample
 from deployments.handles import configured
 from deployments.prompt import build_prompt, generation_params, retrieval_query
 from deployments.providers.factory import build_providers, build_router
@@ -56,6 +57,7 @@ from state.outage import retry_through_outage
 from state.provider_usage import ProviderUsage
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
+from state.response_cache import ResponseCache, cache_key, cacheable
 
 logger = logging.getLogger("llmserve.orchestrator")
 Batch = list[tuple[int, ChatChunk]]
@@ -120,6 +122,8 @@ class Orchestrator:
             grace_s=state.answer_grace_s,
             retry_s=routing.request_deadline_s,
             coalesce_s=state.journal_coalesce_ms / 1000,
+            cache=ResponseCache(self._redis, state.redis_prefix, state.response_cache_ttl_s),
+            hit_cost=state.response_cache_hit_cost,
         )
         self._tokens = tokens
         self._runs: dict[str, AnswerRun] = {}
@@ -255,7 +259,9 @@ class Orchestrator:
         max_tokens = resolve_max_tokens(request.max_tokens, self._limits)
         if caller.kind == "text":  # /v1/completions: the prompt goes to the engine as it is
             params = generation_params(request, max_tokens)
-            return Turn(request, caller, caller.response_id, request.messages[0].content, params, [], timing=timing)
+            turn = Turn(request, caller, caller.response_id, request.messages[0].content, params, [], timing=timing)
+            await self._look_up_cache(turn)
+            return turn
         history, citations = await asyncio.gather(
             self._history(request, caller), self._retrieve(request, caller, timing)
         )
@@ -270,7 +276,23 @@ class Orchestrator:
             )
         timing.prompt_done = time.perf_counter()
         params = generation_params(request, max_tokens)
-        return Turn(request, caller, caller.response_id, prompt, params, citations, timing=timing)
+        turn = Turn(request, caller, caller.response_id, prompt, params, citations, timing=timing)
+        await self._look_up_cache(turn)
+        return turn
+
+    async def _look_up_cache(self, turn: Turn) -> None:
+        """A deterministic request's answer from the response cache, when it was given before (after retrieval:
+        the chunks it chose are part of the key, so a changed document is a miss)."""
+        cache, fields, wanted = self._services.cache, turn.params.fields(), turn.caller.response_cache
+        if cache is None or not cacheable(fields) or not (self._state.response_cache if wanted is None else wanted):
+            return
+        turn.cache_key = cache_key(turn.request.model, fields, turn.prompt, turn.citations)
+        with tracing.span("cache.lookup") as span:
+            try:
+                turn.cached = await cache.get(turn.caller.tenant, turn.cache_key)
+            except RedisError as exc:  # no cache is no reason to fail an answer
+                logger.warning("response cache lookup failed: %r", exc)
+            span.set_attribute("llmserve.hit", turn.cached is not None)
 
     async def _history(self, request: ChatRequest, caller: Caller) -> list[ChatMessage]:
         if not request.conversation_id:
@@ -328,6 +350,11 @@ class Orchestrator:
             request_id=turn.caller.request_id or "",
         )
         self._metrics.record(record)
+        sample = asyncio.ensure_future(  # the web console's live charts (a capped stream per tenant)
+            record_request_sample(self._redis, self._state.redis_prefix, record, routed.failovers())
+        )
+        self._pending.add(sample)
+        sample.add_done_callback(self._pending.discard)
 
     async def _count_provider_usage(self, routed: RoutedStream) -> None:
         """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""

@@ -7,9 +7,11 @@ not exist (404). A tenant that may read one but tries to write it gets 403.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from redis.exceptions import RedisError
 
 from core.errors import NotFound, PermissionDenied
 from core.models import CollectionInfo, DocumentDetail, DocumentInfo, IngestRequest, IngestResponse
@@ -17,6 +19,7 @@ from core.names import SHARED_PREFIX, is_shared, validate_collection_name
 from deployments.gateway import Principal
 from deployments.ingress_state import IngressState, ingress_state, principal
 
+logger = logging.getLogger("llmserve.rag")
 router = APIRouter()
 State = Annotated[IngressState, Depends(ingress_state)]
 Caller = Annotated[Principal, Depends(principal)]
@@ -41,7 +44,9 @@ async def ingest(body: IngestRequest, ingress: State, who: Caller) -> IngestResp
     calls while the app runs)."""
     if body.collection:
         await _collection(ingress, who, body.collection, write=True)
-    return await ingress.retriever.ingest.remote(body, who.tenant)
+    ingested = await ingress.retriever.ingest.remote(body, who.tenant)
+    await _invalidate(ingress, who, [d.source for d in body.documents])
+    return ingested
 
 
 @router.get("/v1/rag/collections")
@@ -63,7 +68,9 @@ async def documents(collection: str, ingress: State, who: Caller) -> dict:
 async def delete_collection(collection: str, ingress: State, who: Caller) -> dict:
     """Delete the collection with every document in it."""
     await _collection(ingress, who, collection, write=True)
+    cited: list[DocumentInfo] = await ingress.retriever.documents.remote(who.tenant, collection)
     await ingress.retriever.delete_collection.remote(who.tenant, collection)
+    await _invalidate(ingress, who, [d.source for d in cited])
     return {"id": collection, "object": "rag.collection.deleted", "deleted": True}
 
 
@@ -78,4 +85,16 @@ async def document(collection: str, source: str, ingress: State, who: Caller) ->
 async def delete_document(collection: str, source: str, ingress: State, who: Caller) -> dict:
     await _collection(ingress, who, collection, write=True)
     await ingress.retriever.delete_document.remote(who.tenant, collection, source)
+    await _invalidate(ingress, who, [source])
     return {"source": source, "collection": collection, "object": "rag.document.deleted", "deleted": True}
+
+
+async def _invalidate(ingress: IngressState, who: Principal, sources: list[str]) -> None:
+    """Cached answers that cited these documents go. Best effort: the cache key holds the chunks retrieval chose,
+    so a changed or deleted document is a miss anyway; this frees what can no longer be hit."""
+    if ingress.response_cache is None or not sources:
+        return
+    try:
+        await ingress.response_cache.invalidate(who.tenant, sources)
+    except RedisError as exc:
+        logger.warning("cached answers citing %d document(s) were not dropped: %r", len(sources), exc)

@@ -49,6 +49,7 @@ class KeyRecord(Limits):
     created: float
     expires_at: float | None = None
     revoked: bool = False
+    response_cache: bool | None = None  # answers from the response cache: None follows state.response_cache
 
     def limits(self) -> Limits:
         return Limits(**self.model_dump(include=set(Limits.model_fields)))
@@ -85,6 +86,7 @@ class KeyStore:
         admin: bool = False,
         expires_at: float | None = None,
         own_tenant: bool = False,
+        response_cache: bool | None = None,
     ) -> tuple[str, KeyRecord]:
         """A new random key, returned once in plaintext together with its record. `own_tenant`: the key is its
         own tenant, named by its key id."""
@@ -97,6 +99,7 @@ class KeyStore:
             admin=admin,
             created=time.time(),
             expires_at=expires_at,
+            response_cache=response_cache,
             **limits.model_dump(),
         )
         async with self._redis.pipeline(transaction=True) as pipe:

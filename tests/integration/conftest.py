@@ -62,7 +62,9 @@ def stack(tmp_path_factory, fallback, otlp):
         data_dir=tmp_path_factory.mktemp("llmserve-data"),
         server={"port": _free_port(), "proxy_port": _free_port()},
         metrics={"export_port": _free_port(), "flush_interval_s": 0.5, "otlp_endpoint": otlp.url},
-        state={"redis_url": REDIS_URL, "redis_prefix": prefix},
+        # The response cache only for keys that ask (tests/integration/test_response_cache.py): the others'
+        # repeated greedy requests must reach the providers.
+        state={"redis_url": REDIS_URL, "redis_prefix": prefix, "response_cache": False},
         engine={"model_cache_dir": MODEL_CACHE_DIR},
         limits={"max_tokens_cap": 512, "max_inflight_per_model": ADMISSION_CAPACITY},
         batch={

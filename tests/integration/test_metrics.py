@@ -71,6 +71,8 @@ def test_one_wandb_run_per_deployment_survives_its_writer_being_killed(stack, op
     second, _, _ = _ask(openai_client, "second")
     _, second_file = _wandb_row(stack, second.id)
     assert _run_id(second_file) == runs["orchestrator"]  # the same run, resumed
+
+
 def test_prometheus_exposes_latency_histograms_stages_tokens_and_errors(stack, openai_client, http):
     import httpx
 
