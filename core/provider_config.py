@@ -39,6 +39,9 @@ class ProviderConfig(BaseModel):
         ),
     )
     anthropic_version: str = Field("2023-06-01", description="anthropic-version header.")
+    send_traceparent: bool = Field(
+        True, description="Send the attempt's W3C traceparent header (false: the provider learns no trace ids)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:

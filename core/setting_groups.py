@@ -251,6 +251,21 @@ class EngineSettings(Group):
         600.0, ge=0, description="How long load must stay below target before a vLLM replica is removed."
     )
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one vLLM replica takes at once.")
+    request_router: Literal["affinity", "power_of_two"] = Field(
+        "affinity",
+        description="How requests pick a vLLM replica. affinity: a conversation's turns go to the replica that "
+        "holds its prefix in the KV cache, other requests by ray.serve.llm's prefix-aware router "
+        "(deployments/llm_router.py); power_of_two: Serve's default, by queue length alone.",
+    )
+    affinity_max_queue: int = Field(
+        8, ge=1, description="A conversation stays on its replica while that replica has fewer requests than this."
+    )
+    prefix_imbalanced_threshold: float = Field(
+        8,
+        ge=0,
+        description="Prefix affinity holds while replicas' queue lengths differ by at most this; beyond, the "
+        "shorter queue wins.",
+    )
     max_queued_requests: int = Field(
         64, ge=0, description="Requests waiting for a busy vLLM replica; Serve rejects more (503)."
     )

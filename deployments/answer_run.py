@@ -299,7 +299,9 @@ class AnswerRun:
             params = replace(params, max_tokens=max(1, params.max_tokens - done))
         first = not self.events
         engine_request_id = f"{turn.chunk_id}-{self._epoch}"  # a takeover's engine requests are new ones
-        async for deltas in self._s.router.stream(turn.request.model, prompt, params, engine_request_id, routed):
+        affinity = f"{turn.caller.tenant}:{turn.conversation_id}" if turn.conversation_id else None
+        stream = self._s.router.stream(turn.request.model, prompt, params, engine_request_id, routed, affinity)
+        async for deltas in stream:
             out: list[ChatChunk] = []
             if first:
                 turn.timing.first_token = time.perf_counter()

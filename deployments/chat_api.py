@@ -156,14 +156,18 @@ async def chat_completion(
     return await _respond(ingress, chat, caller, after or 0, None, request.state.request_id, chat.include_usage)
 
 
-def _cache_status(ingress: IngressState, chat: ChatRequest, caller: Caller, provider: str | None) -> str:
-    """`hit` (answered from the response cache), `miss` (it may be kept for next time), or `bypass` (not a
-    deterministic request, or its key or this server does not cache)."""
+def _cache_header(
+    headers: dict[str, str], ingress: IngressState, chat: ChatRequest, caller: Caller, provider: str | None, new: bool
+) -> None:
+    """`x-llmserve-cache`: `hit` (answered from the response cache), `miss` (a new answer that may be kept for
+    next time), or `bypass` (not a deterministic request, or its key does not cache). A stored answer read back,
+    or a stream resumed after its first event, says `hit` when it was one and nothing otherwise."""
     if provider == "cache":
-        return "hit"
-    deterministic = chat.temperature == 0 or chat.seed is not None
-    wanted = ingress.cache_by_default if caller.response_cache is None else caller.response_cache
-    return "miss" if ingress.response_cache is not None and wanted and deterministic else "bypass"
+        headers["x-llmserve-cache"] = "hit"
+    elif new:
+        deterministic = chat.temperature == 0 or chat.seed is not None
+        wanted = ingress.cache_by_default if caller.response_cache is None else caller.response_cache
+        headers["x-llmserve-cache"] = "miss" if wanted and deterministic else "bypass"
 
 
 async def _has_journal(ingress: IngressState, tenant: str, response_id: str) -> bool:
@@ -223,7 +227,7 @@ async def _respond(
         chunks = [c for batch in [b async for b in events] for _, c in batch]
         result = fold(chunks, chat.conversation_id)
         headers["x-llmserve-provider"] = result.provider or ""
-        headers["x-llmserve-cache"] = _cache_status(ingress, chat, caller, result.provider)
+        _cache_header(headers, ingress, chat, caller, result.provider, new=ticket is not None)
         if result.cost_usd is not None:
             headers["x-llmserve-cost-usd"] = f"{result.cost_usd:.8f}"
         if caller.kind == "messages":
@@ -253,7 +257,7 @@ async def _respond(
     provider = next((c.provider for _, c in first if c.provider), None)
     if provider:
         headers["x-llmserve-provider"] = provider
-    headers["x-llmserve-cache"] = _cache_status(ingress, chat, caller, provider)
+    _cache_header(headers, ingress, chat, caller, provider, new=ticket is not None and after_seq == 0)
     on_close = ticket.finish if ticket is not None else lambda: None
     if caller.kind == "messages":
         frames = messages_sse(prepend(first, events), request_id)

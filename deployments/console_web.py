@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import Request, Response
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from ray.exceptions import RayError
 from redis.exceptions import RedisError
 
 from core.errors import AuthenticationFailed, LLMServeError, PermissionDenied, typed
@@ -96,6 +98,16 @@ async def viewer(request: Request) -> Principal:
     return who
 
 
+def same_origin(request: Request) -> None:
+    """A form POST must come from a console page of this server: the browser's Origin (or, without it, Referer)
+    names this host. Beside the SameSite=Strict cookie, this refuses a sibling subdomain's page (same site, other
+    origin) and another site's login form (which would sign a victim in with the attacker's key)."""
+    sent = request.headers.get("origin") or request.headers.get("referer")
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    if sent is None or urlsplit(sent).netloc != host:
+        raise PermissionDenied("console forms are accepted from this server's own pages only")
+
+
 def require_admin(who: Principal) -> None:
     if not who.admin:
         raise PermissionDenied("this action needs an admin key; tenant keys see the console read-only")
@@ -141,8 +153,8 @@ def error_page(request: Request, exc: BaseException) -> Response:
         status, message = 400, "; ".join(_readable(e) for e in exc.errors())
     elif isinstance(exc, LLMServeError):
         status, message = exc.status, exc.message
-    else:  # RedisError that typed() did not map
-        status, message = 503, f"state store unavailable: {type(exc).__name__}"
+    else:  # a RedisError that typed() did not map, or a deployment (retriever) that did not answer
+        status, message = 503, f"a backing service is unavailable: {type(exc).__name__}"
     if request.url.path.startswith(url(request, "/api/")):
         if isinstance(exc, LLMServeError):
             return JSONResponse(exc.to_error_body(), status_code=status)
@@ -173,13 +185,15 @@ class ConsoleRoute(APIRoute):
 
         async def console_handler(request: Request) -> Response:
             try:
+                if request.method == "POST":
+                    same_origin(request)
                 response = await handler(request)
             except SignInRequired as exc:
                 if request.url.path.startswith(url(request, "/api/")):
                     response = api_error(401, str(exc), "authentication_error", "invalid_api_key")
                 else:
                     response = RedirectResponse(url(request, "/login"), status_code=303)
-            except (LLMServeError, RedisError, ValidationError, RequestValidationError) as exc:
+            except (LLMServeError, RedisError, RayError, ValidationError, RequestValidationError) as exc:
                 response = error_page(request, exc)
             for name, value in HEADERS.items():
                 response.headers.setdefault(name, value)

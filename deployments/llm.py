@@ -49,6 +49,15 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
         # period, so it is replaced sooner while requests wait for it (deployments/providers/router.py).
         "health_check_period_s": engine.health_check_period_s,
     }
+    if engine.request_router == "affinity":
+        deployment_config["request_router_config"] = {
+            "request_router_class": "deployments.llm_router.ConversationAffinityRouter",
+            "request_router_kwargs": {
+                "affinity_max_queue": engine.affinity_max_queue,
+                "imbalanced_threshold": engine.prefix_imbalanced_threshold,
+                "do_eviction": True,  # the prefix tree stays bounded (ray.serve.llm's default sizes)
+            },
+        }
     extra: dict[str, Any] = {}
     if engine.accelerator == "cpu":
         extra["accelerator_config"] = {"kind": "cpu"}

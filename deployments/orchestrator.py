@@ -196,9 +196,14 @@ class Orchestrator:
                 if after_seq:
                     raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
                 turn = await self._traced_prepare(request, caller)
-                if caller.journal and not await self._journal.open(
-                    caller.tenant, response_id, turn.record(), caller.model_dump()
-                ):
+                try:
+                    opened = not caller.journal or await self._journal.open(
+                        caller.tenant, response_id, turn.record(), caller.model_dump()
+                    )
+                except BaseException as exc:  # Redis, or the caller went away: no run ends the span
+                    tracing.end(turn.timing.span, exc)
+                    raise
+                if not opened:
                     tracing.end(turn.timing.span, status="followed")  # another call's run answers it
                     continue  # another call opened it first (a retry racing its first attempt): follow that
                 self._start(AnswerRun(turn, self._services))

@@ -51,6 +51,10 @@ def export_prometheus(timing: Timing, routed: RoutedStream, end: float, status: 
     provider = routed.finisher
     prom.inc("llmserve_requests_total", model=model, provider=provider, status=status, tenant=tenant)
     prom.observe("llmserve_e2e_seconds", end - timing.start, model=model, provider=provider, status=status)
+    if provider == "cache":  # a response-cache hit: no queue or decode to measure (its TTFT is labelled cache)
+        if timing.first_token is not None:
+            prom.observe("llmserve_ttft_seconds", timing.first_token - timing.start, model=model, provider=provider)
+        return
     prom.stage("retrieval", timing.retrieval_s)
     if timing.prompt_done is not None:
         prom.stage("prompt", timing.prompt_done - timing.start - timing.retrieval_s)

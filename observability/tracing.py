@@ -49,20 +49,13 @@ def setup_tracing(service: str, otlp_endpoint: str | None, export_every_s: float
 
 
 def _exporter(otlp_endpoint: str | None):
+    if not otlp_endpoint and not any(os.environ.get(name) for name in ENV_ENDPOINTS):
+        return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     if otlp_endpoint:
         return OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces", timeout=5)
-    if any(os.environ.get(name) for name in ENV_ENDPOINTS):
-        return OTLPSpanExporter(timeout=5)  # it reads those variables itself
-    return None
-
-
-def flush(timeout_s: float = 5.0) -> bool:
-    """Export what is queued (tests, and a replica that is stopping)."""
-    provider = trace.get_tracer_provider()
-    force = getattr(provider, "force_flush", None)
-    return bool(force(int(timeout_s * 1000))) if force is not None else True
+    return OTLPSpanExporter(timeout=5)  # it reads those variables itself
 
 
 def tracer() -> trace.Tracer:

@@ -3,10 +3,12 @@
 An offline W&B run takes one writer, and a deployment has replicas that come, go and restart. So one Ray actor
 per start of the app (detached, named after the app) owns the runs: one per deployment, with a stable id
 (`<app>-<start>-<deployment>`), grouped by the start, `job_type` the deployment. Replicas send it their rows in
-batches from a background thread (`RemoteRuns`), never on a request. A replica restart changes nothing; the
-writer itself, killed, is restarted by Ray and resumes the same run ids (`resume="allow"`; offline, that is a
-second folder with the same id, which `wandb sync` joins). The start is the writer's creation: it finishes its
-runs and exits when its app is no longer deployed, so the next start makes new runs.
+batches from a background thread (`RemoteRuns`), never on a request; the writer answers a batch once it is
+logged, and a batch sent again (after a timeout) is logged once. A replica restart changes nothing; the writer
+itself, killed, is restarted by Ray and resumes the same run ids (`resume="allow"`; offline, that is a second
+folder with the same id, its steps going on after the first folder's, which `wandb sync` joins). The start is
+the writer's creation: it finishes its runs and exits when its app is no longer deployed (or Serve has been
+unreachable for `_GONE_AFTER_S`), so the next start makes new runs.
 """
 
 from __future__ import annotations
@@ -17,18 +19,23 @@ import os
 import queue
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from core.setting_groups import MetricsSettings
+from observability.wandb_reader import history_rows, offline_run_files
 from observability.wandb_sink import MetricsSink
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "llmserve"
 _APP_CHECK_S = 15.0
+_GONE_AFTER_S = 120.0
 _MAX_QUEUED = 20_000
+_SEEN_BATCHES = 10_000
 
 
 def writer_name(app: str) -> str:
@@ -44,15 +51,28 @@ class RunWriter:
         self._group = f"{group}-{start}"
         self._sinks: dict[str, MetricsSink] = {}
         self._lock = threading.Lock()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # batch ids logged (a batch sent twice counts once)
         threading.Thread(target=self._exit_with_app, name="wandb-runs-watch", daemon=True).start()
 
-    def record(self, deployment: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    def record(self, deployment: str, batch_id: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> bool:
+        """Log a replica's batch of rows; True once they are logged (the replica may forget them then)."""
+        with self._lock:
+            if batch_id in self._seen:
+                return True
         sink = self._sink(deployment, config)
         for row in rows:
             sink.record(row)
+        if not sink.flush():
+            return False
+        with self._lock:
+            self._seen[batch_id] = None
+            while len(self._seen) > _SEEN_BATCHES:
+                self._seen.popitem(last=False)
+        return True
 
     def flush(self) -> bool:
-        return all(sink.flush() for sink in list(self._sinks.values()))
+        results = [sink.flush() for sink in list(self._sinks.values())]  # every sink, even after one failed
+        return all(results)
 
     def runs(self) -> dict[str, str]:
         """deployment -> run id."""
@@ -65,25 +85,29 @@ class RunWriter:
         with self._lock:
             sink = self._sinks.get(deployment)
             if sink is None:
+                run_id = self.run_id(deployment)
                 sink = self._sinks[deployment] = MetricsSink(
                     **self._sink_args,
                     run_name=f"{deployment} ({self._start})",
                     group=self._group,
                     job_type=deployment,
-                    run_id=self.run_id(deployment),
+                    run_id=run_id,
                     config={**config, "app": self._app, "start": self._start, "deployment": deployment},
+                    start_step=next_step(self._sink_args["directory"], run_id),
                 )
             return sink
 
     def _exit_with_app(self) -> None:
         from ray import serve
 
+        answered = time.monotonic()
         while True:
             time.sleep(_APP_CHECK_S)
             try:
                 deployed = self._app in serve.status().applications
-            except Exception:  # the controller is restarting: ask again later
-                continue
+                answered = time.monotonic()
+            except Exception:  # the controller is restarting, or Serve was shut down (Ray still up)
+                deployed = time.monotonic() - answered < _GONE_AFTER_S
             if not deployed:
                 for sink in self._sinks.values():
                     sink.close()
@@ -101,6 +125,7 @@ class RemoteRuns:
         self._stop = threading.Event()
         self._send_lock = threading.Lock()
         self._writer = None
+        self._pending: tuple[str, list[dict[str, Any]]] | None = None  # a batch the writer did not confirm
         self.dropped = 0
         self._thread = threading.Thread(target=self._loop, name="wandb-remote", daemon=True)
         self._thread.start()
@@ -110,6 +135,8 @@ class RemoteRuns:
         away: past `_MAX_QUEUED` rows new ones are dropped, and counted)."""
         if self._rows.qsize() >= _MAX_QUEUED:
             self.dropped += 1
+            if self.dropped % 1000 == 1:
+                logger.warning("the W&B writer is away: %d request rows dropped so far", self.dropped)
             return
         self._rows.put(values)
 
@@ -117,7 +144,7 @@ class RemoteRuns:
         """Send what is queued and wait until the writer logged it."""
         try:
             self._send()
-            return bool(ray.get(self._get_writer().flush.remote(), timeout=timeout_s))
+            return True
         except Exception:
             logger.exception("W&B flush failed")
             return False
@@ -136,27 +163,44 @@ class RemoteRuns:
             self._send()
 
     def _send(self) -> None:
+        """The batch the writer did not confirm (under its id), then what was queued since."""
         with self._send_lock:
+            if self._pending is not None:
+                self._send_batch(*self._pending)
+                self._pending = None
             rows = []
             while True:
                 try:
                     rows.append(self._rows.get_nowait())
                 except queue.Empty:
                     break
-            if not rows:
-                return
-            try:
-                ray.get(self._get_writer().record.remote(self._deployment, rows, self._config), timeout=60)
-            except Exception:
-                for row in rows:  # sent again next round (the writer logs a row once it got the batch)
-                    self._rows.put(row)
-                self._writer = None
-                raise
+            if rows:
+                self._pending = (uuid.uuid4().hex, rows)
+                self._send_batch(*self._pending)
+                self._pending = None
+
+    def _send_batch(self, batch_id: str, rows: list[dict[str, Any]]) -> None:
+        try:
+            call = self._get_writer().record.remote(self._deployment, batch_id, rows, self._config)
+            if not ray.get(call, timeout=60):
+                raise RuntimeError("the W&B writer could not log the rows")
+        except Exception:
+            self._writer = None  # looked up again: it may have been restarted
+            raise
 
     def _get_writer(self):
         if self._writer is None:
             self._writer = writer_for(self._metrics, self._app)
         return self._writer
+
+
+def next_step(directory: Path, run_id: str) -> int:
+    """The step after the last one this run's offline folders hold (0 for a new run): a resumed run goes on."""
+    last = -1
+    for run_file in offline_run_files(directory):
+        if run_file.stem == f"run-{run_id}":
+            last = max([last, *(int(row.get("_step", -1)) for row in history_rows(run_file))])
+    return last + 1
 
 
 def writer_for(metrics: MetricsSettings, app: str):
@@ -168,7 +212,7 @@ def writer_for(metrics: MetricsSettings, app: str):
         lifetime="detached",
         num_cpus=0,
         max_restarts=-1,
-        max_task_retries=-1,
+        max_task_retries=0,  # a batch is sent again by its replica, under its id (never replayed twice by Ray)
         max_concurrency=8,
     )
     return actor.remote(

@@ -20,6 +20,7 @@ from core.setting_groups import MetricsSettings
 
 logger = logging.getLogger(__name__)
 _WINDOW = 1000
+_MAX_QUEUED = 50_000  # rows waiting for the background thread; past it new rows are dropped (and counted)
 _INIT_LOCK = threading.Lock()  # several runs in one process (the run writer) start one at a time
 
 
@@ -36,8 +37,11 @@ class MetricsSink:
         config: dict[str, Any] | None = None,
         run_id: str | None = None,
         job_type: str | None = None,
-        tables_every_s: float = 30.0,
+        tables_every_s: float = 300.0,
+        start_step: int = 0,
     ):
+        """`start_step`: the step of the first row; a resumed run goes on after the steps it has (W&B drops rows
+        logged at a step below the run's last one)."""
         self._mode = mode
         self._init_kwargs = dict(
             project=project,
@@ -56,7 +60,10 @@ class MetricsSink:
         self._by_labels: dict[tuple[str, str, str], Counter[str]] = {}
         directory.mkdir(parents=True, exist_ok=True)
         self._interval = flush_interval_s
-        self._records: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._step = start_step
+        self.dropped = 0
+        self._dead = False  # wandb.init failed: rows are dropped, flushes fail at once
+        self._records: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=_MAX_QUEUED)
         self._flush_requests: queue.SimpleQueue[threading.Event] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._run = None
@@ -90,13 +97,21 @@ class MetricsSink:
 
     def record(self, values: dict[str, Any]) -> None:
         """Enqueue one request's record; never blocks, never raises."""
-        if self._thread is not None:
-            self._records.put(values)
+        if self._thread is None or self._dead:
+            return
+        try:
+            self._records.put_nowait(values)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                logger.warning("W&B is behind: %d request rows dropped so far", self.dropped)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Log everything queued so far; True when the background thread confirmed it."""
         if self._thread is None:
             return True
+        if self._dead:
+            return False
         done = threading.Event()
         self._flush_requests.put(done)
         return done.wait(timeout_s)
@@ -119,7 +134,12 @@ class MetricsSink:
                 )
         except Exception:  # metrics must never take the service down
             logger.exception("wandb.init failed; request metrics will not be recorded")
-            return
+            self._dead = True
+            while True:  # flushes asked before it failed are answered (with nothing)
+                try:
+                    self._flush_requests.get_nowait().set()
+                except queue.Empty:
+                    return
         while not self._stop.is_set():
             waiter = None
             with contextlib.suppress(queue.Empty):
@@ -140,9 +160,10 @@ class MetricsSink:
         for values in batch:
             self._count += 1
             try:
-                self._run.log(values)
+                self._run.log(values, step=self._step)
             except Exception:
                 logger.exception("wandb log failed")
+            self._step += 1
         if batch:
             self._summarize(batch)
         if self._count and time.monotonic() - self._tables_at >= self._tables_every_s:
@@ -161,7 +182,8 @@ class MetricsSink:
             for key, window in self._recent.items():
                 if window:
                     values[f"{key}_histogram"] = wandb.Histogram(list(window))
-            self._run.log(values)
+            self._run.log(values, step=self._step)
+            self._step += 1
         except Exception:
             logger.exception("wandb tables failed")
 

@@ -1,11 +1,11 @@
 """Answers kept for deterministic requests, keyed by what made them, and dropped when a document they cited
 changes.
 
-The key is a digest of the tenant, the model, the sampling parameters, the prompt as the engine gets it (the
-normalised history and messages, with the retrieved chunks' text in it) and the ids and content hashes of the
-chunks retrieval chose: a document that changes gives other chunks, hence another key. Ingesting or deleting a
-document also drops, through an index per source, every answer that cited it. Entries live under the tenant's
-keyspace (a tenant's purge removes them) and expire after `ttl_s`.
+The key is the tenant (its keyspace) and a digest of the model, the sampling parameters, the prompt as the
+engine gets it (the normalised history and messages, with the retrieved chunks' text in it) and the ids and
+content hashes of the chunks retrieval chose: a document that changes gives other chunks, hence another key.
+Ingesting or deleting a document also drops, through an index per source, every answer that cited it. Entries
+live under the tenant's keyspace (a tenant's purge removes them) and expire after `ttl_s`.
 """
 
 from __future__ import annotations

@@ -132,7 +132,8 @@ class AnthropicProvider(HTTPProvider):
         prompt_tokens = 0
         calls: dict[int, int] = {}  # content block index -> tool call index
         given: set[int] = set()  # tool_use blocks whose input came
-        async for event, data in sse_events(self._client, self.name, "/v1/messages", body, self._headers()):
+        trace = self._config.send_traceparent
+        async for event, data in sse_events(self._client, self.name, "/v1/messages", body, self._headers(), trace):
             kind = data.get("type", event)
             if kind == "message_start":
                 prompt_tokens = int(((data.get("message") or {}).get("usage") or {}).get("input_tokens", 0))

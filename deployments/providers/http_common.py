@@ -23,11 +23,17 @@ def make_client(config: ProviderConfig) -> httpx.AsyncClient:
 
 
 async def sse_events(
-    client: httpx.AsyncClient, provider: str, path: str, body: dict[str, Any], headers: dict[str, str]
+    client: httpx.AsyncClient,
+    provider: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    traceparent: bool = True,
 ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """POST and yield (event name, JSON data) per server-sent event, stopping at `[DONE]`. The provider
-    attempt's span goes along as `traceparent`."""
-    headers = tracing.inject(dict(headers))
+    attempt's span goes along as `traceparent` unless the provider is configured not to get it."""
+    if traceparent:
+        headers = tracing.inject(dict(headers))
     try:
         async with aconnect_sse(client, "POST", path, json=body, headers=headers) as source:
             response = source.response

@@ -43,7 +43,7 @@ class OpenAIProvider(HTTPProvider):
         headers = {**self._headers(), "x-request-id": request_id}
         body = self.request_body(model, messages, params)
         path = "/completions" if isinstance(messages, str) else "/chat/completions"
-        async for _, data in sse_events(self._client, self.name, path, body, headers):
+        async for _, data in sse_events(self._client, self.name, path, body, headers, self._config.send_traceparent):
             if "error" in data:
                 error = data["error"] or {}
                 raise ProviderError(self.name, f"stream error: {error.get('message') or error}")

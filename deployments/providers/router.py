@@ -138,7 +138,9 @@ class ProviderRouter:
         params: GenerationParams,
         request_id: str,
         out: RoutedStream,
+        affinity: str | None = None,
     ) -> AsyncIterator[list[EngineDelta]]:
+        """`affinity`: the conversation, for the self-hosted replicas' cache-aware routing."""
         serving = [p for p in self.providers if p.serves(model)]
         if isinstance(messages, str):  # a raw completions prompt: only providers with a completions API
             serving = [p for p in serving if getattr(p, "completes", False)]
@@ -185,7 +187,12 @@ class ProviderRouter:
                         first, rest = await open_stream(
                             provider.name,
                             _starter(
-                                provider, model, attempt_messages, attempt_params, f"{request_id}-{len(out.failures)}"
+                                provider,
+                                model,
+                                attempt_messages,
+                                attempt_params,
+                                f"{request_id}-{len(out.failures)}",
+                                affinity,
                             ),
                             self._policy,
                             deadline,
@@ -239,7 +246,8 @@ class ProviderRouter:
                 return
             finally:
                 self.stats.leave(provider.name)
-                tracing.end(attempt, None if outcome == "ok" else outcome, outcome=outcome, chars=len(leg.text))
+                # Only a provider's failure is an error; a client that left, or a 4xx, is an outcome.
+                tracing.end(attempt, "failed" if outcome == "error" else None, outcome=outcome, chars=len(leg.text))
         logger.warning("request %s: no provider answered: %s", request_id, "; ".join(out.failures) or "none serves it")
         tried = ", ".join(dict.fromkeys(p.name for p in route.providers)) or "none serves this model"
         raise ServiceUnavailable(
@@ -290,8 +298,15 @@ def capable(model: str, providers: list[Provider], params: GenerationParams) -> 
 
 
 def _starter(
-    provider: Provider, model: str, messages: list[dict[str, Any]], params: GenerationParams, request_id: str
+    provider: Provider,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: GenerationParams,
+    request_id: str,
+    affinity: str | None = None,
 ) -> Callable[[], AsyncIterator[list[EngineDelta]]]:
+    if affinity and provider.kind == "self_hosted":  # only our replicas have a KV cache to route by
+        return lambda: provider.stream(model, messages, params, request_id, affinity=affinity)
     return lambda: provider.stream(model, messages, params, request_id)
 
 

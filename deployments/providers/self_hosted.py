@@ -92,23 +92,31 @@ class ServeLLMEngine:
         return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
 
     async def stream(
-        self, model: str, messages: list[dict[str, Any]] | str, params: GenerationParams, request_id: str
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | str,
+        params: GenerationParams,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[list[EngineDelta]]:
+        """`affinity`: the conversation the request belongs to (the LLM deployment's router keeps its turns on one
+        replica, deployments/llm_router.py)."""
         # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
         from vllm.exceptions import VLLMClientError
 
+        handle = self._stream_handle.options(session_id=affinity) if affinity else self._stream_handle
         fields = params.fields()
         common = {"model": self._model_id, "stream": True, "stream_options": {"include_usage": True}}
         try:
             if isinstance(messages, str):  # /v1/completions: the raw prompt
                 request: Any = CompletionRequest(prompt=messages, request_id=request_id, **common, **fields)
-                call = self._stream_handle.completions
+                call = handle.completions
             else:
                 if messages[-1]["role"] == "assistant":  # continue a partial answer (failover)
                     fields.update(continue_final_message=True, add_generation_prompt=False)
                 request = ChatCompletionRequest(messages=messages, request_id=request_id, **common, **fields)
-                call = self._stream_handle.chat
+                call = handle.chat
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (pydantic's ValidationError is a ValueError)
             raise InvalidRequest(f"the engine refused the request: {_first_error(exc)}") from exc
         try:

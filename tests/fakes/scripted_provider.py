@@ -22,6 +22,7 @@ class Scripted:
     completes: bool = True  # takes a raw prompt (str) as well as chat messages
     price: Price = field(default_factory=lambda: Price(1.0, 2.0))
     seen: list[list[dict]] = field(default_factory=list)
+    affinities: list[str | None] = field(default_factory=list)  # the conversation each request was routed by
 
     def serves(self, model):
         return True
@@ -29,8 +30,9 @@ class Scripted:
     def refuses(self, params):
         return None
 
-    async def stream(self, model, messages, params, request_id):
+    async def stream(self, model, messages, params, request_id, affinity=None):
         self.seen.append(messages)
+        self.affinities.append(affinity)
         for word in self.words[: params.max_tokens]:
             await asyncio.sleep(self.delay_s)
             yield [EngineDelta(text=word)]

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.integration
 def _wandb_row(stack, response_id: str) -> tuple[dict, Path]:
     """The W&B row of an answer, and the offline run file it is in."""
     orchestrator = serve.get_deployment_handle("Orchestrator", stack.settings.app_name)
-    assert orchestrator.flush_metrics.remote().result(timeout_s=60)
+    deadline = time.monotonic() + 60  # a writer that was just killed is back within seconds
+    while not orchestrator.flush_metrics.remote().result(timeout_s=60):
+        assert time.monotonic() < deadline, "the W&B writer never confirmed the rows"
+        time.sleep(1)
     deadline = time.monotonic() + 90  # wandb-core writes behind by ~15 s
     while time.monotonic() < deadline:
         for run_file in offline_run_files(stack.settings.data_dir):

@@ -96,6 +96,7 @@ def test_a_run_journals_commits_once_and_settles_the_exact_usage(redis_prefix):
             assert (await s.journal.meta(TENANT, "chatcmpl-1"))["status"] == "completed"
             assert statuses == ["ok"]
             assert [e.seq for e in await follow_all(run, after=2)] == [e.seq for e in followed if e.seq > 2]
+            assert provider.affinities == [f"{TENANT}:conv-1"]  # routed by its conversation (llm_router.py)
 
     asyncio.run(go())
 

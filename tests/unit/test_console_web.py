@@ -35,7 +35,9 @@ async def console(client, prefix, root=""):
     gateway, app = await app_under_prefix(client, prefix)
     app.state.ingress.retriever = FakeRetriever()
     transport = httpx.ASGITransport(app=app, root_path=root)
-    return gateway, app, httpx.AsyncClient(transport=transport, base_url="http://test")
+    # a browser posting the console's own forms sends their origin (console_web.same_origin)
+    client = httpx.AsyncClient(transport=transport, base_url="http://test", headers={"origin": "http://test"})
+    return gateway, app, client
 
 
 async def sign_in(http, key, root=""):
@@ -185,5 +187,22 @@ def test_console_routes_stay_out_of_the_openapi_schema(redis_prefix):
                 static = await http.get("/console/static/console.js")
                 assert static.status_code == 200 and "refreshLive" in static.text
                 assert (await http.get("/console/static/..%2Fconsole_web.py")).status_code == 404
+
+    asyncio.run(go())
+
+
+def test_a_form_posted_from_another_origin_is_refused(redis_prefix):
+    async def go():
+        async with redis_client() as client:
+            _, _, http = await console(client, redis_prefix)
+            async with http:
+                for origin in ("http://evil.example", "http://sub.test"):
+                    refused = await http.post("/console/login", data={"key": MASTER}, headers={"origin": origin})
+                    assert refused.status_code == 403 and "own pages" in refused.text
+                    assert "set-cookie" not in refused.headers  # nobody was signed in
+                del http.headers["origin"]
+                assert (await sign_in(http, MASTER)).status_code == 403  # neither Origin nor Referer
+                referred = await http.post("/console/login", data={"key": MASTER}, headers={"referer": "http://test/x"})
+                assert referred.status_code == 303
 
     asyncio.run(go())

@@ -36,7 +36,7 @@ class Engine:
     def refuses(self, params):
         return None
 
-    async def stream(self, model, messages, params, request_id):
+    async def stream(self, model, messages, params, request_id, affinity=None):
         self.requests.append(messages)
         if time.monotonic() < self.back_at:
             raise ProviderError(self.name, "model replica unavailable: ActorDiedError", recovering=True)

@@ -27,3 +27,31 @@ def test_disabled_sink_records_nothing(tmp_path):
     assert sink.flush()
     sink.close()
     assert offline_run_files(tmp_path) == []
+
+
+def test_a_resumed_run_goes_on_after_its_last_step(tmp_path):
+    from observability.wandb_runs import next_step
+
+    assert next_step(tmp_path, "app-1-orchestrator") == 0
+    first = MetricsSink(mode="offline", project="t", directory=tmp_path, run_name="r", group="g",
+                        run_id="app-1-orchestrator", flush_interval_s=0.2)  # fmt: skip
+    for i in range(3):
+        first.record({"completion_tokens": i})
+    assert first.flush()
+    first.close()
+    assert next_step(tmp_path, "app-1-orchestrator") == 3
+    again = MetricsSink(mode="offline", project="t", directory=tmp_path, run_name="r", group="g",
+                        run_id="app-1-orchestrator", start_step=3, flush_interval_s=0.2)  # fmt: skip
+    again.record({"completion_tokens": 9})
+    assert again.flush()
+    again.close()
+    steps = sorted(row["_step"] for f in offline_run_files(tmp_path) for row in history_rows(f))
+    assert steps == [0, 1, 2, 3]  # two folders of one run, its steps in one sequence
+
+
+def test_a_sink_whose_run_failed_to_start_drops_rows_and_fails_flushes_at_once(tmp_path):
+    sink = MetricsSink(mode="offline", project="t", directory=tmp_path / "file", run_name="r", group="g")
+    sink._dead = True  # what a failed wandb.init leaves
+    sink.record({"x": 1})
+    assert sink._records.qsize() == 0 and sink.flush(timeout_s=0.1) is False
+    sink.close()
