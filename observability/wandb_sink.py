@@ -160,7 +160,7 @@ class MetricsSink:
         for values in batch:
             self._count += 1
             try:
-                self._run.log(values, step=self._step)
+                self._run.log(values, step=self._step, commit=True)  # with a step, W&B waits for the next one
             except Exception:
                 logger.exception("wandb log failed")
             self._step += 1
@@ -182,7 +182,7 @@ class MetricsSink:
             for key, window in self._recent.items():
                 if window:
                     values[f"{key}_histogram"] = wandb.Histogram(list(window))
-            self._run.log(values, step=self._step)
+            self._run.log(values, step=self._step, commit=True)
             self._step += 1
         except Exception:
             logger.exception("wandb tables failed")

@@ -62,15 +62,15 @@ def shot(driver, name: str) -> None:
 
 
 def wait_until(condition, what: str, timeout_s: float = WAIT_S, every_s: float = 0.5):
-    """`condition()`'s first truthy value; a page that reloads under us (StaleElement) is read again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """`condition()`'s first truthy value; a page that reloads under us is read again."""
+    from selenium.common.exceptions import WebDriverException
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             value = condition()
-        except (StaleElementReferenceException, NoSuchElementException):
-            value = None
+        except WebDriverException:  # stale or missing while the page refreshes itself (Chromium also says "Node
+            value = None  # with given id does not belong to the document" for a node its reload replaced)
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -81,7 +81,12 @@ def sign_in(driver, base_url: str, key: str) -> None:
     driver.delete_all_cookies()
     driver.get(f"{base_url}/console/login")
     driver.find_element(*by("ID", "key")).send_keys(key)
-    driver.find_element(*by("ID", "sign-in")).click()
+    button = driver.find_element(*by("ID", "sign-in"))
+    button.click()
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT_S).until(expected_conditions.staleness_of(button))  # the next page replaced the form
 
 
 def key_row(driver, key_id: str):
@@ -97,8 +102,11 @@ def test_strangers_go_to_the_login_page_and_a_wrong_key_is_refused(browser, base
     error = browser.find_element(*by("ID", "login-error"))
     assert "incorrect API key" in error.text and browser.current_url == f"{base_url}/console/login"
     shot(browser, "login-wrong-key")
-    refused = httpx.post(f"{base_url}/console/login", data={"key": "sk-llmserve-not-a-key"}, timeout=30)
+    login = f"{base_url}/console/login"
+    refused = httpx.post(login, data={"key": "sk-llmserve-not-a-key"}, headers={"origin": base_url}, timeout=30)
     assert refused.status_code == 401 and "set-cookie" not in refused.headers
+    elsewhere = httpx.post(login, data={"key": MASTER_KEY}, headers={"origin": "http://evil.example"}, timeout=30)
+    assert elsewhere.status_code == 403 and "set-cookie" not in elsewhere.headers  # login CSRF refused
 
 
 def test_the_master_key_creates_a_key_for_a_new_tenant_and_revokes_it(browser, base_url, tenant):
@@ -241,7 +249,7 @@ def test_a_tenant_key_sees_only_its_own_tenant_read_only(browser, base_url, tena
 
     # The admin actions refuse a tenant key's session (the browser has no form for them: post directly).
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
-    with httpx.Client(base_url=base_url, cookies=cookies, timeout=30) as session:
+    with httpx.Client(base_url=base_url, cookies=cookies, headers={"origin": base_url}, timeout=30) as session:
         assert session.get("/console/keys").status_code == 200
         refused = {
             "/console/keys": {"name": "x", "tenant": other},
@@ -249,7 +257,8 @@ def test_a_tenant_key_sees_only_its_own_tenant_read_only(browser, base_url, tena
             f"/console/tenants/{other}/limits": {"rpm": "1"},
         }
         for path, form in refused.items():
-            assert session.post(path, data=form).status_code == 403, path
+            answer = session.post(path, data=form)
+            assert answer.status_code == 403 and "admin key" in answer.text, path  # refused for the key, not origin
     browser.find_element(*by("ID", "sign-out")).click()
     assert browser.current_url.startswith(f"{base_url}/console/login")
 

@@ -1,5 +1,7 @@
 """The W&B sink really writes an offline run that can be read back (no network)."""
 
+import time
+
 import pytest
 
 from observability.wandb_reader import history_rows, offline_run_files, summary
@@ -38,6 +40,10 @@ def test_a_resumed_run_goes_on_after_its_last_step(tmp_path):
     for i in range(3):
         first.record({"completion_tokens": i})
     assert first.flush()
+    deadline = time.monotonic() + 60  # the last row is in the file while the run goes on (committed, not held)
+    while not any(r.get("completion_tokens") == 2 for f in offline_run_files(tmp_path) for r in history_rows(f)):
+        assert time.monotonic() < deadline, "the last row logged was never written"
+        time.sleep(0.5)
     first.close()
     assert next_step(tmp_path, "app-1-orchestrator") == 3
     again = MetricsSink(mode="offline", project="t", directory=tmp_path, run_name="r", group="g",
