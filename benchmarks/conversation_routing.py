@@ -4,7 +4,9 @@ Per policy: TTFT p50/p99 per turn index, and vLLM's own prefix-cache hit rate (i
 `prefix_cache_hits/queries` counters, read from Ray's Prometheus endpoint, the policy's delta). No response
 cache: every turn is generated.
 
-    .venv/bin/python -m benchmarks.conversation_routing --conversations 6 --turns 4
+    .venv/bin/python -m benchmarks.conversation_routing --conversations 6 --turns 4 --repeats 3
+
+Each policy's stack serves one warm-up round first (not counted), then `--repeats` rounds of new conversations.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import statistics
 import tempfile
 import time
 import uuid
@@ -66,7 +69,7 @@ async def conversation(client: httpx.AsyncClient, model: str, n: int, turns: int
         ttfts.setdefault((rag, turn), []).append(first or float("nan"))
 
 
-def run_policy(policy: str, conversations: int, turns: int) -> dict:
+def run_policy(policy: str, conversations: int, turns: int, repeats: int = 3) -> dict:
     from serve_app.runtime import start_local
 
     settings = Settings(
@@ -82,23 +85,29 @@ def run_policy(policy: str, conversations: int, turns: int) -> dict:
         httpx.post(f"{stack.url}/v1/rag/documents", headers=headers, timeout=300,
                    json={"collection": "bench", "documents": RAG_DOCS}).raise_for_status()  # fmt: skip
         metrics_url = f"http://127.0.0.1:{settings.metrics.export_port}/metrics"
-        before = prefix_cache_counts(metrics_url)
         ttfts: dict = {}
 
-        async def all_conversations() -> None:
+        async def all_conversations(into: dict) -> None:
             async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=300) as client:
                 await asyncio.gather(*(
-                    conversation(client, stack.settings.model_name, n, turns, rag, ttfts)
+                    conversation(client, stack.settings.model_name, n, turns, rag, into)
                     for n in range(conversations) for rag in (False, True)
                 ))  # fmt: skip
 
-        asyncio.run(all_conversations())
-        time.sleep(12)  # Ray's metrics agent exports every few seconds
-        after = prefix_cache_counts(metrics_url)
+        asyncio.run(all_conversations({}))  # warm-up: both engines and the retriever, not counted
+        rates, queried = [], 0.0
+        for _ in range(repeats):  # new conversations each time; TTFTs pooled, hit rates per repeat
+            time.sleep(12)  # Ray's metrics agent exports every few seconds
+            before = prefix_cache_counts(metrics_url)
+            asyncio.run(all_conversations(ttfts))
+            time.sleep(12)
+            after = prefix_cache_counts(metrics_url)
+            hits, queries = after[0] - before[0], after[1] - before[1]
+            rates.append(hits / queries if queries else float("nan"))
+            queried += queries
     finally:
         stack.shutdown()
-    hits, queries = after[0] - before[0], after[1] - before[1]
-    return {"ttfts": ttfts, "hit_rate": hits / queries if queries else float("nan"), "queried_tokens": queries}
+    return {"ttfts": ttfts, "hit_rate": statistics.median(rates), "hit_rates": rates, "queried_tokens": queried}
 
 
 def _p(values: list[float], q: float) -> float:
@@ -109,9 +118,10 @@ def _p(values: list[float], q: float) -> float:
 def main(
     conversations: Annotated[int, typer.Option(help="Conversations of each kind (with and without RAG).")] = 6,
     turns: Annotated[int, typer.Option(help="Turns per conversation.")] = 4,
+    repeats: Annotated[int, typer.Option(help="Measured rounds per policy, after one warm-up round.")] = 3,
     out: Annotated[Path | None, typer.Option(help="Write the numbers as JSON here.")] = None,
 ) -> None:
-    results = {policy: run_policy(policy, conversations, turns) for policy in ("affinity", "power_of_two")}
+    results = {policy: run_policy(policy, conversations, turns, repeats) for policy in ("affinity", "power_of_two")}
     table = Table("RAG", "turn", "affinity p50 ms", "p99", "power of two p50 ms", "p99", "p50 ratio")
     for rag in (False, True):
         for turn in range(turns):
@@ -122,7 +132,11 @@ def main(
     console.print(table)
     for policy, result in results.items():
         rate, looked_up = result["hit_rate"], result["queried_tokens"]
-        console.print(f"{policy}: vLLM prefix-cache hit rate {rate:.3f} ({looked_up:.0f} prompt tokens looked up)")
+        each = ", ".join(f"{r:.3f}" for r in result["hit_rates"])
+        console.print(
+            f"{policy}: vLLM prefix-cache hit rate {rate:.3f}, median of {len(result['hit_rates'])} rounds ({each}); "
+            f"{looked_up:.0f} prompt tokens looked up"
+        )
     if out is not None:
         named = {
             p: {f"{'rag' if k[0] else 'plain'}-{k[1] + 1}": v for k, v in r["ttfts"].items()}

@@ -7,6 +7,7 @@ arguments, the environment (`LLMSERVE_<GROUP>__<FIELD>`) and a YAML file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.provider_config import ProviderConfig, default_providers
 
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
 
 
@@ -272,12 +274,38 @@ class EngineSettings(Group):
     health_check_period_s: float = Field(
         2.0, gt=0, description="How often Serve checks a vLLM replica's engine (a dead engine fails it)."
     )
+    lora_path: str | None = Field(
+        None,
+        description="Where this model's LoRA adapters live, one folder each (peft's adapter_config.json and "
+        "weights): a local or shared folder, or an s3://, gs://, abfss:// or azure:// URI that ray.serve.llm "
+        "downloads from. Replicas load an adapter on its first request (ray.serve.llm multi-LoRA).",
+    )
+    lora_adapters: list[str] = Field(
+        default_factory=list,
+        description="The adapters under lora_path that clients may ask for, as '<model>:<adapter>' or by the "
+        "adapter's own name (listed in /v1/models both ways).",
+    )
+    max_loras_per_replica: int = Field(4, ge=1, description="Adapters one vLLM replica keeps loaded at once.")
+    max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank the engine accepts.")
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError("engine.min_replicas must not exceed engine.max_replicas")
+        if self.lora_adapters and not self.lora_path:
+            raise ValueError("engine.lora_adapters needs engine.lora_path (where the adapters' folders are)")
+        for name in self.lora_adapters:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"LoRA adapter name {name!r}: use letters, digits, '.', '_' and '-'")
+        if ":" in self.model_name:
+            raise ValueError(f"model name {self.model_name!r}: ':' separates a model from its LoRA adapter")
         return self
+
+    def adapters(self) -> dict[str, str]:
+        """Every name a client may send for one of this model's adapters -> the adapter's id on the engine
+        ('<model>:<adapter>', ray.serve.llm's form)."""
+        ids = {f"{self.model_name}:{name}": f"{self.model_name}:{name}" for name in self.lora_adapters}
+        return ids | {name: f"{self.model_name}:{name}" for name in self.lora_adapters}
 
     @property
     def model_name(self) -> str:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -41,6 +41,11 @@ from core.setting_groups import (
     StateSettings,
 )
 
+# What belongs to a model's checkpoint, not to the hardware it runs on: an extra model does not inherit these.
+_MODEL_OWN_FIELDS = frozenset(
+    {"model", "served_model_name", "quantization", "lora_path", "lora_adapters", "engine_kwargs", "tool_call_parser"}
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -61,6 +66,12 @@ class Settings(BaseSettings):
     state: StateSettings = Field(default_factory=StateSettings, description=StateSettings.__doc__)
     rag: RagSettings = Field(default_factory=RagSettings, description=RagSettings.__doc__)
     engine: EngineSettings = Field(default_factory=EngineSettings, description=EngineSettings.__doc__)
+    extra_models: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="More self-hosted models, each its own vLLM deployment, autoscaled on its own: engine fields "
+        "for each (at least `model`). Unset fields come from `engine`, except the model's own: "
+        f"{', '.join(sorted(_MODEL_OWN_FIELDS))}.",
+    )
     pricing: PricingSettings = Field(default_factory=PricingSettings, description=PricingSettings.__doc__)
     routing: RoutingSettings = Field(default_factory=RoutingSettings, description=RoutingSettings.__doc__)
     batch: BatchSettings = Field(default_factory=BatchSettings, description=BatchSettings.__doc__)
@@ -102,11 +113,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
-        check_quantization(
-            self.engine.quantization, self.engine.accelerator, self.engine.accelerator_type, model_source=None
-        )
         # Paths that default to places under data_dir, made absolute here for the same reason as data_dir.
         self.engine = self.engine.model_copy(update={"model_cache_dir": _abs(self.engine.model_cache_dir)})
+        names: set[str] = set()
+        for engine in self.engines():
+            check_quantization(engine.quantization, engine.accelerator, engine.accelerator_type, model_source=None)
+            taken = names & {engine.model_name, *engine.adapters()}
+            if taken:
+                raise ValueError(f"model name {sorted(taken)[0]!r} is given to two self-hosted models or adapters")
+            names |= {engine.model_name, *engine.adapters()}
         self.rag = self.rag.model_copy(update={"chroma_path": _abs(self.rag.chroma_path or self.data_dir / "chroma")})
         self.metrics = self.metrics.model_copy(
             update={
@@ -121,9 +136,25 @@ class Settings(BaseSettings):
     def model_name(self) -> str:
         return self.engine.model_name
 
+    def engines(self) -> list[EngineSettings]:
+        """Every self-hosted model's settings: `engine` first, then `extra_models` over `engine`'s fields."""
+        inherited = self.engine.model_dump(exclude=set(_MODEL_OWN_FIELDS))
+        extra = []
+        for i, fields in enumerate(self.extra_models):
+            if "model" not in fields:
+                raise ValueError(f"extra_models[{i}] needs `model` (an HF id or a local path)")
+            try:
+                extra.append(EngineSettings.model_validate({**inherited, **fields}))
+            except ValidationError as exc:
+                raise ValueError(f"extra_models[{i}]: {exc}") from None
+        return [self.engine, *extra]
+
     def served_models(self) -> list[str]:
-        """Model names clients may ask for: ours, and those the providers map explicitly (sorted)."""
-        names = {self.model_name} | {m for p in self.routing.providers for m in p.models if m != "*"}
+        """Model names clients may ask for: the self-hosted models and their LoRA adapters (both names), and
+        those the providers map explicitly (sorted)."""
+        names = {m for p in self.routing.providers for m in p.models if m != "*"}
+        for engine in self.engines():
+            names |= {engine.model_name, *engine.adapters()}
         return sorted(names)
 
     def master_key_hash(self) -> str | None:

@@ -3,11 +3,30 @@ those replicas (the self-hosted provider) lives with the other providers, in dep
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ray.serve.llm import LLMConfig
+from ray.llm._internal.common.utils.cloud_utils import is_remote_path
+from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from core.setting_groups import EngineSettings
+from deployments.lora import LOCAL_LORA_PATH, LocalLoraLoader
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+
+def build_llm_deployments(engines: list[EngineSettings], sources: dict[str, str]) -> dict[str, Application]:
+    """One ray.serve.llm LLMServer deployment per self-hosted model (named `LLM:<model id>`), each autoscaled on
+    its own; `sources`: what vLLM loads for each model name."""
+    return {
+        engine.model_name: build_llm_deployment(
+            build_llm_config(engine, sources[engine.model_name]),
+            name_prefix="LLM:",
+            bind_kwargs={"model_downloader": LocalLoraLoader},
+        )
+        for engine in engines
+    }
 
 
 def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
@@ -59,6 +78,20 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
             },
         }
     extra: dict[str, Any] = {}
+    experimental: dict[str, Any] = {"stream_batching_interval_ms": engine.stream_batching_interval_ms}
+    if engine.lora_path:
+        # ray.serve.llm loads an adapter on a replica at its first request (Serve multiplexing by model id);
+        # vLLM must be started with LoRA on for it.
+        engine_kwargs.update(
+            enable_lora=True, max_lora_rank=engine.max_lora_rank, max_loras=engine.max_loras_per_replica
+        )
+        remote = is_remote_path(engine.lora_path)
+        extra["lora_config"] = {
+            "dynamic_lora_loading_path": engine.lora_path if remote else None,
+            "max_num_adapters_per_replica": engine.max_loras_per_replica,
+        }
+        if not remote:
+            experimental[LOCAL_LORA_PATH] = str(Path(engine.lora_path).expanduser().resolve())
     if engine.accelerator == "cpu":
         extra["accelerator_config"] = {"kind": "cpu"}
     elif engine.accelerator_type:
@@ -67,6 +100,6 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
         model_loading_config={"model_id": engine.model_name, "model_source": model_source},
         engine_kwargs=engine_kwargs,
         deployment_config=deployment_config,
-        experimental_configs={"stream_batching_interval_ms": engine.stream_batching_interval_ms},
+        experimental_configs=experimental,
         **extra,
     )

@@ -61,7 +61,7 @@ async def models(ingress: State) -> dict:
 @router.get("/v1/models/{model_id}")
 async def model(model_id: str, ingress: State) -> dict:
     if model_id not in ingress.served_models and model_id != EMBEDDING_MODEL:
-        raise NotFound(f"model {model_id!r} does not exist", param="model")
+        raise NotFound(f"model {model_id!r} does not exist", param="model", code="model_not_found")
     return _model_card(model_id, ingress.created)
 
 
@@ -127,4 +127,7 @@ async def _is_admin(ingress: IngressState, authorization: str) -> bool:
 
 
 def _model_card(model_id: str, created: int) -> dict:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "llmserve"}
+    card = {"id": model_id, "object": "model", "created": created, "owned_by": "llmserve"}
+    if ":" in model_id:  # a LoRA adapter on a self-hosted model ('<model>:<adapter>'), as vLLM lists them
+        card["parent"] = model_id.split(":", 1)[0]
+    return card

@@ -65,23 +65,24 @@ Batch = list[tuple[int, ChatChunk]]
 
 @serve.deployment(name="Orchestrator")
 class Orchestrator:
-    """`model_source`: what vLLM loads (its tokenizer counts tokens here); `served_models`: the model names
-    clients may ask for; `self_hosted_slots`: requests this replica keeps on the self-hosted replicas before
-    they queue."""
+    """`llms`: each self-hosted model's LLMServer deployment, by model name; `engines`: their settings (the
+    primary model's first); `model_sources`: what vLLM loads for each (its tokenizer counts that model's tokens
+    here); `served_models`: the model names clients may ask for; `self_hosted_slots`: requests this replica
+    keeps on the self-hosted replicas before they queue."""
 
     def __init__(
         self,
-        llm: DeploymentHandle,
+        llms: dict[str, DeploymentHandle],
         retriever: DeploymentHandle,
         *,
-        engine: EngineSettings,
+        engines: list[EngineSettings],
         limits: LimitsSettings,
         state: StateSettings,
         rag: RagSettings,
         routing: RoutingSettings,
         pricing: PricingSettings,
         metrics: MetricsSettings,
-        model_source: str,
+        model_sources: dict[str, str],
         served_models: list[str],
         self_hosted_slots: int,
         grpc: bool = True,
@@ -89,15 +90,21 @@ class Orchestrator:
         if not state.redis_url:
             raise ValueError("state.redis_url is required (llmserve up starts an embedded Redis when none is set)")
         tracing.setup_tracing("orchestrator", metrics.otlp_endpoint)
-        self._engine = engine
+        engine = self._engine = engines[0]
+        # Each self-hosted model's settings and token counter, under its name and its adapters' names.
+        self._engines = {name: e for e in engines for name in (e.model_name, *e.adapters())}
+        counters = {e.model_name: TokenCounter.for_model(model_sources[e.model_name]) for e in engines}
+        self._counters = {name: counters[e.model_name] for name, e in self._engines.items()}
+        tokens = counters[engine.model_name]
         self._limits = limits
         self._state = state
         self._rag = rag
         self._served = set(served_models)
         self._retriever = configured(retriever, grpc)
         self._redis = async_redis(state.redis_url)
-        tokens = TokenCounter.for_model(model_source)
-        self._providers = build_providers(routing, pricing, engine.model_name, configured(llm, grpc))
+        handles = {name: configured(handle, grpc) for name, handle in llms.items()}
+        adapters = {alias: engine_id for e in engines for alias, engine_id in e.adapters().items()}
+        self._providers = build_providers(routing, pricing, handles, adapters)
         self._router = build_router(
             routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, tokens
         )
@@ -260,7 +267,11 @@ class Orchestrator:
     async def _prepare(self, request: ChatRequest, caller: Caller) -> Turn:
         timing = Timing()
         if request.model not in self._served:
-            raise NotFound(f"model {request.model!r} does not exist; try {self._engine.model_name!r}", param="model")
+            raise NotFound(
+                f"model {request.model!r} does not exist; try {self._engine.model_name!r}",
+                param="model",
+                code="model_not_found",  # OpenAI's code for it
+            )
         max_tokens = resolve_max_tokens(request.max_tokens, self._limits)
         if caller.kind == "text":  # /v1/completions: the prompt goes to the engine as it is
             params = generation_params(request, max_tokens)
@@ -275,9 +286,9 @@ class Orchestrator:
                 history,
                 request.messages,
                 citations,
-                max_model_len=self._engine.max_model_len,
+                max_model_len=self._engines.get(request.model, self._engine).max_model_len,
                 max_tokens=max_tokens,
-                tokens=self._tokens,
+                tokens=self._counters.get(request.model, self._tokens),
             )
         timing.prompt_done = time.perf_counter()
         params = generation_params(request, max_tokens)

@@ -17,32 +17,31 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     """Ingress -> Orchestrator -> (Retriever, vLLM replicas), configured by `args` (Settings fields, nested by
     group; environment variables and LLMSERVE_CONFIG fill in the rest)."""
     # Imported here so that `import serve_app` stays light (the CLI's --help must not load vLLM).
-    from ray.serve.llm import build_llm_deployment
-
-    from deployments.llm import build_llm_config
+    from deployments.llm import build_llm_deployments
 
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
     if not settings.state.redis_url:
         raise ValueError("state.redis_url is not set: set REDIS_URL (or use `llmserve up`, which embeds one)")
     if not settings.master_key_hash():
         raise ValueError("no master key: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
-    model_source = preflight(settings)
-    llm = build_llm_deployment(build_llm_config(settings.engine, model_source), name_prefix="LLM:")
-    return compose(settings, llm, model_source)
+    sources = preflight(settings)
+    return compose(settings, build_llm_deployments(settings.engines(), sources), sources)
 
 
-def preflight(settings: Settings, progress: Callable[[str], None] = print) -> str:
-    """What must hold before anything starts: the model is reachable (SmolLM2 is prepared on first use) and
-    the quantization mode suits its checkpoint and the hardware. Returns the model source for vLLM."""
+def preflight(settings: Settings, progress: Callable[[str], None] = print) -> dict[str, str]:
+    """What must hold before anything starts: each self-hosted model is reachable (SmolLM2 is prepared on
+    first use), its quantization mode suits its checkpoint and the hardware, and its LoRA adapters are where
+    the settings say. Returns what vLLM loads for each model name."""
     from core.quantization import check_quantization
-    from serve_app.model_prep import resolve_model_source
+    from serve_app.model_prep import check_lora_adapters, resolve_model_source
 
-    engine = settings.engine
-    model_source = resolve_model_source(engine.model, engine.model_cache_dir, progress=progress)
-    check_quantization(
-        engine.quantization, engine.accelerator, engine.accelerator_type, model_source, dtype=engine.dtype
-    )
-    return model_source
+    sources = {}
+    for engine in settings.engines():
+        source = resolve_model_source(engine.model, engine.model_cache_dir, progress=progress)
+        check_quantization(engine.quantization, engine.accelerator, engine.accelerator_type, source, dtype=engine.dtype)
+        check_lora_adapters(engine.lora_path, engine.lora_adapters)
+        sources[engine.model_name] = source
+    return sources
 
 
 def orchestrator_replicas(replicas: ReplicaSettings) -> int:
@@ -56,11 +55,14 @@ def orchestrator_replicas(replicas: ReplicaSettings) -> int:
     return 2 if free_gib >= replicas.orchestrator_pair_min_free_gib else 1
 
 
-def compose(settings: Settings, llm: Application, model_source: str) -> Application:
-    """Ingress -> Orchestrator -> (Retriever, `llm`), and the batch workers (-> Orchestrator): the graph in
-    front of any engine deployment with the handle interface of ray.serve.llm's LLMServer (benchmarks put a
-    fake engine there). Each deployment gets the settings groups it works with, nothing else; the master key
-    reaches them only as its hash."""
+def compose(
+    settings: Settings, llm: Application | dict[str, Application], model_source: str | dict[str, str]
+) -> Application:
+    """Ingress -> Orchestrator -> (Retriever, the engines), and the batch workers (-> Orchestrator): the graph
+    in front of any engine deployments with the handle interface of ray.serve.llm's LLMServer (benchmarks put
+    a fake engine there). `llm` and `model_source`: one per self-hosted model name (one alone is the primary
+    model's). Each deployment gets the settings groups it works with, nothing else; the master key reaches
+    them only as its hash."""
     from core.pricing import self_hosted_price
     from deployments.batch_worker import BatchWorker
     from deployments.ingress import Ingress
@@ -68,6 +70,9 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
     from deployments.retriever import Retriever
 
     s = settings
+    llms = llm if isinstance(llm, dict) else {s.model_name: llm}
+    sources = model_source if isinstance(model_source, dict) else {s.model_name: model_source}
+    engines = [e for e in s.engines() if e.model_name in llms]
     grpc = s.server.handle_grpc
     light = {"num_cpus": s.replicas.light_num_cpus}
     checked = {"health_check_period_s": s.replicas.health_check_period_s}
@@ -76,20 +81,20 @@ def compose(settings: Settings, llm: Application, model_source: str) -> Applicat
         num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
     ).bind(s.rag, metrics=s.metrics)
     orchestrators = orchestrator_replicas(s.replicas)
-    slots = s.engine.max_replicas * s.engine.target_ongoing_requests // orchestrators
+    slots = sum(e.max_replicas * e.target_ongoing_requests for e in engines) // orchestrators
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
     ).bind(
-        llm,
+        llms,
         retriever,
-        engine=s.engine,
+        engines=engines,
         limits=s.limits,
         state=s.state,
         rag=s.rag,
         routing=s.routing,
         pricing=s.pricing,
         metrics=s.metrics,
-        model_source=model_source,
+        model_sources=sources,
         served_models=served_models,
         self_hosted_slots=slots,
         grpc=grpc,

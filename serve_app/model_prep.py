@@ -124,6 +124,17 @@ def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
     return target
 
 
+def check_lora_adapters(lora_path: str | None, adapters: list[str]) -> None:
+    """Each named adapter has its folder with peft's adapter_config.json, when the folder is local (a remote one
+    is read by the replicas themselves, with their credentials)."""
+    if not lora_path or "://" in lora_path:
+        return
+    root = Path(lora_path).expanduser()
+    missing = [name for name in adapters if not (root / name / "adapter_config.json").is_file()]
+    if missing:
+        raise ValueError(f"LoRA adapters {missing} have no adapter_config.json under {root}")
+
+
 def resolve_model_source(model: str, cache_dir: Path, progress: Progress = _silent) -> str:
     """Map the settings' `model` to what vLLM loads: the aliases `smollm2` and `smollm2-awq` are prepared
     locally, anything else (an HF id or a local path) is passed through unchanged.

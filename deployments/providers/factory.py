@@ -19,14 +19,19 @@ from state.breaker import BreakerPolicy, CircuitBreaker
 
 
 def build_providers(
-    routing: RoutingSettings, pricing: PricingSettings, model_name: str, llm: DeploymentHandle | None
+    routing: RoutingSettings,
+    pricing: PricingSettings,
+    llms: dict[str, DeploymentHandle],
+    adapters: dict[str, str] | None = None,
 ) -> list[Provider]:
+    """`llms`: the self-hosted models' deployments by model name; `adapters`: every name of their LoRA adapters
+    -> the adapter's id on the engine ('<model>:<adapter>')."""
     providers: list[Provider] = []
     for config in routing.providers:
         price = price_of(config, pricing)
         if config.kind == "self_hosted":
-            if llm is not None:
-                providers.append(ServeLLMEngine(llm, model_name, name=config.name, price=price))
+            if llms:
+                providers.append(ServeLLMEngine(llms, adapters or {}, name=config.name, price=price))
         elif config.kind == "openai":
             providers.append(OpenAIProvider(config, price))
         else:

@@ -6,6 +6,7 @@ depends on that format.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,21 +73,39 @@ def _first_error(exc: ValueError) -> str:
 
 
 class ServeLLMEngine:
-    """The self-hosted provider: a ray.serve.llm `LLMServer` deployment handle. Replica death and overload
-    become ProviderError (the router fails over); the request's own faults stay InvalidRequest."""
+    """The self-hosted provider: ray.serve.llm `LLMServer` deployment handles, one per model, and the models'
+    LoRA adapters (Serve's multiplexing by adapter id picks a replica that has the adapter loaded, or loads
+    it). Replica death and overload become ProviderError (the router fails over); the request's own faults stay
+    InvalidRequest."""
 
     kind = "self_hosted"
     completes = True
 
-    def __init__(self, handle: DeploymentHandle, model_id: str, name: str = "self-hosted", price: Price | None = None):
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle],
+        adapters: dict[str, str] | None = None,
+        name: str = "self-hosted",
+        price: Price | None = None,
+    ):
+        """`handles`: each model's deployment by model name; `adapters`: each name a client may send for an
+        adapter -> its id on the engine ('<model>:<adapter>')."""
         self.name = name
         self.price = price or Price()
-        self._handle = handle
-        self._stream_handle = handle.options(stream=True)
-        self._model_id = model_id
+        self._handles = handles
+        self._streams = {model: handle.options(stream=True) for model, handle in handles.items()}
+        self._adapters = adapters or {}
 
     def serves(self, model: str) -> bool:
-        return model == self._model_id
+        return model in self._handles or model in self._adapters
+
+    def _target(self, model: str) -> tuple[Any, str]:
+        """The stream handle for `model` and the model id the engine knows it by."""
+        engine_id = self._adapters.get(model)
+        if engine_id is None:
+            return self._streams[model], model
+        base = engine_id.split(":", 1)[0]
+        return self._streams[base].options(multiplexed_model_id=engine_id), engine_id
 
     def refuses(self, params: GenerationParams) -> str | None:
         return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
@@ -105,9 +124,11 @@ class ServeLLMEngine:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
         from vllm.exceptions import VLLMClientError
 
-        handle = self._stream_handle.options(session_id=affinity) if affinity else self._stream_handle
+        handle, engine_model = self._target(model)
+        if affinity:
+            handle = handle.options(session_id=affinity)
         fields = params.fields()
-        common = {"model": self._model_id, "stream": True, "stream_options": {"include_usage": True}}
+        common = {"model": engine_model, "stream": True, "stream_options": {"include_usage": True}}
         try:
             if isinstance(messages, str):  # /v1/completions: the raw prompt
                 request: Any = CompletionRequest(prompt=messages, request_id=request_id, **common, **fields)
@@ -136,8 +157,9 @@ class ServeLLMEngine:
             raise ProviderError(self.name, failed, recovering=True) from exc
 
     async def check_health(self) -> None:
+        """Every model's engine (one failing fails the check: its requests would fail over)."""
         try:
-            await self._handle.check_health.remote()
+            await asyncio.gather(*(handle.check_health.remote() for handle in self._handles.values()))
         except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
 

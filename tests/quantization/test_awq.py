@@ -76,7 +76,8 @@ def test_preflight_takes_the_declared_method_and_refuses_mismatches(awq_folder):
         base = {"model": "smollm2-awq", "model_cache_dir": MODEL_CACHE_DIR}
         return Settings(engine={**base, **engine}, data_dir=awq_folder.parent / ".preflight")
 
-    assert preflight(settings(quantization="compressed-tensors", dtype="bfloat16")) == str(awq_folder)
+    sources = preflight(settings(quantization="compressed-tensors", dtype="bfloat16"))
+    assert sources == {"SmolLM2-135M-Instruct-AWQ": str(awq_folder)}
     with pytest.raises(QuantizationError, match="set quantization: compressed-tensors"):
         preflight(settings(quantization="awq", dtype="bfloat16"))
     with pytest.raises(QuantizationError, match="gptq"):

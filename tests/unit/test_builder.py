@@ -22,7 +22,9 @@ def bound_deployments(app) -> dict[str, tuple[tuple, dict]]:
     while todo:
         bound = todo.pop()._bound_deployment
         found[bound.name] = (bound.init_args, bound.init_kwargs)
-        todo += [a for a in (*bound.init_args, *bound.init_kwargs.values()) if hasattr(a, "_bound_deployment")]
+        args = [*bound.init_args, *bound.init_kwargs.values()]
+        args += [v for a in args if isinstance(a, dict) for v in a.values()]  # the engines, by model name
+        todo += [a for a in args if hasattr(a, "_bound_deployment")]
     return found
 
 
