@@ -10,6 +10,9 @@ import re
 
 from core.errors import InvalidRequest
 
+# The embedding model's name in /v1/models and /v1/embeddings (rag/embedder.py serves it): no chat model may
+# take it.
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 # The master key's tenant. No key can be created into it, so nothing a user names collides with it.
 ADMIN_TENANT = "admin"
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -90,7 +90,8 @@ class Decision:
     numbers: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON takes it: an undefined ratio (no replica, a free managed API) is None."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
 
 def capacity(replicas: int, economics: Economics) -> float:

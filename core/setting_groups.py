@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core.provider_config import ProviderConfig, default_providers
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REMOTE_LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")  # what ray.serve.llm downloads from
 DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
 
 
@@ -285,8 +286,23 @@ class EngineSettings(Group):
         description="The adapters under lora_path that clients may ask for, as '<model>:<adapter>' or by the "
         "adapter's own name (listed in /v1/models both ways).",
     )
+    autoscaling: Literal["serve", "scale_or_spill"] = Field(
+        "serve",
+        description="serve: Serve's autoscaling on ongoing requests (target_ongoing_requests). scale_or_spill: a "
+        "replica is added only where it pays against the managed providers' price, the excess is spilled meanwhile "
+        "and the rest of the time (core/scale_or_spill.py; pair with routing.strategy: scale_or_spill).",
+    )
+    replica_tokens_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Output tokens/s one replica delivers at full load, for scale_or_spill. Unset: measured from "
+        "traffic (self-hosted output tokens per busy second), 50 until measured.",
+    )
+    cold_start_s: float = Field(90.0, ge=0, description="How long a new replica takes to serve (scale_or_spill).")
     max_loras_per_replica: int = Field(4, ge=1, description="Adapters one vLLM replica keeps loaded at once.")
-    max_lora_rank: int = Field(16, ge=1, description="The largest LoRA rank the engine accepts.")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="The largest LoRA rank the engine accepts (vLLM's values; preflight checks each adapter's)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineSettings:
@@ -294,9 +310,13 @@ class EngineSettings(Group):
             raise ValueError("engine.min_replicas must not exceed engine.max_replicas")
         if self.lora_adapters and not self.lora_path:
             raise ValueError("engine.lora_adapters needs engine.lora_path (where the adapters' folders are)")
+        if self.lora_path and "://" in self.lora_path and not self.lora_path.startswith(REMOTE_LORA_SCHEMES):
+            raise ValueError(f"engine.lora_path: a folder, or a URI of {', '.join(REMOTE_LORA_SCHEMES)}")
         for name in self.lora_adapters:
-            if not ADAPTER_NAME.fullmatch(name):
+            if not ADAPTER_NAME.fullmatch(name) or not name.strip("."):
                 raise ValueError(f"LoRA adapter name {name!r}: use letters, digits, '.', '_' and '-'")
+            if name == self.model_name:
+                raise ValueError(f"LoRA adapter {name!r} has its model's name: one of them could not be reached")
         if ":" in self.model_name:
             raise ValueError(f"model name {self.model_name!r}: ':' separates a model from its LoRA adapter")
         return self
@@ -343,7 +363,7 @@ class RoutingSettings(Group):
         default_factory=default_providers,
         description="Model providers in fallback order. Default: the self-hosted vLLM deployment only.",
     )
-    strategy: Literal["ordered", "least_loaded", "cost_aware"] = Field(
+    strategy: Literal["ordered", "least_loaded", "cost_aware", "scale_or_spill"] = Field(
         "ordered", description="How providers are ordered per request (deployments/providers/routing.py)."
     )
     ttft_target_s: float = Field(2.0, gt=0, description="cost_aware: spill to managed when expected TTFT exceeds it.")

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from core.keys import key_hash
 from core.legacy_settings import ENV_PREFIX, flat_env, nest_flat_names, warn_routing_strategy
+from core.names import EMBEDDING_MODEL
 from core.quantization import check_quantization
 from core.setting_groups import (
     DEFAULT_HOME,
@@ -115,13 +116,21 @@ class Settings(BaseSettings):
     def _derived(self) -> Settings:
         # Paths that default to places under data_dir, made absolute here for the same reason as data_dir.
         self.engine = self.engine.model_copy(update={"model_cache_dir": _abs(self.engine.model_cache_dir)})
-        names: set[str] = set()
+        # Every name a client sends picks one self-hosted model or adapter (a managed provider may map the same
+        # name: it then stands in for it), and none is the embedding model's.
+        names: set[str] = {EMBEDDING_MODEL}
+        deployments: set[str] = set()
         for engine in self.engines():
             check_quantization(engine.quantization, engine.accelerator, engine.accelerator_type, model_source=None)
-            taken = names & {engine.model_name, *engine.adapters()}
+            own = {engine.model_name, *engine.adapters()}
+            taken = names & own
             if taken:
-                raise ValueError(f"model name {sorted(taken)[0]!r} is given to two self-hosted models or adapters")
-            names |= {engine.model_name, *engine.adapters()}
+                raise ValueError(f"model name {sorted(taken)[0]!r} is given to two models or adapters")
+            names |= own
+            deployment = engine.model_name.replace("/", "--").replace(".", "_")  # as ray.serve.llm names them
+            if deployment in deployments:
+                raise ValueError(f"model names {engine.model_name!r} and another make one deployment name")
+            deployments.add(deployment)
         self.rag = self.rag.model_copy(update={"chroma_path": _abs(self.rag.chroma_path or self.data_dir / "chroma")})
         self.metrics = self.metrics.model_copy(
             update={

@@ -123,7 +123,7 @@ async def providers(ingress: State, gpu_hour_usd: float | None = None) -> dict:
         raise InvalidRequest("gpu_hour_usd must not be negative", param="gpu_hour_usd")
     return await provider_report(
         ingress.routing, ingress.pricing, ingress.gpus_per_replica, ingress.redis, ingress.redis_prefix, gpu_hour_usd,
-        ingress.accelerator,
+        ingress.accelerator, ingress.self_hosted_models,
     )  # fmt: skip
 
 

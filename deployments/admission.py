@@ -41,16 +41,33 @@ class Slot:
 
 
 class AdmissionGate:
-    def __init__(self, capacity: int, retry_after_s: float):
+    """Requests in flight per deployment. `capacity`: the default per model; `capacities`: a self-hosted model's
+    own; `deployments`: each name a client may send for a self-hosted deployment (its LoRA adapters' names) -> the
+    model whose deployment serves it, so an adapter's requests count against its base model's replicas."""
+
+    def __init__(
+        self,
+        capacity: int,
+        retry_after_s: float,
+        capacities: dict[str, int] | None = None,
+        deployments: dict[str, str] | None = None,
+    ):
         self.capacity = capacity
+        self._capacities = capacities or {}
+        self._deployments = deployments or {}
         self._retry_after_s = max(1, math.ceil(retry_after_s))
         self._inflight: Counter[str] = Counter()
 
+    def capacity_of(self, model: str) -> int:
+        return self._capacities.get(self._deployments.get(model, model), self.capacity)
+
     def enter(self, model: str) -> Slot:
-        if self._inflight[model] >= self.capacity:
+        model = self._deployments.get(model, model)
+        capacity = self.capacity_of(model)
+        if self._inflight[model] >= capacity:
             prom.inc("llmserve_admission_rejected_total", model=model)
             raise ServiceUnavailable(
-                f"model {model!r} is at capacity ({self.capacity} requests in flight); retry shortly",
+                f"model {model!r} is at capacity ({capacity} requests in flight); retry shortly",
                 code="overloaded",
                 retry_after_s=self._retry_after_s,
             )
@@ -58,7 +75,7 @@ class AdmissionGate:
         return Slot(self, model)
 
     def inflight(self, model: str) -> int:
-        return self._inflight[model]
+        return self._inflight[self._deployments.get(model, model)]
 
     def total(self) -> int:
         """Requests in flight for every model."""
@@ -75,5 +92,5 @@ class AdmissionGate:
         while True:
             for model in models:
                 prom.set_gauge("llmserve_requests_in_flight", self._inflight[model], model=model)
-                prom.set_gauge("llmserve_admission_capacity", self.capacity, model=model)
+                prom.set_gauge("llmserve_admission_capacity", self.capacity_of(model), model=model)
             await asyncio.sleep(interval_s)

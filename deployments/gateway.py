@@ -71,6 +71,8 @@ class Gateway:
         limits: LimitsSettings,
         price: Price,
         capacity: int,
+        capacities: dict[str, int] | None = None,
+        deployments: dict[str, str] | None = None,
     ):
         self._master = master_key_hash
         self._limits = limits
@@ -79,7 +81,7 @@ class Gateway:
         self.keys = KeyStore(client, redis_prefix)
         self.tenants = TenantStore(client, redis_prefix)
         self.limiter = Limiter(client, redis_prefix, lease_s=limits.request_lease_s)
-        self.admission = AdmissionGate(capacity, limits.overload_retry_after_s)
+        self.admission = AdmissionGate(capacity, limits.overload_retry_after_s, capacities, deployments)
         self._pending: set[asyncio.Task] = set()
 
     async def authenticate(self, authorization: str) -> Principal:

@@ -63,7 +63,7 @@ class Ingress:
         master_key_hash: str,
         limits: LimitsSettings,
         state: StateSettings,
-        engine: EngineSettings,
+        engines: list[EngineSettings],
         pricing: PricingSettings,
         routing: RoutingSettings,
         batch: BatchSettings,
@@ -77,6 +77,9 @@ class Ingress:
         make_ingress_port_rebindable()  # before Serve starts this replica's HTTP server
         tracing.setup_tracing("ingress", metrics.otlp_endpoint if metrics else None)
         client = async_redis(state.redis_url)
+        engine = engines[0]
+        # Each self-hosted deployment's capacity, shared by its LoRA adapters' names.
+        deployments = {alias: e.model_name for e in engines for alias in e.adapters()}
         gateway = Gateway(
             client,
             master_key_hash=master_key_hash,
@@ -84,6 +87,8 @@ class Ingress:
             limits=limits,
             price=self_hosted_price(pricing),
             capacity=model_capacity(limits, engine, ingress_replicas),
+            capacities={e.model_name: model_capacity(limits, e, ingress_replicas) for e in engines},
+            deployments=deployments,
         )
         self._max_body_bytes = limits.max_body_bytes
         self._state = IngressState(
@@ -111,6 +116,8 @@ class Ingress:
             gpus_per_replica=engine.tensor_parallel_size,
             accelerator=engine.accelerator,
             served_models=served_models,
+            model_parents=deployments,
+            self_hosted_models=[e.model_name for e in engines],
             write_timeout_s=limits.write_timeout_s,
             response_cache=ResponseCache(client, state.redis_prefix, state.response_cache_ttl_s),
             cache_by_default=state.response_cache,

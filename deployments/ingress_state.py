@@ -48,6 +48,9 @@ class IngressState:
     gpus_per_replica: int
     accelerator: str  # what a self-hosted replica runs on: cpu | gpu
     served_models: list[str]
+    model_parents: dict[str, str] = field(default_factory=dict)  # a LoRA adapter's names -> its base model
+    self_hosted_models: list[str] = field(default_factory=list)  # one self-hosted provider each (the first's name
+    # is the configured one, the others' '<name>/<model>')
     write_timeout_s: float = 30.0
     response_cache: ResponseCache | None = None  # answers of deterministic requests (invalidated on ingest)
     cache_by_default: bool = True  # for keys that do not say (state.response_cache)

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from ray.serve import Application
 
 
-def build_llm_deployments(engines: list[EngineSettings], sources: dict[str, str]) -> dict[str, Application]:
+def build_llm_deployments(
+    engines: list[EngineSettings], sources: dict[str, str], scaling: dict[str, Any] | None = None
+) -> dict[str, Application]:
     """One ray.serve.llm LLMServer deployment per self-hosted model (named `LLM:<model id>`), each autoscaled on
-    its own; `sources`: what vLLM loads for each model name."""
+    its own; `sources`: what vLLM loads for each model name; `scaling`: the scale-or-spill policy's arguments
+    but the model's own (serve_app/builder.py), for models with `autoscaling: scale_or_spill`."""
     return {
         engine.model_name: build_llm_deployment(
-            build_llm_config(engine, sources[engine.model_name]),
+            build_llm_config(engine, sources[engine.model_name], scaling),
             name_prefix="LLM:",
             bind_kwargs={"model_downloader": LocalLoraLoader},
         )
@@ -29,7 +32,7 @@ def build_llm_deployments(engines: list[EngineSettings], sources: dict[str, str]
     }
 
 
-def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
+def build_llm_config(engine: EngineSettings, model_source: str, scaling: dict[str, Any] | None = None) -> LLMConfig:
     engine_kwargs: dict[str, Any] = {
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
@@ -54,20 +57,15 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
     engine_kwargs.update(engine.engine_kwargs)
 
     deployment_config: dict[str, Any] = {
-        "autoscaling_config": {
-            "min_replicas": engine.min_replicas,
-            "initial_replicas": max(1, engine.min_replicas),
-            "max_replicas": engine.max_replicas,
-            "target_ongoing_requests": engine.target_ongoing_requests,
-            "upscale_delay_s": engine.upscale_delay_s,
-            "downscale_delay_s": engine.downscale_delay_s,
-        },
+        "autoscaling_config": _autoscaling(engine),
         "max_ongoing_requests": engine.max_ongoing_requests,
         "max_queued_requests": engine.max_queued_requests,
         # A replica whose engine died (EngineDeadError) fails its health check: found in seconds, not Serve's 10 s
         # period, so it is replaced sooner while requests wait for it (deployments/providers/router.py).
         "health_check_period_s": engine.health_check_period_s,
     }
+    if engine.autoscaling == "scale_or_spill" and scaling is not None:
+        deployment_config["autoscaling_config"]["policy"] = _scale_or_spill(engine, scaling)
     if engine.request_router == "affinity":
         deployment_config["request_router_config"] = {
             "request_router_class": "deployments.llm_router.ConversationAffinityRouter",
@@ -82,9 +80,8 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
     if engine.lora_path:
         # ray.serve.llm loads an adapter on a replica at its first request (Serve multiplexing by model id);
         # vLLM must be started with LoRA on for it.
-        engine_kwargs.update(
-            enable_lora=True, max_lora_rank=engine.max_lora_rank, max_loras=engine.max_loras_per_replica
-        )
+        lora = {"enable_lora": True, "max_lora_rank": engine.max_lora_rank, "max_loras": engine.max_loras_per_replica}
+        engine_kwargs = {**lora, **engine_kwargs}  # engine.engine_kwargs still last
         remote = is_remote_path(engine.lora_path)
         extra["lora_config"] = {
             "dynamic_lora_loading_path": engine.lora_path if remote else None,
@@ -103,3 +100,32 @@ def build_llm_config(engine: EngineSettings, model_source: str) -> LLMConfig:
         experimental_configs=experimental,
         **extra,
     )
+
+
+def _autoscaling(engine: EngineSettings) -> dict[str, Any]:
+    return {
+        "min_replicas": engine.min_replicas,
+        "initial_replicas": max(1, engine.min_replicas),
+        "max_replicas": engine.max_replicas,
+        "target_ongoing_requests": engine.target_ongoing_requests,
+        "upscale_delay_s": engine.upscale_delay_s,
+        "downscale_delay_s": engine.downscale_delay_s,
+    }
+
+
+def _scale_or_spill(engine: EngineSettings, scaling: dict[str, Any]) -> dict[str, Any]:
+    """Serve's class policy (deployments/scale_or_spill_policy.py) with this model's arguments."""
+    economics = {
+        **scaling["economics"],
+        "cold_start_s": engine.cold_start_s,
+        "min_replicas": engine.min_replicas,
+        "max_replicas": engine.max_replicas,
+        "downscale_after_s": engine.downscale_delay_s,
+    }
+    kwargs = {
+        **{k: v for k, v in scaling.items() if k != "economics"},
+        "model": engine.model_name,
+        "economics": economics,
+        "replica_tokens_per_s": engine.replica_tokens_per_s,
+    }
+    return {"policy_function": "deployments.scale_or_spill_policy:ScaleOrSpillPolicy", "policy_kwargs": kwargs}

@@ -22,6 +22,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from ray.serve._private.request_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 
 logger = logging.getLogger("llmserve.llm_router")
@@ -42,6 +43,10 @@ class ConversationAffinityRouter(PrefixCacheAffinityRouter):
         if pinned is not None:
             self.affinity_hits += 1
             return [[pinned]]  # if it turns the request away, the next round falls through to the prefix router
+        if _adapter(pending_request):
+            # A LoRA adapter's request: Serve's multiplexed routing (replicas that hold the adapter first). The
+            # prefix router would ask for it a second time, which then prefers replicas with the fewest adapters.
+            return await PowerOfTwoChoicesRequestRouter.choose_replicas(self, candidate_replicas, pending_request)
         return await super().choose_replicas(candidate_replicas, pending_request)
 
     async def _conversation_replica(self, candidate_replicas: list, pending_request: Any) -> Any:
@@ -77,11 +82,18 @@ class ConversationAffinityRouter(PrefixCacheAffinityRouter):
             self._conversations.move_to_end(session)
             while len(self._conversations) > self._max_conversations:
                 self._conversations.popitem(last=False)
-        if len(self._replica_id_set) > 1:  # one replica: nothing to learn for later choices
+        # One replica: nothing to learn. An adapter's prompt is not the base model's prefix (vLLM keys its cache by
+        # adapter), so it stays out of the prefix tree.
+        if len(self._replica_id_set) > 1 and not _adapter(pending_request):
             try:
                 super().on_request_routed(pending_request, replica_id, result)
             except ValueError as exc:  # a call without a prompt (a health check)
                 logger.debug("not in the prefix tree: %r", exc)
+
+
+def _adapter(pending_request: Any) -> str:
+    metadata = getattr(pending_request, "metadata", None)
+    return getattr(metadata, "multiplexed_model_id", None) or ""
 
 
 def _session(pending_request: Any) -> str:

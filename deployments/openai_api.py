@@ -55,14 +55,14 @@ async def _tenant_usage(ingress: IngressState, tenant: str, limits: Limits | Non
 @router.get("/v1/models")
 async def models(ingress: State) -> dict:
     models = [*ingress.served_models, EMBEDDING_MODEL]
-    return {"object": "list", "data": [_model_card(m, ingress.created) for m in models]}
+    return {"object": "list", "data": [_model_card(m, ingress) for m in models]}
 
 
 @router.get("/v1/models/{model_id}")
 async def model(model_id: str, ingress: State) -> dict:
     if model_id not in ingress.served_models and model_id != EMBEDDING_MODEL:
         raise NotFound(f"model {model_id!r} does not exist", param="model", code="model_not_found")
-    return _model_card(model_id, ingress.created)
+    return _model_card(model_id, ingress)
 
 
 @router.get("/v1/conversations", response_model=ConversationList)
@@ -126,8 +126,8 @@ async def _is_admin(ingress: IngressState, authorization: str) -> bool:
         return False
 
 
-def _model_card(model_id: str, created: int) -> dict:
-    card = {"id": model_id, "object": "model", "created": created, "owned_by": "llmserve"}
-    if ":" in model_id:  # a LoRA adapter on a self-hosted model ('<model>:<adapter>'), as vLLM lists them
-        card["parent"] = model_id.split(":", 1)[0]
+def _model_card(model_id: str, ingress: IngressState) -> dict:
+    card = {"id": model_id, "object": "model", "created": ingress.created, "owned_by": "llmserve"}
+    if model_id in ingress.model_parents:  # a LoRA adapter on a self-hosted model, as vLLM lists them
+        card["parent"] = ingress.model_parents[model_id]
     return card

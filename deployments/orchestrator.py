@@ -58,6 +58,7 @@ from state.provider_usage import ProviderUsage
 from state.rag_grants import SharedGrants
 from state.redis_client import async_redis
 from state.response_cache import ResponseCache, cache_key, cacheable
+from state.scaling_signals import ScalingSignals
 
 logger = logging.getLogger("llmserve.orchestrator")
 Batch = list[tuple[int, ChatChunk]]
@@ -84,7 +85,7 @@ class Orchestrator:
         metrics: MetricsSettings,
         model_sources: dict[str, str],
         served_models: list[str],
-        self_hosted_slots: int,
+        self_hosted_slots: int | dict[str, int],
         grpc: bool = True,
     ):
         if not state.redis_url:
@@ -95,6 +96,9 @@ class Orchestrator:
         self._engines = {name: e for e in engines for name in (e.model_name, *e.adapters())}
         counters = {e.model_name: TokenCounter.for_model(model_sources[e.model_name]) for e in engines}
         self._counters = {name: counters[e.model_name] for name, e in self._engines.items()}
+        self._may_sleep = {e.model_name for e in engines if e.min_replicas == 0}  # /healthz would wake them
+        # Models under the scale-or-spill controller: each name a client may send -> the deployment's model.
+        self._scaled = {name: e.model_name for name, e in self._engines.items() if e.autoscaling == "scale_or_spill"}
         tokens = counters[engine.model_name]
         self._limits = limits
         self._state = state
@@ -109,6 +113,9 @@ class Orchestrator:
             routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, tokens
         )
         self._provider_usage = ProviderUsage(self._redis, state.redis_prefix)
+        self._signals = ScalingSignals(self._redis, state.redis_prefix)
+        if self._scaled:
+            self._follower = asyncio.get_event_loop().create_task(self._follow_decisions())
         self._pending: set[asyncio.Task] = set()
         self._conversations = ConversationStore(
             self._redis,
@@ -166,7 +173,7 @@ class Orchestrator:
         checks = {"redis": self._redis.ping(), "chroma": self._retriever.health.remote()}
         for provider in self._providers:
             if provider.kind == "self_hosted":  # managed providers are watched by their circuit breakers
-                checks["engine"] = provider.check_health()
+                checks.update(provider.health_checks(skip=self._may_sleep))
         results = await asyncio.gather(
             *(asyncio.wait_for(_awaitable(c), timeout=5) for c in checks.values()), return_exceptions=True
         )
@@ -177,6 +184,18 @@ class Orchestrator:
 
     async def flush_metrics(self) -> bool:
         return await asyncio.to_thread(self._metrics.flush)
+
+    async def _follow_decisions(self, every_s: float = 2.0) -> None:
+        """The scale-or-spill controller's share to spill, per model, for the router (routing.strategy:
+        scale_or_spill); the last known share holds while Redis does not answer."""
+        spill = self._router.stats.spill_fraction
+        while True:
+            for name, deployment in self._scaled.items():
+                try:
+                    spill[name] = await self._signals.spill_fraction(deployment)
+                except RedisError as exc:
+                    logger.debug("scale-or-spill decision not read: %r", exc)
+            await asyncio.sleep(every_s)
 
     # --- runs ---------------------------------------------------------------------------------------
     async def _events(
@@ -346,7 +365,7 @@ class Orchestrator:
     # --- finish -------------------------------------------------------------------------------------
     def _finished(self, turn: Turn, routed: RoutedStream, status: str) -> None:
         """Usage per provider (Redis, off the request path) and the request's metrics."""
-        task = asyncio.ensure_future(self._count_provider_usage(routed))
+        task = asyncio.ensure_future(self._count_provider_usage(routed, turn))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         end = time.perf_counter()
@@ -372,9 +391,17 @@ class Orchestrator:
         self._pending.add(sample)
         sample.add_done_callback(self._pending.discard)
 
-    async def _count_provider_usage(self, routed: RoutedStream) -> None:
-        """Per-provider counters in Redis (for `llmserve cost`), off the request path; best effort."""
+    async def _count_provider_usage(self, routed: RoutedStream, turn: Turn) -> None:
+        """Per-provider counters in Redis (for `llmserve cost`), and the scale-or-spill controller's signals, off
+        the request path; best effort."""
         try:
+            deployment = self._scaled.get(turn.request.model)
+            if deployment is not None:
+                timing, own = turn.timing, {p.name for p in self._providers if p.kind == "self_hosted"}
+                here = routed.legs and routed.legs[0].provider in own and timing.first_token
+                ttft = timing.first_token - timing.start if here else None
+                tokens = sum(leg.usage.completion_tokens for leg in routed.legs if leg.usage)
+                await self._signals.record(deployment, tokens, ttft)
             for leg in routed.legs:
                 usage = leg.usage
                 await self._provider_usage.add(

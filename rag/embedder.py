@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from core.names import EMBEDDING_MODEL
+
 EMBEDDING_DIM = 384
-EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # its name in /v1/models and /v1/embeddings
 
 
 class InputTooLong(ValueError):

@@ -25,7 +25,26 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     if not settings.master_key_hash():
         raise ValueError("no master key: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
     sources = preflight(settings)
-    return compose(settings, build_llm_deployments(settings.engines(), sources), sources)
+    return compose(settings, build_llm_deployments(settings.engines(), sources, scaling_arguments(settings)), sources)
+
+
+def scaling_arguments(settings: Settings) -> dict[str, Any]:
+    """What the scale-or-spill policy needs beyond a model's own settings: where the signals are, what a
+    replica's hour costs, the cheapest managed provider's output price (its prompt tokens aside), the TTFT target."""
+    managed = [p for p in settings.routing.providers if p.kind != "self_hosted"]
+    prices = [p.price_output_per_mtok for p in managed if p.price_output_per_mtok is not None]
+    self_hosted = next((p.name for p in settings.routing.providers if p.kind == "self_hosted"), "self-hosted")
+    return {
+        "redis_url": settings.state.redis_url,
+        "redis_prefix": settings.state.redis_prefix,
+        "self_hosted_provider": self_hosted,
+        "economics": {
+            "replica_hour_usd": settings.pricing.gpu_hour_usd * settings.engine.tensor_parallel_size,
+            "managed_usd_per_mtok": min(prices, default=0.0),
+            "ttft_target_s": settings.routing.ttft_target_s,
+            "managed_available": bool(managed),
+        },
+    }
 
 
 def preflight(settings: Settings, progress: Callable[[str], None] = print) -> dict[str, str]:
@@ -39,7 +58,7 @@ def preflight(settings: Settings, progress: Callable[[str], None] = print) -> di
     for engine in settings.engines():
         source = resolve_model_source(engine.model, engine.model_cache_dir, progress=progress)
         check_quantization(engine.quantization, engine.accelerator, engine.accelerator_type, source, dtype=engine.dtype)
-        check_lora_adapters(engine.lora_path, engine.lora_adapters)
+        check_lora_adapters(engine.lora_path, engine.lora_adapters, engine.max_lora_rank)
         sources[engine.model_name] = source
     return sources
 
@@ -81,7 +100,7 @@ def compose(
         num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
     ).bind(s.rag, metrics=s.metrics)
     orchestrators = orchestrator_replicas(s.replicas)
-    slots = sum(e.max_replicas * e.target_ongoing_requests for e in engines) // orchestrators
+    slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // orchestrators) for e in engines}
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
     ).bind(
@@ -130,7 +149,7 @@ def compose(
         master_key_hash=s.master_key_hash(),
         limits=s.limits,
         state=s.state,
-        engine=s.engine,
+        engines=engines,
         pricing=s.pricing,
         routing=s.routing,
         batch=s.batch,

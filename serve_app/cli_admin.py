@@ -214,3 +214,14 @@ def cost(
             )
     else:
         console.print("self-hosted: no measured traffic yet")
+    for model, d in (report.get("scaling") or {}).items():
+        n = d["numbers"]
+        console.print(
+            f"scale or spill, {model}: {d['action']} -> {d['replicas']} replica(s), spill {d['spill_fraction']:.0%} "
+            f"(demand {n['demand_tokens_per_s']:.1f} tok/s, utilisation {_share(d['utilisation'])}, break-even "
+            f"{_share(d['break_even_utilisation'])}, replica {d['tokens_per_s_source']} tokens/s): {d['reason']}"
+        )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"

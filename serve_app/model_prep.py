@@ -9,6 +9,7 @@ GGUF -> transformers model -> state dict copied into a model built from the conf
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -124,15 +125,19 @@ def prepare_smollm2(cache_dir: Path, progress: Progress = _silent) -> Path:
     return target
 
 
-def check_lora_adapters(lora_path: str | None, adapters: list[str]) -> None:
-    """Each named adapter has its folder with peft's adapter_config.json, when the folder is local (a remote one
-    is read by the replicas themselves, with their credentials)."""
+def check_lora_adapters(lora_path: str | None, adapters: list[str], max_rank: int = 16) -> None:
+    """Each named adapter has its folder with peft's adapter_config.json and a rank the engine takes, when the
+    folder is local (a remote one is read by the replicas themselves, with their credentials)."""
     if not lora_path or "://" in lora_path:
         return
     root = Path(lora_path).expanduser()
     missing = [name for name in adapters if not (root / name / "adapter_config.json").is_file()]
     if missing:
         raise ValueError(f"LoRA adapters {missing} have no adapter_config.json under {root}")
+    for name in adapters:
+        rank = json.loads((root / name / "adapter_config.json").read_text()).get("r", 0)
+        if rank > max_rank:
+            raise ValueError(f"LoRA adapter {name!r} has rank {rank}: raise engine.max_lora_rank to at least it")
 
 
 def resolve_model_source(model: str, cache_dir: Path, progress: Progress = _silent) -> str:

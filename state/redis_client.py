@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlparse
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
+from redis.sentinel import Sentinel as SyncSentinel
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
@@ -97,3 +99,23 @@ def _sentinel_master(config: SentinelURL, max_connections: int) -> aioredis.Redi
         socket_connect_timeout=COMMAND_TIMEOUT_S,
     )
     return sentinel.master_for(config.service_name, max_connections=max_connections)
+
+
+def sync_redis(url: str, timeout_s: float = 1.0) -> redis.Redis:
+    """A blocking client (replies decoded to str) for code that runs outside an event loop it may block on for
+    long: a short command timeout (Serve's controller calls autoscaling policies on its own loop)."""
+    options = {"decode_responses": True, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    if urlparse(url).scheme in SENTINEL_SCHEMES:
+        config = parse_sentinel_url(url)
+        sentinel_kwargs = {"password": config.sentinel_password} if config.sentinel_password else {}
+        sentinel = SyncSentinel(
+            config.sentinels,
+            sentinel_kwargs=sentinel_kwargs,
+            password=config.password,
+            username=config.username,
+            db=config.db,
+            ssl=config.tls,
+            **options,
+        )
+        return sentinel.master_for(config.service_name)
+    return redis.Redis.from_url(url, **options)

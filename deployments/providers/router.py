@@ -147,7 +147,7 @@ class ProviderRouter:
             if not serving:
                 raise InvalidRequest(f"no provider of model {model!r} serves /v1/completions", param="model")
         candidates = capable(model, serving, params)
-        route = self._strategy.order(candidates, self.stats)
+        route = self._strategy.order(candidates, self.stats, model)
         out.reason = route.reason
         queue = list(route.providers)
         retried_mid_stream: set[str] = set()

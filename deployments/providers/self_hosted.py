@@ -6,7 +6,6 @@ depends on that format.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -87,6 +86,7 @@ class ServeLLMEngine:
         adapters: dict[str, str] | None = None,
         name: str = "self-hosted",
         price: Price | None = None,
+        health_name: str = "engine",
     ):
         """`handles`: each model's deployment by model name; `adapters`: each name a client may send for an
         adapter -> its id on the engine ('<model>:<adapter>')."""
@@ -95,6 +95,8 @@ class ServeLLMEngine:
         self._handles = handles
         self._streams = {model: handle.options(stream=True) for model, handle in handles.items()}
         self._adapters = adapters or {}
+        self.model = next(iter(handles))  # the first model's (the provider of one model has only it)
+        self._health_name = health_name
 
     def serves(self, model: str) -> bool:
         return model in self._handles or model in self._adapters
@@ -153,13 +155,25 @@ class ServeLLMEngine:
         except InvalidRequest:
             raise  # the request's own fault: no other attempt will do better
         except Exception as exc:  # the engine died under the replica (EngineDeadError), or any other engine fault
-            failed = f"engine failed: {type(unwrap(exc)).__name__}"
-            raise ProviderError(self.name, failed, recovering=True) from exc
+            cause = unwrap(exc)
+            if model in self._adapters and "lora" in str(cause).lower():
+                # The adapter cannot be loaded (bad weights, a rank over max_lora_rank, gone from storage): no
+                # replica will do better, so neither waiting for one nor another try.
+                why = f"LoRA adapter {engine_model!r} could not be loaded: {str(cause)[:200]}"
+                raise ProviderError(self.name, why, retryable=False) from exc
+            raise ProviderError(self.name, f"engine failed: {type(cause).__name__}", recovering=True) from exc
 
-    async def check_health(self) -> None:
-        """Every model's engine (one failing fails the check: its requests would fail over)."""
+    def health_checks(self, skip: set[str] = frozenset()) -> dict[str, Any]:
+        """One check per model (its health name: 'engine', or 'engine:<model>' for the second and later), those
+        in `skip` aside (a model that may have scaled to zero: a call would wake it)."""
+        names = [m for m in self._handles if m not in skip]
+        many = len(self._handles) > 1
+        return {(f"engine:{m}" if many else self._health_name): self.check_health(m) for m in names}
+
+    async def check_health(self, model: str | None = None) -> None:
+        handle = self._handles[model] if model else next(iter(self._handles.values()))
         try:
-            await asyncio.gather(*(handle.check_health.remote() for handle in self._handles.values()))
+            await handle.check_health.remote()
         except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
 

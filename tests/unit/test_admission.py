@@ -173,3 +173,17 @@ def test_a_chunked_body_over_the_limit_is_refused_and_one_under_it_is_replayed_w
             await _bounded_body({"content-length": "1001"}, _receiver([b""]), limit=1000)
 
     asyncio.run(main())
+
+
+def test_an_adapters_requests_count_against_its_base_models_deployment_and_each_model_has_its_capacity():
+    gate = AdmissionGate(4, 0.2, capacities={"base": 2, "other": 1}, deployments={"base:a": "base", "a": "base"})
+    slots = [gate.enter("base"), gate.enter("a")]
+    with pytest.raises(ServiceUnavailable, match="'base' is at capacity \\(2"):
+        gate.enter("base:a")
+    slots.append(gate.enter("other"))
+    with pytest.raises(ServiceUnavailable):
+        gate.enter("other")
+    assert gate.inflight("a") == 2 and gate.capacity_of("base:a") == 2 and gate.capacity_of("managed") == 4
+    for slot in slots:
+        slot.release()
+    assert gate.total() == 0

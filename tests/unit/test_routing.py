@@ -60,3 +60,23 @@ def test_cost_aware_prefers_self_hosted_while_it_has_room_then_spills_cheapest_f
 def test_unknown_strategy_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="cost_aware"):
         strategy("random")
+
+
+def test_scale_or_spill_sends_the_controllers_share_to_the_cheapest_managed_and_the_rest_as_cost_aware():
+    from deployments.providers.routing import ScaleOrSpill
+
+    stats = LoadStats(self_hosted_slots=4, ttft_target_s=2.0, spill_fraction={"m": 0.3})
+    assert names(ScaleOrSpill(draw=lambda: 0.2).order(ALL, stats, "m")) == ["cheap", "dear", "self-hosted"]
+    assert names(ScaleOrSpill(draw=lambda: 0.5).order(ALL, stats, "m"))[0] == "self-hosted"
+    assert names(ScaleOrSpill(draw=lambda: 0.0).order(ALL, stats, "other"))[0] == "self-hosted"  # its own share: 0
+    stats.inflight["self-hosted"] = 4  # saturated: cost_aware's spill still holds
+    assert names(ScaleOrSpill(draw=lambda: 0.9).order(ALL, stats, "m"))[0] == "cheap"
+
+
+def test_each_self_hosted_provider_is_saturated_by_its_own_slots():
+    a, b = P("self-hosted", "self_hosted"), P("self-hosted/b", "self_hosted")
+    stats = LoadStats(self_hosted_slots=10, ttft_target_s=2.0, slots={"self-hosted": 8, "self-hosted/b": 2})
+    stats.inflight["self-hosted/b"] = 2
+    cost_aware = strategy("cost_aware")
+    assert names(cost_aware.order([b, CHEAP], stats))[0] == "cheap"  # b is full although the total is not
+    assert names(cost_aware.order([a, CHEAP], stats))[0] == "self-hosted"

@@ -95,3 +95,69 @@ def test_the_simulated_day_repeats_from_its_seed_and_the_controller_keeps_the_sl
     by = {r["policy"]: r for r in first}
     assert by["controller"]["slo_attainment"] >= by["serve-default"]["slo_attainment"]
     assert by["controller"]["cost_usd"] < min(by["peak"]["cost_usd"], by["managed"]["cost_usd"])
+
+
+def ctx(running: int, target: int, state: dict, now: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        running_replicas=list(range(running)), target_num_replicas=target, policy_state=state, current_time=now
+    )
+
+
+def test_the_serve_policy_decides_from_the_signals_in_redis_and_the_routers_follow(redis_prefix):
+    import asyncio
+    import json
+    import time
+
+    import redis
+
+    from deployments.scale_or_spill_policy import ScaleOrSpillPolicy
+    from state.scaling_signals import BUCKET_S, ScalingSignals
+    from tests.conftest import REDIS_URL, redis_client
+
+    economics = {k: v for k, v in ECONOMICS.__dict__.items() if k not in ("replica_tokens_per_s", "managed_available")}
+    policy = ScaleOrSpillPolicy(REDIS_URL, redis_prefix, "m", economics, replica_tokens_per_s=50.0)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    now = (int(time.time()) // BUCKET_S) * BUCKET_S + 1.0  # the start of a bucket: the minute before is complete
+    for bucket in range(int(now) // BUCKET_S - 6, int(now) // BUCKET_S):  # 70 tok/s over the last minute
+        client.hset(f"{redis_prefix}:sos:{{m}}:{bucket}", mapping={"tokens": 700, "ttft_ms": 400, "ttft_n": 1})
+    replicas, state = policy(ctx(1, 1, {"history": {"excess_since_s": now - 120}}, now))
+    assert replicas == 2 and state["decided_at"] == now
+    stored = json.loads(client.get(f"{redis_prefix}:sos:{{m}}:decision"))
+    assert stored["action"] == "scale_up" and stored["numbers"]["demand_tokens_per_s"] == 70.0
+    assert stored["tokens_per_s_source"] == "setting"
+    assert policy(ctx(1, 2, state, now + 1)) == (2, state)  # within its period: no new decision
+
+    async def routers_side():
+        async with redis_client() as aio:
+            signals = ScalingSignals(aio, redis_prefix)
+            await signals.record("m", 128, 0.5)
+            return await signals.spill_fraction("m"), await signals.decisions()
+
+    spill, decisions = asyncio.run(routers_side())
+    assert spill == stored["spill_fraction"] > 0 and decisions["m"]["action"] == "scale_up"
+
+
+def test_without_redis_the_policy_keeps_what_runs():
+    from deployments.scale_or_spill_policy import ScaleOrSpillPolicy
+
+    economics = {k: v for k, v in ECONOMICS.__dict__.items() if k not in ("replica_tokens_per_s",)}
+    policy = ScaleOrSpillPolicy("redis://127.0.0.1:1/0", "p", "m", economics)
+    assert policy(ctx(2, 3, {}, 100.0)) == (3, {})
+
+
+def test_the_llm_deployment_gets_the_policy_only_when_asked(tmp_path):
+    from core.settings import Settings
+    from deployments.llm import build_llm_config
+    from serve_app.builder import scaling_arguments
+
+    settings = Settings(engine={"autoscaling": "scale_or_spill", "cold_start_s": 60, "max_replicas": 3})
+    config = build_llm_config(settings.engine, "/m", scaling_arguments(settings))
+    policy = config.deployment_config["autoscaling_config"]["policy"]
+    assert policy["policy_function"] == "deployments.scale_or_spill_policy:ScaleOrSpillPolicy"
+    kwargs = policy["policy_kwargs"]
+    assert kwargs["model"] == "SmolLM2-135M-Instruct" and kwargs["economics"]["cold_start_s"] == 60
+    assert kwargs["economics"]["max_replicas"] == 3 and kwargs["economics"]["managed_available"] is False
+    plain = build_llm_config(Settings().engine, "/m", scaling_arguments(Settings()))
+    assert "policy" not in plain.deployment_config["autoscaling_config"]

@@ -49,6 +49,12 @@ def test_every_model_and_both_names_of_each_adapter_are_served(tmp_path):
         ([], {"lora_adapters": ["pirate"]}, "needs engine.lora_path"),
         ([], {"lora_path": "/x", "lora_adapters": ["a/b"]}, "LoRA adapter name"),
         ([], {"served_model_name": "a:b"}, "separates a model from its LoRA adapter"),
+        ([], {"served_model_name": "cap", "lora_path": "/x", "lora_adapters": ["cap"]}, "has its model's name"),
+        ([], {"lora_path": "/x", "lora_adapters": [".."]}, "LoRA adapter name"),
+        ([], {"lora_path": "file:///srv/adapters"}, "a folder, or a URI"),
+        ([], {"max_lora_rank": 4}, "max_lora_rank"),
+        ([{"model": "a", "served_model_name": "all-MiniLM-L6-v2"}], {}, "given to two"),
+        ([{"model": "a", "served_model_name": "Smol.x"}, {"model": "b", "served_model_name": "Smol_x"}], {}, "deploy"),
     ],
 )
 def test_conflicting_models_are_refused(extra, engine, says):
@@ -58,7 +64,7 @@ def test_conflicting_models_are_refused(extra, engine, says):
 
 def test_each_model_gets_its_deployment_and_lora_turns_the_engine_on(tmp_path):
     from deployments.llm import build_llm_config, build_llm_deployments
-    from deployments.lora import LOCAL_LORA_PATH
+    from deployments.lora import LOCAL_LORA_PATH, LocalLoraLoader
 
     settings = two_models(tmp_path)
     primary, other = settings.engines()
@@ -71,6 +77,7 @@ def test_each_model_gets_its_deployment_and_lora_turns_the_engine_on(tmp_path):
     remote = build_llm_config(primary.model_copy(update={"lora_path": "s3://bucket/adapters"}), "/models/smol")
     assert remote.lora_config.dynamic_lora_loading_path == "s3://bucket/adapters"
     apps = build_llm_deployments(settings.engines(), {"SmolLM2-135M-Instruct": "/m/a", "Other-Model": "/m/b"})
+    assert apps["Other-Model"]._bound_deployment.init_kwargs["model_downloader"] is LocalLoraLoader
     names = {name: app._bound_deployment.name for name, app in apps.items()}
     assert names == {"SmolLM2-135M-Instruct": "LLM:SmolLM2-135M-Instruct", "Other-Model": "LLM:Other-Model"}
     assert apps["Other-Model"]._bound_deployment._deployment_config.autoscaling_config.max_replicas == 2
@@ -101,6 +108,9 @@ def test_preflight_names_adapters_that_are_not_there(tmp_path):
     check_lora_adapters("s3://bucket/adapters", ["anything"])  # read by the replicas, with their credentials
     with pytest.raises(ValueError, match="parrot"):
         check_lora_adapters(str(tmp_path), ["pirate", "parrot"])
+    (tmp_path / "pirate" / "adapter_config.json").write_text(json.dumps({"r": 32}))
+    with pytest.raises(ValueError, match="rank 32"):
+        check_lora_adapters(str(tmp_path), ["pirate"], max_rank=16)
 
 
 class Recorder:
@@ -110,7 +120,7 @@ class Recorder:
         self.name, self.calls, self.opts = name, calls, options or {}
 
     def options(self, **options):
-        return Recorder(self.name, self.calls, self.opts | options)
+        return type(self)(self.name, self.calls, self.opts | options)
 
     @property
     def chat(self):
@@ -154,3 +164,52 @@ def test_a_request_reaches_its_models_deployment_and_an_adapter_by_servess_multi
     [(name, options, model)] = calls
     assert (name, model, options.get("multiplexed_model_id")) == (deployment, engine_model, multiplexed)
     assert options["session_id"] == "t:c" and options["stream"] is True
+
+
+def test_each_model_is_a_provider_of_its_own_with_its_adapters_slots_and_timeouts(tmp_path):
+    from core.provider_config import ProviderConfig
+    from deployments.providers.factory import build_providers, build_router
+
+    settings = two_models(tmp_path).updated(
+        "routing", providers=[ProviderConfig(name="own", kind="self_hosted", first_token_timeout_s=7)]
+    )
+    calls: list = []
+    handles = {"SmolLM2-135M-Instruct": Recorder("a", calls), "Other-Model": Recorder("b", calls)}
+    adapters = {alias: id_ for e in settings.engines() for alias, id_ in e.adapters().items()}
+    first, second = build_providers(settings.routing, settings.pricing, handles, adapters)
+    assert (first.name, second.name) == ("own", "own/Other-Model")
+    assert first.serves("pirate") and first.serves("SmolLM2-135M-Instruct") and not first.serves("Other-Model")
+    assert second.serves("Other-Model") and not second.serves("pirate")
+    assert set(first.health_checks()) == {"engine"} and set(second.health_checks()) == {"engine:Other-Model"}
+    assert first.health_checks(skip={"SmolLM2-135M-Instruct"}) == {}
+    router = build_router(settings.routing, [first, second], None, "p", {"SmolLM2-135M-Instruct": 12, "Other-Model": 3})
+    assert router.stats.slots == {"own": 12, "own/Other-Model": 3}
+    assert router._first_token_timeout_s == {"own": 7, "own/Other-Model": 7}
+
+
+class Failing(Recorder):
+    def remote(self, request):
+        async def stream():
+            raise ValueError("Failed to load lora model: expected rank <= 16")
+            yield
+
+        return stream()
+
+
+def test_an_adapter_that_cannot_be_loaded_fails_at_once_not_as_a_replica_coming_back():
+    from deployments.providers.base import ProviderError
+
+    engine = ServeLLMEngine({"Base": Failing("Base", [])}, {"pirate": "Base:pirate"})
+
+    async def run(model):
+        return [
+            d
+            async for d in engine.stream(model, [{"role": "user", "content": "x"}], GenerationParams(max_tokens=8), "r")
+        ]
+
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(run("pirate"))
+    assert not info.value.recovering and not info.value.retryable and "could not be loaded" in str(info.value)
+    with pytest.raises(ProviderError) as info:  # the base model: an engine fault, worth waiting for
+        asyncio.run(run("Base"))
+    assert info.value.recovering
