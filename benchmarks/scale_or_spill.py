@@ -14,9 +14,12 @@ Policies:
 - managed: everything to the managed API;
 - serve-default: Serve's default autoscaling (ongoing requests against a per-replica target, 30 s upscale and
   600 s downscale delays), no spill; with fixed-size requests, ongoing requests are proportional to tokens/s
-  asked (Little's law), so the target is expressed as the same utilisation;
-- controller: core/scale_or_spill.py every 10 s on the last 30 s of demand: scale up, spill, or scale down and
-  pull traffic back; down to zero replicas.
+  asked (Little's law), so the target is expressed as the same utilisation, on the same last minute of demand;
+- serve-default+spill: the same, with the router's cost_aware rule: a request that finds no stream free in time
+  goes to the managed API;
+- controller: core/scale_or_spill.py every 10 s on the last 60 s of demand (scale up, spill, or scale down and
+  pull traffic back; down to zero replicas), with the same router rule. Its decisions act at once, as Serve
+  acts on them with its own delays set to 0 (deployments/llm.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from core.scale_or_spill import Economics, History, Load, decide
 
 console = Console()
 DAY_S = 24 * 3600
-POLICIES = ("peak", "managed", "serve-default", "controller")
+POLICIES = ("peak", "managed", "serve-default", "serve-default+spill", "controller")
+SPILL_WHEN_FULL = ("serve-default+spill", "controller")  # the router's rule (cost_aware): no stream free in time
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ def simulate(policy: str, economics: Economics, engine: Engine, traffic: Traffic
     result = Result(policy)
     per_replica = engine.tokens_per_s * economics.max_utilisation
     peak_replicas = math.ceil(traffic.peak_rps * traffic.tokens_per_request / per_replica)
-    serving = {"peak": peak_replicas, "managed": 0, "serve-default": 1, "controller": 1}[policy]
+    serving = {"peak": peak_replicas, "managed": 0, "controller": 1}.get(policy, 1)
     starting: deque[float] = deque()  # when each starting replica serves
     spill = 1.0 if policy == "managed" else 0.0
     slots = Slots(engine, traffic)
@@ -157,7 +161,7 @@ def simulate(policy: str, economics: Economics, engine: Engine, traffic: Traffic
             arrival = t + (i + 0.5) / n
             # No serving replica, the controller's share, or (the router's half) no stream free in time: out.
             spilled = not serving or spill_draws[draw] < spill
-            if policy == "controller" and not spilled:
+            if policy in SPILL_WHEN_FULL and not spilled:
                 spilled = slots.wait(arrival) > economics.ttft_target_s - engine.ttft_s
             if not spilled:
                 here += 1
@@ -175,7 +179,7 @@ def simulate(policy: str, economics: Economics, engine: Engine, traffic: Traffic
         result.managed_usd += out * traffic.tokens_per_request * managed_per_token
         result.replica_hours += (serving + len(starting)) / 3600
         demand = sum(demand_window) / len(demand_window)
-        if policy == "serve-default" and t % 10 == 0:
+        if policy.startswith("serve-default") and t % 10 == 0:
             wanted = max(1, math.ceil(demand / per_replica))
             current = serving + len(starting)
             up_since = (up_since if up_since is not None else t) if wanted > current else None
@@ -184,7 +188,10 @@ def simulate(policy: str, economics: Economics, engine: Engine, traffic: Traffic
                 starting.extend([t + engine.cold_start_s] * (wanted - current))
                 up_since = None
             if down_since is not None and t - down_since >= 600:  # Serve's default downscale_delay_s
-                serving = max(wanted, serving - (current - wanted))
+                leaving = serving - max(wanted, serving - (current - wanted))
+                for _ in range(leaving):
+                    slots.remove_replica()
+                serving -= leaving
                 down_since = None
         if policy == "controller" and t % 10 == 0:
             ttft_now = float(np.median(recent_ttft)) if recent_ttft else None
@@ -244,6 +251,7 @@ def main(
         ttft_target_s=ttft_target_s,
         min_replicas=0,
         max_replicas=16,
+        downscale_after_s=600.0,  # engine.downscale_delay_s, as Serve's default waits
     )
     results = run_all(economics, engine, traffic, seed)
     table = Table("policy", "cost $", "vs peak", "replica-h", "managed $", "SLO met", "spilled", "TTFT p50", "p99")

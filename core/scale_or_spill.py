@@ -67,7 +67,8 @@ class History:
     """What the controller remembers between decisions (Serve's policy_state, or Redis)."""
 
     excess_since_s: float | None = None  # since when demand exceeds what the serving replicas carry
-    slack_since_s: float | None = None  # since when one replica less would carry it
+    slack_since_s: float | None = None  # since when fewer replicas would carry it...
+    slack_replicas: int | None = None  # ...than this many (a new count starts a new wait)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +76,7 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> History:
         data = data or {}
-        return cls(data.get("excess_since_s"), data.get("slack_since_s"))
+        return cls(data.get("excess_since_s"), data.get("slack_since_s"), data.get("slack_replicas"))
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def decide(load: Load, economics: Economics, history: History) -> Decision:
     excess = demand - serving_capacity
     slow = load.ttft_s is not None and load.ttft_s > e.ttft_target_s and load.replicas > 0
 
-    if excess > 0 or (slow and demand > 0):
+    if excess > 0:
         history.excess_since_s = history.excess_since_s if history.excess_since_s is not None else now
     else:
         history.excess_since_s = None
@@ -132,8 +133,11 @@ def decide(load: Load, economics: Economics, history: History) -> Decision:
         history.slack_since_s = None
         wanted = load.replicas + load.starting + _replicas_that_pay(max(0.0, excess), load.starting, horizon, e)
         spill = excess / demand if demand else 0.0  # until more replicas serve, the excess goes out
-        if not e.managed_available:
-            return decision(max(wanted, load.replicas + load.starting + 1), 0.0, "scale_up", "no managed provider")
+        if not e.managed_available:  # nothing to spill to: what the starting replicas will not carry
+            per_replica = capacity(1, e)
+            uncovered = max(0.0, excess - load.starting * per_replica)
+            more = load.replicas + load.starting + math.ceil(uncovered / per_replica)
+            return decision(more, 0.0, "scale_up" if uncovered else "hold", "no managed provider: scale for it")
         if wanted > load.replicas + load.starting:
             added = wanted - load.replicas - load.starting
             why = (
@@ -151,6 +155,10 @@ def decide(load: Load, economics: Economics, history: History) -> Decision:
         return decision(wanted, spill, "spill", why)
 
     if slow:  # capacity says fine, latency says not (long prompts): spill a share, do not buy for it
+        history.slack_since_s = None
+        if not e.managed_available:
+            more = load.replicas + load.starting + (0 if load.starting else 1)
+            return decision(more, 0.0, "scale_up", f"TTFT {load.ttft_s:.2f} s over target, nothing to spill to")
         spill = min(0.5, (load.ttft_s - e.ttft_target_s) / load.ttft_s)
         return decision(load.replicas + load.starting, spill, "spill", f"TTFT {load.ttft_s:.2f} s over target")
 
@@ -160,15 +168,16 @@ def decide(load: Load, economics: Economics, history: History) -> Decision:
     paying = _replicas_that_pay(demand, 0, e.max_horizon_s, e) if e.managed_available else needed
     fewer = max(e.min_replicas, min(needed, paying))
     if fewer < load.replicas and not load.starting:
-        history.slack_since_s = history.slack_since_s if history.slack_since_s is not None else now
+        if history.slack_since_s is None or history.slack_replicas != load.replicas:
+            history.slack_since_s, history.slack_replicas = now, load.replicas
         if now - history.slack_since_s >= e.downscale_after_s:
-            history.slack_since_s = None
-            spill = max(0.0, demand - capacity(fewer, e)) / demand if demand else 0.0
+            # Asked again at every decision until the replicas are gone (Serve acts on a steady target); the
+            # excess is spilled once they are (the next decisions), not before.
             why = (
                 f"demand {demand:.0f} tok/s for {e.downscale_after_s:.0f} s: {needed} replica(s) carry it, "
-                f"{paying} pay above break-even ({u_star:.0%}): keep {fewer}, spill {spill:.0%}"
+                f"{paying} pay above break-even ({u_star:.0%}): keep {fewer}"
             )
-            return decision(fewer, spill, "scale_down", why)
+            return decision(fewer, 0.0, "scale_down", why)
     else:
         history.slack_since_s = None
     return decision(load.replicas + load.starting, 0.0, "hold", "capacity covers demand: traffic stays here")

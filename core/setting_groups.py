@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core.provider_config import ProviderConfig, default_providers
 
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 REMOTE_LORA_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")  # what ray.serve.llm downloads from
 DEFAULT_HOME = Path(os.environ.get("LLMSERVE_HOME", Path.home() / ".llmserve"))
 
@@ -300,14 +301,18 @@ class EngineSettings(Group):
     )
     cold_start_s: float = Field(90.0, ge=0, description="How long a new replica takes to serve (scale_or_spill).")
     max_loras_per_replica: int = Field(4, ge=1, description="Adapters one vLLM replica keeps loaded at once.")
-    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        16, description="The largest LoRA rank the engine accepts (vLLM's values; preflight checks each adapter's)."
+    max_lora_rank: int = Field(
+        16,
+        description="The largest LoRA rank the engine accepts: one of vLLM's (1, 8, 16, 32, 64, 128, 256, 320, "
+        "512); preflight checks each adapter's.",
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError("engine.min_replicas must not exceed engine.max_replicas")
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"engine.max_lora_rank: one of {', '.join(map(str, VLLM_LORA_RANKS))} (vLLM's)")
         if self.lora_adapters and not self.lora_path:
             raise ValueError("engine.lora_adapters needs engine.lora_path (where the adapters' folders are)")
         if self.lora_path and "://" in self.lora_path and not self.lora_path.startswith(REMOTE_LORA_SCHEMES):

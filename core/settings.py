@@ -44,7 +44,17 @@ from core.setting_groups import (
 
 # What belongs to a model's checkpoint, not to the hardware it runs on: an extra model does not inherit these.
 _MODEL_OWN_FIELDS = frozenset(
-    {"model", "served_model_name", "quantization", "lora_path", "lora_adapters", "engine_kwargs", "tool_call_parser"}
+    {
+        "model",
+        "served_model_name",
+        "quantization",
+        "lora_path",
+        "lora_adapters",
+        "engine_kwargs",
+        "tool_call_parser",
+        "replica_tokens_per_s",  # what the model's replica delivers, and how long it takes to start
+        "cold_start_s",
+    }
 )
 
 
@@ -118,6 +128,12 @@ class Settings(BaseSettings):
         self.engine = self.engine.model_copy(update={"model_cache_dir": _abs(self.engine.model_cache_dir)})
         # Every name a client sends picks one self-hosted model or adapter (a managed provider may map the same
         # name: it then stands in for it), and none is the embedding model's.
+        scaled = [e.model_name for e in self.engines() if e.autoscaling == "scale_or_spill"]
+        if scaled and self.routing.strategy != "scale_or_spill":
+            raise ValueError(
+                f"engine.autoscaling scale_or_spill ({', '.join(scaled)}) needs routing.strategy: scale_or_spill "
+                "(the routers spill what the controller decides not to scale for)"
+            )
         names: set[str] = {EMBEDDING_MODEL}
         deployments: set[str] = set()
         for engine in self.engines():

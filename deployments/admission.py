@@ -91,6 +91,6 @@ class AdmissionGate:
         gauge nobody set again within two of its export intervals, so an idle model's 0 must be said again."""
         while True:
             for model in models:
-                prom.set_gauge("llmserve_requests_in_flight", self._inflight[model], model=model)
+                prom.set_gauge("llmserve_requests_in_flight", self.inflight(model), model=model)
                 prom.set_gauge("llmserve_admission_capacity", self.capacity_of(model), model=model)
             await asyncio.sleep(interval_s)

@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 
 def build_llm_deployments(
-    engines: list[EngineSettings], sources: dict[str, str], scaling: dict[str, Any] | None = None
+    engines: list[EngineSettings], sources: dict[str, str], scaling: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Application]:
     """One ray.serve.llm LLMServer deployment per self-hosted model (named `LLM:<model id>`), each autoscaled on
-    its own; `sources`: what vLLM loads for each model name; `scaling`: the scale-or-spill policy's arguments
-    but the model's own (serve_app/builder.py), for models with `autoscaling: scale_or_spill`."""
+    its own; `sources`: what vLLM loads for each model name; `scaling`: per model, the scale-or-spill policy's
+    arguments but the engine's own (serve_app/builder.py), for models with `autoscaling: scale_or_spill`."""
     return {
         engine.model_name: build_llm_deployment(
-            build_llm_config(engine, sources[engine.model_name], scaling),
+            build_llm_config(engine, sources[engine.model_name], (scaling or {}).get(engine.model_name)),
             name_prefix="LLM:",
             bind_kwargs={"model_downloader": LocalLoraLoader},
         )
@@ -65,7 +65,10 @@ def build_llm_config(engine: EngineSettings, model_source: str, scaling: dict[st
         "health_check_period_s": engine.health_check_period_s,
     }
     if engine.autoscaling == "scale_or_spill" and scaling is not None:
-        deployment_config["autoscaling_config"]["policy"] = _scale_or_spill(engine, scaling)
+        # The policy keeps its own time (downscale_delay_s is its wait): Serve's delays on top would reset on
+        # every decision that asks for the same count again.
+        autoscaling = deployment_config["autoscaling_config"]
+        autoscaling.update(policy=_scale_or_spill(engine, scaling), upscale_delay_s=0.0, downscale_delay_s=0.0)
     if engine.request_router == "affinity":
         deployment_config["request_router_config"] = {
             "request_router_class": "deployments.llm_router.ConversationAffinityRouter",

@@ -399,7 +399,7 @@ class Orchestrator:
             if deployment is not None:
                 timing, own = turn.timing, {p.name for p in self._providers if p.kind == "self_hosted"}
                 here = routed.legs and routed.legs[0].provider in own and timing.first_token
-                ttft = timing.first_token - timing.start if here else None
+                ttft = timing.first_token - (timing.prompt_done or timing.start) if here else None  # the engine's
                 tokens = sum(leg.usage.completion_tokens for leg in routed.legs if leg.usage)
                 await self._signals.record(deployment, tokens, ttft)
             for leg in routed.legs:

@@ -53,9 +53,9 @@ class ScaleOrSpillPolicy:
             decision = decide(Load(now, demand, running, starting, ttft), economics, history)
             record = {**decision.to_dict(), "decided_at": now, "tokens_per_s_source": measured}
             store_decision(client, self._prefix, self._model, record)
-        except RedisError as exc:  # no signals: keep what runs, decide again next tick
+        except RedisError as exc:  # no signals: keep what runs, and try again at the next decision, not the next tick
             logger.warning("scale_or_spill: Redis unavailable (%r): keeping %d replicas", exc, ctx.target_num_replicas)
-            return ctx.target_num_replicas, state
+            return ctx.target_num_replicas, {**state, "decided_at": now, "replicas": ctx.target_num_replicas}
         if decision.action != "hold":
             logger.info("scale_or_spill %s: %s -> %d replicas: %s", self._model, decision.action, decision.replicas,
                         decision.reason)  # fmt: skip

@@ -28,23 +28,32 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     return compose(settings, build_llm_deployments(settings.engines(), sources, scaling_arguments(settings)), sources)
 
 
-def scaling_arguments(settings: Settings) -> dict[str, Any]:
-    """What the scale-or-spill policy needs beyond a model's own settings: where the signals are, what a
-    replica's hour costs, the cheapest managed provider's output price (its prompt tokens aside), the TTFT target."""
-    managed = [p for p in settings.routing.providers if p.kind != "self_hosted"]
-    prices = [p.price_output_per_mtok for p in managed if p.price_output_per_mtok is not None]
-    self_hosted = next((p.name for p in settings.routing.providers if p.kind == "self_hosted"), "self-hosted")
-    return {
-        "redis_url": settings.state.redis_url,
-        "redis_prefix": settings.state.redis_prefix,
-        "self_hosted_provider": self_hosted,
-        "economics": {
-            "replica_hour_usd": settings.pricing.gpu_hour_usd * settings.engine.tensor_parallel_size,
-            "managed_usd_per_mtok": min(prices, default=0.0),
-            "ttft_target_s": settings.routing.ttft_target_s,
-            "managed_available": bool(managed),
-        },
-    }
+def scaling_arguments(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per self-hosted model, what its scale-or-spill policy needs beyond the model's own settings: where the
+    signals are, its provider's name, what its replica-hour costs, the cheapest managed provider of that model
+    (its output price, as the router orders them: an unpriced one is free) and the TTFT target."""
+    from core.pricing import price_of
+
+    own = next((p.name for p in settings.routing.providers if p.kind == "self_hosted"), "self-hosted")
+    arguments = {}
+    for i, engine in enumerate(settings.engines()):
+        managed = [
+            price_of(p, settings.pricing).output_per_mtok
+            for p in settings.routing.providers
+            if p.kind != "self_hosted" and p.upstream_model(engine.model_name) is not None
+        ]
+        arguments[engine.model_name] = {
+            "redis_url": settings.state.redis_url,
+            "redis_prefix": settings.state.redis_prefix,
+            "self_hosted_provider": own if i == 0 else f"{own}/{engine.model_name}",
+            "economics": {
+                "replica_hour_usd": settings.pricing.gpu_hour_usd * engine.tensor_parallel_size,
+                "managed_usd_per_mtok": min(managed, default=0.0),
+                "ttft_target_s": settings.routing.ttft_target_s,
+                "managed_available": bool(managed),
+            },
+        }
+    return arguments
 
 
 def preflight(settings: Settings, progress: Callable[[str], None] = print) -> dict[str, str]:

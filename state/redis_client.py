@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel as SyncSentinel
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -104,7 +106,12 @@ def _sentinel_master(config: SentinelURL, max_connections: int) -> aioredis.Redi
 def sync_redis(url: str, timeout_s: float = 1.0) -> redis.Redis:
     """A blocking client (replies decoded to str) for code that runs outside an event loop it may block on for
     long: a short command timeout (Serve's controller calls autoscaling policies on its own loop)."""
-    options = {"decode_responses": True, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    options = {
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),  # redis-py's default retries 10 times: seconds of a blocked caller
+    }
     if urlparse(url).scheme in SENTINEL_SCHEMES:
         config = parse_sentinel_url(url)
         sentinel_kwargs = {"password": config.sentinel_password} if config.sentinel_password else {}

@@ -18,6 +18,7 @@ BUCKET_S = 10
 WINDOW_S = 60
 BUCKETS_KEPT_S = 600
 DECISIONS_KEPT = 1000
+DECISION_TTL_S = 60  # the policy decides every 10 s
 
 
 def _bucket_key(prefix: str, model: str, bucket: int) -> str:
@@ -80,6 +81,6 @@ def read_load(client: redis.Redis, prefix: str, model: str, now: float) -> tuple
 def store_decision(client: redis.Redis, prefix: str, model: str, decision: dict[str, Any]) -> None:
     body = json.dumps(decision)
     pipe = client.pipeline(transaction=False)
-    pipe.set(decision_key(prefix, model), body)
+    pipe.set(decision_key(prefix, model), body, ex=DECISION_TTL_S)  # a controller that stopped: no spill
     pipe.xadd(decisions_stream(prefix), {"model": model, "decision": body}, maxlen=DECISIONS_KEPT, approximate=True)
     pipe.execute()

@@ -7,6 +7,7 @@ depends on that format.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from ray.serve.handle import DeploymentHandle
 from core.errors import EngineError, InvalidRequest, ServiceUnavailable, unwrap
 from core.pricing import Price
 from deployments.providers.base import EngineDelta, GenerationParams, ProviderError, deltas_from_chunk
+
+logger = logging.getLogger("llmserve.self_hosted")
 
 # Replica death or overload between us and the engine: the request may succeed if retried.
 _UNAVAILABLE = (
@@ -61,6 +64,23 @@ def decode_sse_items(item: Any) -> list[EngineDelta]:
                 raise_engine_error(payload["error"])
             deltas.extend(deltas_from_chunk(payload))
     return deltas
+
+
+def _adapter_load_failure(exc: BaseException) -> str | None:
+    """What ray.serve.llm or our loader said when a LoRA adapter could not be loaded, or None for any other
+    failure (read from the original exception inside Ray's wrapper, not from its traceback)."""
+    seen = exc
+    for _ in range(5):
+        cause = getattr(seen, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        seen = cause
+    message = str(seen.args[0]) if seen.args else ""
+    if isinstance(seen, ValueError) and message.startswith(("Failed to load lora model", "LoRA adapter")):
+        return message[:300]
+    if type(seen).__name__ == "HTTPException" and getattr(seen, "status_code", None) == 404:  # not in storage
+        return str(getattr(seen, "detail", ""))[:300]
+    return None
 
 
 def _first_error(exc: ValueError) -> str:
@@ -142,10 +162,12 @@ class ServeLLMEngine:
                 call = handle.chat
         except (ValueError, VLLMClientError) as exc:  # vLLM's own checks (pydantic's ValidationError is a ValueError)
             raise InvalidRequest(f"the engine refused the request: {_first_error(exc)}") from exc
+        started = False
         try:
             async for item in call.remote(request):
                 deltas = decode_sse_items(item)
                 if deltas:
+                    started = True
                     yield deltas
         except _UNAVAILABLE as exc:
             unavailable = f"model replica unavailable: {type(exc).__name__}"
@@ -156,11 +178,15 @@ class ServeLLMEngine:
             raise  # the request's own fault: no other attempt will do better
         except Exception as exc:  # the engine died under the replica (EngineDeadError), or any other engine fault
             cause = unwrap(exc)
-            if model in self._adapters and "lora" in str(cause).lower():
+            failure = _adapter_load_failure(exc) if model in self._adapters and not started else None
+            if failure is not None:
                 # The adapter cannot be loaded (bad weights, a rank over max_lora_rank, gone from storage): no
-                # replica will do better, so neither waiting for one nor another try.
-                why = f"LoRA adapter {engine_model!r} could not be loaded: {str(cause)[:200]}"
-                raise ProviderError(self.name, why, retryable=False) from exc
+                # replica will do better. The request fails at once; the base model's breaker is not charged.
+                logger.warning("LoRA adapter %s could not be loaded: %s", engine_model, failure)
+                raise ServiceUnavailable(
+                    f"LoRA adapter {model!r} could not be loaded by the engine; see the server log",
+                    code="adapter_unavailable",
+                ) from exc
             raise ProviderError(self.name, f"engine failed: {type(cause).__name__}", recovering=True) from exc
 
     def health_checks(self, skip: set[str] = frozenset()) -> dict[str, Any]:

@@ -41,7 +41,9 @@ def test_a_recorded_day_scales_spills_and_pulls_back():
         (500, 20, 2, 0),    # ...not yet 300 s
         (600, 20, 2, 0),    # 300 s: scale down, nothing spilled
         (700, 8, 1, 0),     # night: 8 tok/s fills 16 % of a replica, below break-even (25 %)...
-        (1000, 8, 1, 0),    # ...for 300 s: no replica, all to the managed provider
+        (1000, 8, 1, 0),    # ...for 300 s: no replica...
+        (1010, 8, 1, 0),    # ...asked again until Serve removed it...
+        (1020, 8, 0, 0),    # ...then all goes to the managed provider
     ])  # fmt: skip
     actions = [(d.action, d.replicas, d.spill_fraction) for d in decisions]
     assert actions[0] == ("hold", 1, 0.0)
@@ -53,7 +55,8 @@ def test_a_recorded_day_scales_spills_and_pulls_back():
     assert [a[0] for a in actions[6:8]] == ["hold", "hold"]
     assert actions[8] == ("scale_down", 1, 0.0)
     assert actions[9] == ("hold", 1, 0.0)
-    assert actions[10] == ("scale_down", 0, 1.0)
+    assert actions[10] == actions[11] == ("scale_down", 0, 0.0)
+    assert actions[12] == ("spill", 0, 1.0)
     assert "break-even" in decisions[10].reason and decisions[3].break_even_utilisation == pytest.approx(0.25)
 
 
@@ -69,8 +72,10 @@ def test_a_big_excess_adds_as_many_replicas_as_pay_and_no_more_than_the_ceiling(
 
 def test_with_no_managed_provider_it_scales_at_once_and_never_spills():
     alone = Economics(**{**ECONOMICS.__dict__, "managed_available": False})
-    [first] = run([(0, 45, 1, 0)], alone)
+    first, starting, bigger = run([(0, 45, 1, 0), (10, 45, 1, 1), (20, 100, 1, 1)], alone)
     assert (first.action, first.replicas, first.spill_fraction) == ("scale_up", 2, 0.0)
+    assert (starting.action, starting.replicas) == ("hold", 2)  # the one starting will carry it: no more
+    assert (bigger.action, bigger.replicas) == ("scale_up", 3)  # 60 over, 40 coming: one more
 
 
 def test_slow_first_tokens_spill_a_share_without_buying_a_replica():
@@ -85,16 +90,28 @@ def test_the_history_survives_a_round_trip_as_serve_keeps_it():
     assert restored == history and restored.excess_since_s == 0
 
 
-def test_the_simulated_day_repeats_from_its_seed_and_the_controller_keeps_the_slo():
+def test_the_simulated_day_repeats_from_its_seed_and_the_controller_pays_less_where_spilling_is_cheap():
     from benchmarks.scale_or_spill import Engine, Traffic, run_all
 
-    economics = Economics(0.09, 2.0, Engine().tokens_per_s, Engine().cold_start_s, 2.0, min_replicas=0, max_replicas=16)
-    first = [r.summary() for r in run_all(economics, Engine(), Traffic(), seed=7)]
-    assert first == [r.summary() for r in run_all(economics, Engine(), Traffic(), seed=7)]
-    assert first != [r.summary() for r in run_all(economics, Engine(), Traffic(), seed=8)]
-    by = {r["policy"]: r for r in first}
-    assert by["controller"]["slo_attainment"] >= by["serve-default"]["slo_attainment"]
-    assert by["controller"]["cost_usd"] < min(by["peak"]["cost_usd"], by["managed"]["cost_usd"])
+    def day(managed_usd_per_mtok: float, seed: int = 7) -> dict:
+        engine = Engine()
+        economics = Economics(
+            0.09, managed_usd_per_mtok, engine.tokens_per_s, engine.cold_start_s, 2.0, min_replicas=0, max_replicas=16,
+            downscale_after_s=600.0,
+        )  # fmt: skip
+        return {r.policy: r for r in run_all(economics, engine, Traffic(), seed=seed)}
+
+    first = day(2.0)
+    assert [r.summary() for r in first.values()] == [r.summary() for r in day(2.0).values()]
+    assert [r.summary() for r in first.values()] != [r.summary() for r in day(2.0, seed=8).values()]
+    cheap = day(0.6)
+    for by in (cheap, first):  # break-even 79 % and 24 %: the controller is the cheapest way to keep the SLO
+        controller, serve = by["controller"].summary(), by["serve-default+spill"].summary()
+        assert controller["cost_usd"] < serve["cost_usd"] < by["peak"].summary()["cost_usd"]
+        assert controller["slo_attainment"] >= serve["slo_attainment"]
+    replicas = {t // 3600: n for t, n, *_ in first["controller"].timeline}
+    assert replicas[14] >= 8 and replicas[3] <= 1  # it follows the peak up and the night down
+    assert cheap["controller"].summary()["replica_hours"] < cheap["serve-default"].summary()["replica_hours"]
 
 
 def ctx(running: int, target: int, state: dict, now: float):
@@ -144,7 +161,12 @@ def test_without_redis_the_policy_keeps_what_runs():
 
     economics = {k: v for k, v in ECONOMICS.__dict__.items() if k not in ("replica_tokens_per_s",)}
     policy = ScaleOrSpillPolicy("redis://127.0.0.1:1/0", "p", "m", economics)
-    assert policy(ctx(2, 3, {}, 100.0)) == (3, {})
+    import time
+
+    started = time.perf_counter()
+    replicas, state = policy(ctx(2, 3, {}, 100.0))
+    assert replicas == 3 and time.perf_counter() - started < 2  # no retries holding Serve's controller
+    assert policy(ctx(2, 3, state, 101.0)) == (3, state)  # and not again at the next tick: at the next decision
 
 
 def test_the_llm_deployment_gets_the_policy_only_when_asked(tmp_path):
@@ -152,12 +174,42 @@ def test_the_llm_deployment_gets_the_policy_only_when_asked(tmp_path):
     from deployments.llm import build_llm_config
     from serve_app.builder import scaling_arguments
 
-    settings = Settings(engine={"autoscaling": "scale_or_spill", "cold_start_s": 60, "max_replicas": 3})
-    config = build_llm_config(settings.engine, "/m", scaling_arguments(settings))
+    settings = Settings(
+        engine={"autoscaling": "scale_or_spill", "cold_start_s": 60, "max_replicas": 3},
+        routing={"strategy": "scale_or_spill"},
+    )
+    config = build_llm_config(settings.engine, "/m", scaling_arguments(settings)["SmolLM2-135M-Instruct"])
     policy = config.deployment_config["autoscaling_config"]["policy"]
     assert policy["policy_function"] == "deployments.scale_or_spill_policy:ScaleOrSpillPolicy"
     kwargs = policy["policy_kwargs"]
     assert kwargs["model"] == "SmolLM2-135M-Instruct" and kwargs["economics"]["cold_start_s"] == 60
     assert kwargs["economics"]["max_replicas"] == 3 and kwargs["economics"]["managed_available"] is False
-    plain = build_llm_config(Settings().engine, "/m", scaling_arguments(Settings()))
+    assert config.deployment_config["autoscaling_config"]["downscale_delay_s"] == 0  # the policy keeps time
+    plain = build_llm_config(Settings().engine, "/m", scaling_arguments(Settings())["SmolLM2-135M-Instruct"])
     assert "policy" not in plain.deployment_config["autoscaling_config"]
+
+
+def test_each_model_is_priced_against_the_managed_providers_that_serve_it():
+    from core.provider_config import ProviderConfig
+    from core.settings import Settings
+    from serve_app.builder import scaling_arguments
+
+    managed = [
+        ProviderConfig(name="own", kind="self_hosted"),
+        ProviderConfig(name="a", kind="openai", base_url="http://a", models={"m1": "x"}, price_output_per_mtok=4.0),
+        ProviderConfig(name="b", kind="openai", base_url="http://b", models={"*": "y"}, price_output_per_mtok=9.0),
+    ]
+    settings = Settings(
+        engine={"served_model_name": "m1", "model": "/m1", "tensor_parallel_size": 2},
+        extra_models=[{"model": "/m2", "served_model_name": "m2", "tensor_parallel_size": 1}],
+        routing={"providers": managed},
+        pricing={"gpu_hour_usd": 1.5},
+    )
+    arguments = scaling_arguments(settings)
+    assert arguments["m1"]["self_hosted_provider"] == "own" and arguments["m2"]["self_hosted_provider"] == "own/m2"
+    assert arguments["m1"]["economics"]["managed_usd_per_mtok"] == 4.0  # a serves m1 only
+    assert arguments["m2"]["economics"]["managed_usd_per_mtok"] == 9.0
+    assert (
+        arguments["m1"]["economics"]["replica_hour_usd"] == 3.0
+        and arguments["m2"]["economics"]["replica_hour_usd"] == 1.5
+    )
