@@ -113,6 +113,7 @@ class Orchestrator:
             routing, self._providers, self._redis, state.redis_prefix, self_hosted_slots, tokens
         )
         self._provider_usage = ProviderUsage(self._redis, state.redis_prefix)
+        self._own = {p.name for p in self._providers if p.kind == "self_hosted"}
         self._signals = ScalingSignals(self._redis, state.redis_prefix)
         if self._scaled:
             self._follower = asyncio.get_event_loop().create_task(self._follow_decisions())
@@ -190,11 +191,13 @@ class Orchestrator:
         scale_or_spill); the last known share holds while Redis does not answer."""
         spill = self._router.stats.spill_fraction
         while True:
-            for name, deployment in self._scaled.items():
+            for deployment in set(self._scaled.values()):  # one read per model, for all its names
                 try:
-                    spill[name] = await self._signals.spill_fraction(deployment)
+                    share = await self._signals.spill_fraction(deployment)
                 except RedisError as exc:
                     logger.debug("scale-or-spill decision not read: %r", exc)
+                    continue
+                spill.update({name: share for name, d in self._scaled.items() if d == deployment})
             await asyncio.sleep(every_s)
 
     # --- runs ---------------------------------------------------------------------------------------
@@ -397,8 +400,8 @@ class Orchestrator:
         try:
             deployment = self._scaled.get(turn.request.model)
             if deployment is not None:
-                timing, own = turn.timing, {p.name for p in self._providers if p.kind == "self_hosted"}
-                here = routed.legs and routed.legs[0].provider in own and timing.first_token
+                timing = turn.timing
+                here = routed.legs and routed.legs[0].provider in self._own and timing.first_token
                 ttft = timing.first_token - (timing.prompt_done or timing.start) if here else None  # the engine's
                 tokens = sum(leg.usage.completion_tokens for leg in routed.legs if leg.usage)
                 await self._signals.record(deployment, tokens, ttft)

@@ -86,15 +86,21 @@ def async_redis(url: str, max_connections: int = 256, wait_s: float = 10.0) -> a
     return aioredis.Redis(connection_pool=pool)
 
 
+def _sentinel_args(config: SentinelURL) -> dict:
+    """What both Sentinel clients (asyncio and blocking) are built with, from the URL."""
+    return {
+        "sentinel_kwargs": {"password": config.sentinel_password} if config.sentinel_password else {},
+        "password": config.password,
+        "username": config.username,
+        "db": config.db,
+        "ssl": config.tls,
+    }
+
+
 def _sentinel_master(config: SentinelURL, max_connections: int) -> aioredis.Redis:
-    sentinel_kwargs = {"password": config.sentinel_password} if config.sentinel_password else {}
     sentinel = Sentinel(
         config.sentinels,
-        sentinel_kwargs=sentinel_kwargs,
-        password=config.password,
-        username=config.username,
-        db=config.db,
-        ssl=config.tls,
+        **_sentinel_args(config),
         decode_responses=True,
         health_check_interval=30,
         socket_timeout=COMMAND_TIMEOUT_S,
@@ -114,15 +120,5 @@ def sync_redis(url: str, timeout_s: float = 1.0) -> redis.Redis:
     }
     if urlparse(url).scheme in SENTINEL_SCHEMES:
         config = parse_sentinel_url(url)
-        sentinel_kwargs = {"password": config.sentinel_password} if config.sentinel_password else {}
-        sentinel = SyncSentinel(
-            config.sentinels,
-            sentinel_kwargs=sentinel_kwargs,
-            password=config.password,
-            username=config.username,
-            db=config.db,
-            ssl=config.tls,
-            **options,
-        )
-        return sentinel.master_for(config.service_name)
+        return SyncSentinel(config.sentinels, **_sentinel_args(config), **options).master_for(config.service_name)
     return redis.Redis.from_url(url, **options)

@@ -8,16 +8,38 @@ import redis.asyncio as aioredis
 REDIS_URL = os.environ.get("LLMSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-@pytest.fixture
-def redis_prefix():
-    """A unique key prefix per test, removed afterwards, so tests never see each other's keys."""
+def drop_keys(prefix: str) -> None:
+    """Delete every key under `prefix` in the test Redis."""
     import redis
 
-    prefix = f"llmserve-test-{uuid.uuid4().hex[:8]}"
-    yield prefix
     client = redis.Redis.from_url(REDIS_URL)
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
+
+
+@contextlib.contextmanager
+def running_stack(settings, label: str):
+    """The app of `settings` started as `llmserve up` starts it, then shut down and its Redis keys dropped."""
+    import time
+
+    from serve_app.runtime import start_local
+
+    started = time.perf_counter()
+    local = start_local(settings)
+    print(f"\n[{label}] ready in {time.perf_counter() - started:.1f} s at {local.url}")
+    try:
+        yield local
+    finally:
+        local.shutdown()
+        drop_keys(settings.state.redis_prefix)
+
+
+@pytest.fixture
+def redis_prefix():
+    """A unique key prefix per test, removed afterwards, so tests never see each other's keys."""
+    prefix = f"llmserve-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    drop_keys(prefix)
 
 
 @contextlib.asynccontextmanager

@@ -36,7 +36,7 @@ def build_providers(
                 own = {name: id_ for name, id_ in (adapters or {}).items() if id_.split(":", 1)[0] == model}
                 name = config.name if i == 0 else f"{config.name}/{model}"
                 health = "engine" if i == 0 else f"engine:{model}"
-                providers.append(ServeLLMEngine({model: handle}, own, name=name, price=price, health_name=health))
+                providers.append(ServeLLMEngine(handle, model, own, name=name, price=price, health_name=health))
         elif config.kind == "openai":
             providers.append(OpenAIProvider(config, price))
         else:

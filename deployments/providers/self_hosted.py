@@ -92,7 +92,7 @@ def _first_error(exc: ValueError) -> str:
 
 
 class ServeLLMEngine:
-    """The self-hosted provider: ray.serve.llm `LLMServer` deployment handles, one per model, and the models'
+    """The self-hosted provider of one model: its ray.serve.llm `LLMServer` deployment handle, and the model's
     LoRA adapters (Serve's multiplexing by adapter id picks a replica that has the adapter loaded, or loads
     it). Replica death and overload become ProviderError (the router fails over); the request's own faults stay
     InvalidRequest."""
@@ -102,32 +102,32 @@ class ServeLLMEngine:
 
     def __init__(
         self,
-        handles: dict[str, DeploymentHandle],
+        handle: DeploymentHandle,
+        model: str,
         adapters: dict[str, str] | None = None,
         name: str = "self-hosted",
         price: Price | None = None,
         health_name: str = "engine",
     ):
-        """`handles`: each model's deployment by model name; `adapters`: each name a client may send for an
-        adapter -> its id on the engine ('<model>:<adapter>')."""
+        """`adapters`: each name a client may send for one of the model's adapters -> its id on the engine
+        ('<model>:<adapter>'); `health_name`: the model's key in /healthz."""
         self.name = name
         self.price = price or Price()
-        self._handles = handles
-        self._streams = {model: handle.options(stream=True) for model, handle in handles.items()}
+        self.model = model
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True)
         self._adapters = adapters or {}
-        self.model = next(iter(handles))  # the first model's (the provider of one model has only it)
         self._health_name = health_name
 
     def serves(self, model: str) -> bool:
-        return model in self._handles or model in self._adapters
+        return model == self.model or model in self._adapters
 
     def _target(self, model: str) -> tuple[Any, str]:
         """The stream handle for `model` and the model id the engine knows it by."""
         engine_id = self._adapters.get(model)
         if engine_id is None:
-            return self._streams[model], model
-        base = engine_id.split(":", 1)[0]
-        return self._streams[base].options(multiplexed_model_id=engine_id), engine_id
+            return self._stream_handle, model
+        return self._stream_handle.options(multiplexed_model_id=engine_id), engine_id
 
     def refuses(self, params: GenerationParams) -> str | None:
         return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
@@ -190,16 +190,13 @@ class ServeLLMEngine:
             raise ProviderError(self.name, f"engine failed: {type(cause).__name__}", recovering=True) from exc
 
     def health_checks(self, skip: set[str] = frozenset()) -> dict[str, Any]:
-        """One check per model (its health name: 'engine', or 'engine:<model>' for the second and later), those
-        in `skip` aside (a model that may have scaled to zero: a call would wake it)."""
-        names = [m for m in self._handles if m not in skip]
-        many = len(self._handles) > 1
-        return {(f"engine:{m}" if many else self._health_name): self.check_health(m) for m in names}
+        """The model's check under its health name, unless the model is in `skip` (it may have scaled to zero: a
+        call would wake it)."""
+        return {} if self.model in skip else {self._health_name: self.check_health()}
 
-    async def check_health(self, model: str | None = None) -> None:
-        handle = self._handles[model] if model else next(iter(self._handles.values()))
+    async def check_health(self) -> None:
         try:
-            await handle.check_health.remote()
+            await self._handle.check_health.remote()
         except _UNAVAILABLE as exc:
             raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
 

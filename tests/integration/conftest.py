@@ -3,13 +3,12 @@ on-disk Chroma and W&B offline, started by the same code as `llmserve up`."""
 
 import os
 import socket
-import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, running_stack
 
 MASTER_KEY = "sk-test-" + uuid.uuid4().hex
 MODEL = "SmolLM2-135M-Instruct"
@@ -53,7 +52,6 @@ def stack(tmp_path_factory, fallback, otlp):
 
     from core.provider_config import ProviderConfig
     from core.settings import Settings
-    from serve_app.runtime import start_local
 
     prefix = f"llmserve-it-{uuid.uuid4().hex[:8]}"
     settings = Settings(
@@ -88,16 +86,8 @@ def stack(tmp_path_factory, fallback, otlp):
             ]
         },
     )
-    started = time.perf_counter()
-    local = start_local(settings)
-    print(f"\n[stack] ready in {time.perf_counter() - started:.1f} s at {local.url}")
-    yield local
-    local.shutdown()
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
+    with running_stack(settings, "stack") as local:
+        yield local
 
 
 @pytest.fixture(scope="session")

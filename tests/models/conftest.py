@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, running_stack
 from tests.integration.conftest import MODEL, MODEL_CACHE_DIR, _free_port
 from tests.models.adapters import make_adapter
 
@@ -29,7 +29,6 @@ def stack(tmp_path_factory, adapters):
     from pydantic import SecretStr
 
     from core.settings import Settings
-    from serve_app.runtime import start_local
 
     prefix = f"llmserve-models-{uuid.uuid4().hex[:8]}"
     settings = Settings(
@@ -54,13 +53,5 @@ def stack(tmp_path_factory, adapters):
         ],
         limits={"max_tokens_cap": 256},
     )
-    started = time.perf_counter()
-    local = start_local(settings)
-    print(f"\n[models] stack ready in {time.perf_counter() - started:.1f} s at {local.url}")
-    yield local
-    local.shutdown()
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
+    with running_stack(settings, "models") as local:
+        yield local

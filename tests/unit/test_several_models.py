@@ -148,10 +148,15 @@ class Recorder:
 def test_a_request_reaches_its_models_deployment_and_an_adapter_by_servess_multiplexing(
     asked, deployment, engine_model, multiplexed
 ):
+    from core.setting_groups import PricingSettings, RoutingSettings
+    from deployments.providers.factory import build_providers
+
     calls: list = []
     adapters = {"Base:pirate": "Base:pirate", "pirate": "Base:pirate"}
-    engine = ServeLLMEngine({"Base": Recorder("Base", calls), "Other": Recorder("Other", calls)}, adapters)
-    assert engine.serves(asked) and not engine.serves("Base:parrot")
+    handles = {"Base": Recorder("Base", calls), "Other": Recorder("Other", calls)}
+    providers = build_providers(RoutingSettings(), PricingSettings(), handles, adapters)
+    [engine] = [p for p in providers if p.serves(asked)]  # one provider per model, its adapters with it
+    assert not any(p.serves("Base:parrot") for p in providers)
 
     async def run():
         return [
@@ -200,7 +205,7 @@ class Failing(Recorder):
 def test_an_adapter_that_cannot_be_loaded_fails_at_once_not_as_a_replica_coming_back():
     from deployments.providers.base import ProviderError
 
-    engine = ServeLLMEngine({"Base": Failing("Base", [])}, {"pirate": "Base:pirate"})
+    engine = ServeLLMEngine(Failing("Base", []), "Base", {"pirate": "Base:pirate"})
 
     async def run(model):
         return [
