@@ -139,6 +139,20 @@ def _check_checkpoint(mode: str, method: str, model_source: str) -> None:
         )
 
 
+def cpu_runs_int4_kernel(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether vLLM's CPU backend has its 4-bit kernel on this machine. On x86 it loads its AVX-512 build (which
+    has CPUWNA16) when torch finds AVX-512 F, BW, VL and DQ, else its AVX2 build (which has not). Other
+    architectures, or no /proc: assumed to have it."""
+    try:
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return True
+    found = set(flags.partition(":")[2].split())
+    if "avx2" not in found:  # not an x86 CPU vLLM picks a build for by its vector width
+        return True
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= found
+
+
 def check_quantization(
     mode: str | None,
     accelerator: str,
@@ -155,6 +169,13 @@ def check_quantization(
         return
     if mode is not None:
         _check_checkpoint(mode, str(quant.get("quant_method") or "").lower(), model_source)
+    if accelerator == "cpu" and int4_weight_only(quant) and not cpu_runs_int4_kernel():
+        # Seen here: on an AVX2-only CPU vLLM 0.32 loads its _C_AVX2 build, which has no cpu_gemm_wna16; the
+        # engine dies at its first forward pass ("'_C' object has no attribute 'cpu_gemm_wna16'").
+        raise QuantizationError(
+            f"{model_source} has 4-bit weights, and vLLM's CPU kernel for them (CPUWNA16) is built only for CPUs "
+            "with AVX-512; this CPU has none: serve the full-precision model here, or use a CPU with AVX-512"
+        )
     if accelerator == "cpu" and dtype in {"float32", "float"} and int4_weight_only(quant):
         # Seen here: vLLM 0.32's CPUWNA16 kernel raises '"cpu_gemm_wna16" not implemented for 'Float'' on the
         # first forward pass, a minute after deploy.

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from safetensors import safe_open
 
-from core.quantization import QuantizationError
+from core.quantization import QuantizationError, cpu_runs_int4_kernel
 from serve_app.model_prep import AWQ_GROUP_SIZE
 from tests.conftest import REDIS_URL
 from tests.services import free_port
@@ -76,14 +76,18 @@ def test_preflight_takes_the_declared_method_and_refuses_mismatches(awq_folder):
         base = {"model": "smollm2-awq", "model_cache_dir": MODEL_CACHE_DIR}
         return Settings(engine={**base, **engine}, data_dir=awq_folder.parent / ".preflight")
 
-    sources = preflight(settings(quantization="compressed-tensors", dtype="bfloat16"))
-    assert sources == {"SmolLM2-135M-Instruct-AWQ": str(awq_folder)}
+    if cpu_runs_int4_kernel():
+        sources = preflight(settings(quantization="compressed-tensors", dtype="bfloat16"))
+        assert sources == {"SmolLM2-135M-Instruct-AWQ": str(awq_folder)}
+        with pytest.raises(QuantizationError, match=r"set engine\.dtype: bfloat16"):
+            preflight(settings(quantization="compressed-tensors", dtype="float32"))
+    else:  # an AVX2-only CPU: vLLM's CPU build here has no 4-bit kernel, said before anything starts
+        with pytest.raises(QuantizationError, match="AVX-512"):
+            preflight(settings(quantization="compressed-tensors", dtype="bfloat16"))
     with pytest.raises(QuantizationError, match="set quantization: compressed-tensors"):
         preflight(settings(quantization="awq", dtype="bfloat16"))
     with pytest.raises(QuantizationError, match="gptq"):
         preflight(settings(quantization="gptq", dtype="bfloat16"))
-    with pytest.raises(QuantizationError, match=r"set engine\.dtype: bfloat16"):
-        preflight(settings(quantization="compressed-tensors", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,9 @@ def awq_stack(awq_folder, tmp_path_factory):
         client.delete(key)
 
 
+@pytest.mark.skipif(
+    not cpu_runs_int4_kernel(), reason="vLLM's CPU build for this CPU (AVX2, no AVX-512) has no 4-bit kernel"
+)
 def test_the_app_serves_the_4bit_model_and_it_knows_the_capital_of_france(awq_stack):
     headers = {"Authorization": f"Bearer {KEY}"}
     with httpx.Client(base_url=awq_stack.url, headers=headers, timeout=120) as client:

@@ -5,9 +5,17 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from core.quantization import QUANTIZATION_MODES, QuantizationError, check_quantization
+from core.quantization import QUANTIZATION_MODES, QuantizationError, check_quantization, cpu_runs_int4_kernel
 from core.settings import Settings
 from serve_app.builder import preflight
+
+
+@pytest.fixture(autouse=True)
+def _a_cpu_with_the_4bit_kernel(monkeypatch):
+    """The checks below are about modes and checkpoints, on any machine (the CPU's own check has its test)."""
+    from core import quantization
+
+    monkeypatch.setattr(quantization, "cpu_runs_int4_kernel", lambda: True)
 
 
 def checkpoint(tmp_path, quant_method: str | None):
@@ -122,3 +130,19 @@ def test_8bit_activations_are_not_the_4bit_weight_only_kernel(tmp_path):
     group["input_activations"] = {"num_bits": 8, "type": "int"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     check_quantization("compressed-tensors", "cpu", None, folder, dtype="float32")
+
+
+def test_4bit_weights_on_a_cpu_without_avx512_are_refused_with_what_to_do(tmp_path, monkeypatch):
+    from core import quantization
+
+    awq = checkpoint(tmp_path, "awq")
+    avx2 = tmp_path / "cpuinfo-avx2"
+    avx2.write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
+    avx512 = tmp_path / "cpuinfo-avx512"
+    avx512.write_text("processor : 0\nflags : fpu sse2 avx avx2 avx512f avx512dq avx512bw avx512vl\n")
+    assert not cpu_runs_int4_kernel(avx2)
+    assert cpu_runs_int4_kernel(avx512)
+    monkeypatch.setattr(quantization, "cpu_runs_int4_kernel", lambda: False)
+    with pytest.raises(QuantizationError, match="AVX-512"):
+        check_quantization("awq", "cpu", None, awq, dtype="bfloat16")
+    check_quantization("awq_marlin", "gpu", "A10G", awq)  # a GPU is not asked about the CPU
