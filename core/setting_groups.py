@@ -198,6 +198,11 @@ class EngineSettings(Group):
     model_cache_dir: Path = Field(DEFAULT_HOME / "models", description="Where prepared model folders are cached.")
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="Where vLLM runs.")
     accelerator_type: str | None = Field(None, description="Ray accelerator type for GPU replicas, e.g. A10G.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each vLLM replica needs, e.g. {"llm_node": 1}: its replicas go only to '
+        "nodes started with them (`ray start --resources`), such as a cluster's GPU workers.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM replica (tensor parallelism).")
     dtype: str = Field("float32", description="vLLM dtype (float32 on CPU; auto/bfloat16 on GPU).")
     max_model_len: int = Field(2048, ge=128, description="Context window given to vLLM.")
@@ -447,6 +452,11 @@ class ReplicaSettings(Group):
         4.0, gt=0, description="Free memory above which an unset replicas.orchestrator means 2 replicas."
     )
     light_num_cpus: float = Field(0.1, gt=0, description="Logical CPUs reserved by each non-engine replica.")
+    light_ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources each non-engine replica needs, e.g. {"head": 0.01}: the ingress, '
+        "orchestrator, retriever and batch worker go only to nodes started with them (the CPU nodes).",
+    )
     health_check_period_s: float = Field(
         2.0,
         gt=0,

@@ -64,6 +64,8 @@ def build_llm_config(engine: EngineSettings, model_source: str, scaling: dict[st
         # period, so it is replaced sooner while requests wait for it (deployments/providers/router.py).
         "health_check_period_s": engine.health_check_period_s,
     }
+    if engine.ray_resources:  # merged by ray.serve.llm into the replica's placement group bundle
+        deployment_config["ray_actor_options"] = {"resources": dict(engine.ray_resources)}
     if engine.autoscaling == "scale_or_spill" and scaling is not None:
         # The policy keeps its own time (downscale_delay_s is its wait): Serve's delays on top would reset on
         # every decision that asks for the same count again.

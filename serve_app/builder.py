@@ -102,7 +102,9 @@ def compose(
     sources = model_source if isinstance(model_source, dict) else {s.model_name: model_source}
     engines = [e for e in s.engines() if e.model_name in llms]
     grpc = s.server.handle_grpc
-    light = {"num_cpus": s.replicas.light_num_cpus}
+    light: dict = {"num_cpus": s.replicas.light_num_cpus}
+    if s.replicas.light_ray_resources:
+        light["resources"] = s.replicas.light_ray_resources
     checked = {"health_check_period_s": s.replicas.health_check_period_s}
     served_models = s.served_models()
     retriever = Retriever.options(

@@ -108,6 +108,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         client_error: bool = False,
         recovering: bool = False,
+        breaker: bool = True,
     ):
         super().__init__(f"{provider}: {message}")
         self.provider = provider
@@ -117,6 +118,7 @@ class ProviderError(Exception):
         self.client_error = client_error  # the request itself is bad: no other provider will do better
         # Its replica or engine died and is being replaced: worth waiting for, up to the request's deadline.
         self.recovering = recovering
+        self.breaker = breaker  # counts against the provider's circuit breaker
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
@@ -57,9 +58,12 @@ async def open_stream(
     deadline: float,
     first_token_timeout_s: float,
     on_failure: Callable[[ProviderError], Awaitable[None]],
+    gone: Callable[[], bool] | None = None,
 ) -> tuple[list[EngineDelta], AsyncIterator[list[EngineDelta]]]:
     """Start a stream and wait for its first deltas, retrying as the policy says. Returns the first deltas and
-    the rest of the stream. Raises the last ProviderError when the attempts, or the deadline, run out."""
+    the rest of the stream. Raises the last ProviderError when the attempts, or the deadline, run out.
+    `gone`: checked while waiting for the first deltas; once true (the provider has nothing left to serve with,
+    e.g. no running replica) the wait ends as a failure of a provider that is coming back, not retried here."""
     retrying = AsyncRetrying(
         retry=retry_if_exception(_retryable),
         wait=wait_retry_after(wait_random_exponential(multiplier=policy.base_s, max=policy.max_wait_s)),
@@ -71,7 +75,16 @@ async def open_stream(
             stream = start()
             timeout = max(0.001, min(first_token_timeout_s, deadline - time.monotonic()))
             try:
-                first = await asyncio.wait_for(anext(stream), timeout)
+                first = await _first(stream, timeout, gone)
+            except _Gone as exc:
+                await _close(stream)
+                # Not the provider's fault (its node died, or it scaled down under the request): its breaker is
+                # not charged, so it takes traffic again as soon as a replica runs.
+                error = ProviderError(
+                    name, "no running replica left to answer", retryable=False, recovering=True, breaker=False
+                )
+                await on_failure(error)
+                raise error from exc
             except TimeoutError as exc:
                 await _close(stream)
                 error = ProviderError(name, "no first token in time", status=408)
@@ -87,6 +100,38 @@ async def open_stream(
                 raise
             return first, stream
     raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+class _Gone(Exception):
+    pass
+
+
+GONE_CHECKS = 3  # gone() seen true this many times in a row (0.5 s apart): a blip in Serve's list is not a loss
+
+
+async def _first(stream: AsyncIterator[list[EngineDelta]], timeout: float, gone: Callable[[], bool] | None) -> Any:
+    """The stream's first item within `timeout`; raises _Gone once `gone()` has been true for GONE_CHECKS checks
+    in a row while waiting."""
+    if gone is None:
+        return await asyncio.wait_for(anext(stream), timeout)
+    waiting = asyncio.ensure_future(anext(stream))
+    end = time.monotonic() + timeout
+    seen = 0
+    try:
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait({waiting}, timeout=min(0.5, left))
+            if done:
+                return waiting.result()
+            seen = seen + 1 if gone() else 0
+            if seen >= GONE_CHECKS:
+                raise _Gone
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.wait({waiting})  # its end, without swallowing a cancellation of this task
 
 
 async def _close(stream: AsyncIterator) -> None:

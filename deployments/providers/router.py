@@ -25,7 +25,7 @@ from core.models import Usage
 from core.tokens import TokenCounter
 from deployments.providers.base import EngineDelta, GenerationParams, Provider, ProviderError
 from deployments.providers.retry import RetryPolicy, open_stream
-from deployments.providers.routing import LoadStats, Strategy
+from deployments.providers.routing import LoadStats, Route, Strategy
 from observability import tracing
 from state.breaker import CircuitBreaker
 
@@ -129,7 +129,8 @@ class ProviderRouter:
         span.add_event("attempt failed", {"llmserve.error": str(error)[:300]})
         out.failed[provider.name] += 1
         out.attempts.append((provider.name, False))
-        await self._record(provider, ok=False)
+        if not isinstance(error, ProviderError) or error.breaker:
+            await self._record(provider, ok=False)
 
     async def stream(
         self,
@@ -147,7 +148,7 @@ class ProviderRouter:
             if not serving:
                 raise InvalidRequest(f"no provider of model {model!r} serves /v1/completions", param="model")
         candidates = capable(model, serving, params)
-        route = self._strategy.order(candidates, self.stats, model)
+        route = _woken(self._strategy.order(candidates, self.stats, model))
         out.reason = route.reason
         queue = list(route.providers)
         retried_mid_stream: set[str] = set()
@@ -198,6 +199,9 @@ class ProviderRouter:
                             deadline,
                             self._first_token_timeout_s.get(provider.name, 30.0),
                             lambda exc, p=provider, s=attempt: self._failed(p, out, s, exc),
+                            # Waiting on a model with no running replica (its node lost, or scaled to zero)
+                            # ends as soon as that is known, when another kind of provider can answer.
+                            _gone(provider, queue),
                         )
                 except ProviderError as exc:
                     outcome = "rejected" if exc.client_error else "error"
@@ -295,6 +299,33 @@ def capable(model: str, providers: list[Provider], params: GenerationParams) -> 
             f"{field} is not supported by the providers of model {model!r}", param=field, code="unsupported_parameter"
         )
     return able
+
+
+def _woken(route: Route) -> Route:
+    """A self-hosted model scaled to zero answers only after a cold start: it is woken, and the managed
+    providers answer meanwhile. With no managed provider the request waits for it (it is the demand that
+    starts a replica)."""
+    cold = [p for p in route.providers if p.kind == "self_hosted" and _is_cold(p)]
+    if not cold or all(p.kind == "self_hosted" for p in route.providers):
+        return route
+    for provider in cold:
+        provider.wake()
+    names = ", ".join(p.name for p in cold)
+    warm = [p for p in route.providers if p not in cold]
+    return Route(warm + cold, f"{names}: no running replica (scaled to zero, starting or lost): woken, managed first")
+
+
+def _is_cold(provider: Provider) -> bool:
+    cold = getattr(provider, "cold", None)  # self-hosted providers that can scale to zero (ServeLLMEngine)
+    return bool(cold is not None and cold())
+
+
+def _gone(provider: Provider, rest: list[Provider]) -> Callable[[], bool] | None:
+    """For a self-hosted attempt with another kind of provider still to try: whether its model has no running
+    replica left (its node died, or it scaled to zero under the request), which ends the wait for a first token."""
+    if getattr(provider, "cold", None) is None or not any(p.kind != provider.kind for p in rest):
+        return None
+    return lambda: _is_cold(provider)
 
 
 def _starter(

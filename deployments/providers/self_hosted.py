@@ -6,6 +6,7 @@ depends on that format.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -118,6 +119,7 @@ class ServeLLMEngine:
         self._stream_handle = handle.options(stream=True)
         self._adapters = adapters or {}
         self._health_name = health_name
+        self._waking: asyncio.Task | None = None
 
     def serves(self, model: str) -> bool:
         return model == self.model or model in self._adapters
@@ -128,6 +130,24 @@ class ServeLLMEngine:
         if engine_id is None:
             return self._stream_handle, model
         return self._stream_handle.options(multiplexed_model_id=engine_id), engine_id
+
+    def cold(self) -> bool:
+        """True while the deployment has no running replica, as its handle last heard from Serve's controller
+        (scaled to zero, or every replica lost): a request sent now waits out a cold start."""
+        return running_replicas(self._stream_handle) == 0
+
+    def wake(self) -> None:
+        """Start a replica without making a client wait for it: a health call queued at the handle is the demand
+        Serve's autoscaler scales up from zero for (the handle reports it at once while there are no replicas).
+        One at a time; it returns once a replica answers."""
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.ensure_future(self._wake())
+
+    async def _wake(self) -> None:
+        try:
+            await self._handle.check_health.remote()
+        except Exception as exc:
+            logger.warning("waking %s failed: %s", self.name, type(exc).__name__)
 
     def refuses(self, params: GenerationParams) -> str | None:
         return None  # vLLM serves every field we take (tools and structured outputs through its grammars)
@@ -201,4 +221,21 @@ class ServeLLMEngine:
             raise ServiceUnavailable(f"model replica unavailable: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
+        if self._waking is not None:
+            self._waking.cancel()
+
+
+def running_replicas(handle: DeploymentHandle) -> int | None:
+    """How many replicas the handle can send to, from the running-replica list Serve's controller pushes to it;
+    None before the handle has heard (or if Ray's router no longer has these internals)."""
+    router = getattr(getattr(handle, "_router", None), "_asyncio_router", None)
+    if router is None:
+        return None
+    try:
+        request_router = getattr(router, "_request_router", None)
+        if request_router is not None:
+            return len(request_router.curr_replicas)
+        replicas = getattr(router, "_running_replicas", None)
+        return None if replicas is None else len(replicas)
+    except (AttributeError, TypeError):  # Ray's internals changed: unknown, so never taken for cold
         return None

@@ -180,20 +180,21 @@ class RunningFake:
 
 
 @contextlib.contextmanager
-def serve_fake(kind: str, script: Script | None = None) -> Iterator[RunningFake]:
+def serve_fake(kind: str, script: Script | None = None, host: str = "127.0.0.1") -> Iterator[RunningFake]:
+    """`host`: the address it listens on (a bridge's, for Ray nodes in network namespaces)."""
     script = script or Script()
     app = anthropic_app(script) if kind == "anthropic" else openai_app(script)
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        yield RunningFake(f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else ""), script)
+        yield RunningFake(f"http://{host}:{port}" + ("/v1" if kind == "openai" else ""), script)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -64,3 +64,22 @@ def test_a_handle_call_must_name_a_tenant_that_exists(stack, http):
     assert http.put(f"/admin/tenants/{ghost}", json={}).status_code == 200
     assert "Paris" in handle.chat.remote(request(), tenant=ghost).result(timeout_s=120).choices[0].message.content
     assert http.delete(f"/admin/tenants/{ghost}").status_code == 200
+
+
+def test_the_self_hosted_provider_sees_the_replicas_serve_runs(stack):
+    """The count a scaled-to-zero model is recognised by (deployments/providers/self_hosted.py running_replicas,
+    read from Ray's router internals): it must match what Serve reports, or routing would take a running model
+    for a cold one (or never see one cold)."""
+    import time
+
+    from deployments.providers.self_hosted import running_replicas
+
+    name = f"LLM:{MODEL}"
+    handle = serve.get_deployment_handle(name, stack.settings.app_name)
+    handle.check_health.remote().result(timeout_s=60)
+    status = serve.status().applications[stack.settings.app_name].deployments[name]
+    serving = status.replica_states.get("RUNNING", 0)
+    deadline = time.monotonic() + 10
+    while running_replicas(handle) != serving and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert serving >= 1 and running_replicas(handle) == serving
