@@ -153,7 +153,7 @@ def main(
         stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
         auth = {"Authorization": f"Bearer {key}"}
         targets["llmserve"] = (stack.url, auth)  # direct ingress: the ingress replica serves HTTP itself
-        targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.proxy_port}", auth)  # via Serve's proxy
+        targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.server.proxy_port}", auth)  # via Serve's proxy
         console.print(f"targets: {', '.join(targets)}; {tokens}-token streams; ttft {ttft_ms} ms")
 
         runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in levels} for t in targets}

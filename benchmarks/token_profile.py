@@ -1,0 +1,138 @@
+"""Where our CPU goes per streamed token: py-spy samples the ingress and orchestrator replicas while the fake
+engine streams to many clients, and each sample is put in one bucket by its innermost frame that matches one
+(pydantic, JSON, SSE, Ray's transport, Redis, metrics and tracing, the event loop, HTTP, our own code).
+
+    sudo .venv/bin/python -m benchmarks.token_profile --concurrency 64 --tokens-per-s 100 --seconds 20
+
+Prints CPU microseconds per delivered token for each process and bucket. The samples (py-spy's raw format) are
+kept in the printed folder, for flame graphs (`flamegraph.pl` or speedscope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.gateway_overhead import body, free_port, start_ours
+from benchmarks.loadgen import run_level
+
+RATE_HZ = 200
+# The first rule that matches a frame, from the innermost frame out, names the sample's bucket.
+BUCKETS = [
+    ("pydantic", ("pydantic",)),
+    ("JSON", ("/json/", "orjson", "json.py")),
+    ("SSE framing", ("deployments/sse.py",)),
+    ("Ray transport", ("ray/serve/_private", "ray/_private/serialization", "_raylet", "ray/cloudpickle", "grpc")),
+    ("Redis", ("redis/",)),
+    ("metrics and tracing", ("opentelemetry", "prometheus", "observability/", "ray/util/metrics")),
+    ("HTTP server", ("uvicorn", "starlette", "h11", "httptools", "fastapi")),
+    ("event loop", ("asyncio/",)),
+    ("our code", ("/deployments/", "/core/", "/state/")),
+]
+
+
+NATIVE = ("run (threading.py", "main_loop (ray/_private/worker.py")
+
+
+def bucket(stack: list[str]) -> str:
+    # A thread whose innermost Python frame starts native code (Ray's core worker loop, its gRPC and io threads).
+    if not stack[-1] or stack[-1].startswith(NATIVE):
+        return "Ray core (native)"
+    for frame in reversed(stack):
+        for name, marks in BUCKETS:
+            if any(mark in frame for mark in marks):
+                return name
+    return "other"
+
+
+def replica_pids(app: str = "gateway-bench") -> dict[str, int]:
+    """The process of each light replica (Ingress, Orchestrator), by its Ray process title."""
+    import psutil
+
+    pids = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        for role in ("Ingress", "Orchestrator"):
+            if f"ServeReplica:{app}:{role}" in title:
+                pids[role] = proc.info["pid"]
+    return pids
+
+
+def record(pid: int, seconds: float, out: Path) -> None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    args = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(RATE_HZ), "-f", "raw", "-o", str(out)]
+    subprocess.run([*args, "--nonblocking"], check=True, capture_output=True)
+
+
+def breakdown(raw: Path) -> collections.Counter:
+    samples: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            samples[bucket(stack.split(";"))] += int(count)
+    return samples
+
+
+def main(
+    concurrency: int = 64,
+    tokens_per_s: float = 100.0,
+    tokens: int = 64,
+    ttft_ms: float = 20.0,
+    seconds: Annotated[float, typer.Option(help="How long py-spy samples, while the load runs.")] = 20.0,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+) -> None:
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="token-profile-"))
+    stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        asyncio.run(run_level(stack.url, headers, [body(tokens)] * 64, 8))  # warm-up
+        pids = replica_pids()
+        n = int(concurrency * (seconds + 10) * tokens_per_s / tokens) if tokens_per_s else concurrency * 50
+        result: dict = {}
+        load = threading.Thread(
+            target=lambda: result.update(
+                records=asyncio.run(run_level(stack.url, headers, [body(tokens)] * n, concurrency))
+            )
+        )
+        load.start()
+        spies = [
+            threading.Thread(target=record, args=(pid, seconds, workdir / f"{role}.txt")) for role, pid in pids.items()
+        ]
+        for spy in spies:
+            spy.start()
+        for spy in spies:
+            spy.join()
+        load.join()
+        records, wall = result["records"]
+    finally:
+        stack.shutdown()
+    delivered = sum(r.completion_tokens for r in records)
+    tok_per_s = delivered / wall
+    console.print(
+        f"{len(records)} answers, {delivered} tokens in {wall:.1f} s: {tok_per_s:.0f} tokens/s; samples in {workdir}"
+    )
+    table = Table("process", "bucket", "share", "CPU µs per token")
+    for role in pids:
+        samples = breakdown(workdir / f"{role}.txt")
+        total = sum(samples.values())
+        for name, count in samples.most_common():
+            cpu_s = count / RATE_HZ
+            table.add_row(role, name, f"{count / total:.0%}", f"{cpu_s / (tok_per_s * seconds) * 1e6:.0f}")
+        table.add_row(role, "all", "100%", f"{total / RATE_HZ / (tok_per_s * seconds) * 1e6:.0f}", end_section=True)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    typer.run(main)
