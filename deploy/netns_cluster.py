@@ -158,8 +158,12 @@ class NetnsCluster:
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
     def save(self) -> None:
+        """The layout and its secrets (Redis password, master key): readable by the owner only."""
         state = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        (self.workdir / "cluster.json").write_text(json.dumps(state, indent=2))
+        path = self.workdir / "cluster.json"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, workdir: Path) -> NetnsCluster:
