@@ -83,10 +83,16 @@ def sign_in(driver, base_url: str, key: str) -> None:
     driver.find_element(*by("ID", "key")).send_keys(key)
     button = driver.find_element(*by("ID", "sign-in"))
     button.click()
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.common.exceptions import WebDriverException
 
-    WebDriverWait(driver, WAIT_S).until(expected_conditions.staleness_of(button))  # the next page replaced the form
+    def replaced() -> bool:  # the next page replaced the form
+        try:
+            button.is_enabled()
+        except WebDriverException:  # stale; or, caught mid-navigation, Chromium's "Node with given id does not
+            return True  # belong to the document" (an unknown error to Selenium's own staleness_of, which raised)
+        return False
+
+    wait_until(replaced, "the page after signing in")
 
 
 def key_row(driver, key_id: str):
