@@ -16,6 +16,7 @@ and settled once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -158,7 +159,7 @@ class AnswerRun:
             while True:
                 async with self._changed:
                     await self._changed.wait_for(lambda seen=after_seq: self._has_news(seen))
-                    batch = [e for e in self.events if e.seq > after_seq]
+                    batch = self.events[bisect.bisect_right(self.events, after_seq, key=_seq_of) :]
                 if batch:
                     after_seq = batch[-1].seq
                     yield batch
@@ -232,7 +233,11 @@ class AnswerRun:
     async def _next_items(self, queue: asyncio.Queue, producer: asyncio.Task) -> list | None:
         """Whatever the producer queued (at least one item), or None after a quiet third of the lease."""
         try:
-            first = await asyncio.wait_for(queue.get(), timeout=self._s.journal.lease_ms / 3000)
+            if queue.empty():
+                async with asyncio.timeout(self._s.journal.lease_ms / 3000):  # (wait_for: a task per wait)
+                    first = await queue.get()
+            else:
+                first = queue.get_nowait()
         except TimeoutError:
             await self._journal([])  # renew the lease
             if await self._abandoned():
@@ -331,7 +336,7 @@ class AnswerRun:
         events = []
         for chunk in chunks:
             self._seq += 1
-            events.append(Event(self._seq, chunk.model_dump(mode="json", exclude_none=True)))
+            events.append(Event.of(self._seq, chunk.model_dump(mode="json", exclude_none=True), chunk))
             self.finish_reason = self.finish_reason or journaled.finish(events[-1].chunk)
         await self._journal(events)
         if self.finish_reason is not None and not self._committed:
@@ -456,6 +461,10 @@ def _cached(task: asyncio.Task) -> None:
     _caching.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.warning("an answer was not kept in the response cache: %r", task.exception())
+
+
+def _seq_of(event: Event) -> int:
+    return event.seq
 
 
 async def _stop(task: asyncio.Task) -> None:

@@ -13,11 +13,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError
 
 from core.errors import LLMServeError, ServiceUnavailable, unwrap
-from core.models import Caller, ChatChunk, ChatRequest
+from core.models import Caller, ChatRequest
+from deployments.frames import Batch, from_wire
 from deployments.ingress_state import IngressState
 
 logger = logging.getLogger("llmserve.ingress")
-Batch = list[tuple[int, ChatChunk]]
 _GONE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 
 
@@ -45,11 +45,11 @@ async def answer_events(
     while True:
         stream = ingress.orchestrator_stream.chat_stream.remote(request, caller, after_seq, take_over)
         try:
-            async for batch in stream:
-                if not batch:  # the answer has begun
+            async for items in stream:
+                if not items:  # the answer has begun
                     yield []
                     continue
-                fresh = [(seq, chunk) for seq, chunk in batch if seq > after_seq]
+                fresh = from_wire(items, after_seq)
                 if fresh:
                     after_seq = fresh[-1][0]
                     deadline = time.monotonic() + deadline_s  # an answer that moves on is not stuck

@@ -27,8 +27,9 @@ from core.completions import Completion, CompletionRequest, completion_chunk, wh
 from core.errors import InvalidRequest, NotFound
 from core.models import Caller, ChatRequest, ChatResponse, new_id
 from core.responses import finished_response
-from deployments.answer_stream import Batch, answer_events
+from deployments.answer_stream import answer_events
 from deployments.answers import fold
+from deployments.frames import Batch
 from deployments.gateway import Principal, Ticket
 from deployments.http_errors import invalid_request_from
 from deployments.ingress_state import IngressState, ingress_state, principal
@@ -178,7 +179,7 @@ async def _without_usage(events: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
     """A run always ends with a usage chunk (it settles with it, and the JSON answer needs it); a stream whose
     client did not ask for `stream_options.include_usage` does not get it."""
     async for batch in events:
-        kept = [(seq, chunk) for seq, chunk in batch if chunk.usage is None]
+        kept = [(seq, frame) for seq, frame in batch if not frame.usage]
         if kept:
             yield kept
 
@@ -224,7 +225,7 @@ async def _respond(
     if chat.conversation_id:
         headers["x-conversation-id"] = chat.conversation_id
     if not chat.stream:
-        chunks = [c for batch in [b async for b in events] for _, c in batch]
+        chunks = [f.chunk for batch in [b async for b in events] for _, f in batch]
         result = fold(chunks, chat.conversation_id)
         headers["x-llmserve-provider"] = result.provider or ""
         _cache_header(headers, ingress, chat, caller, result.provider, new=ticket is not None)
@@ -254,7 +255,7 @@ async def _respond(
             ticket.finish()
         raise
     headers["cache-control"] = "no-cache"
-    provider = next((c.provider for _, c in first if c.provider), None)
+    provider = next((f.chunk.provider for _, f in first if f.chunk.provider), None)
     if provider:
         headers["x-llmserve-provider"] = provider
     _cache_header(headers, ingress, chat, caller, provider, new=ticket is not None and after_seq == 0)

@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 
 from core.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, QuotaExceeded, RateLimited
 from core.keys import key_hash
-from core.models import Caller, ChatChunk, ChatRequest
+from core.models import Caller, ChatRequest
 from core.names import ADMIN_TENANT
 from core.pricing import Price
 from core.setting_groups import LimitsSettings
 from core.tokens import estimate_prompt_tokens, resolve_max_tokens
 from deployments.admission import AdmissionGate, Slot
+from deployments.frames import Batch
 from observability import tracing
 from state.api_keys import KeyRecord, KeyStore, Limits
 from state.limits import Limiter, Scope
@@ -29,7 +30,6 @@ from state.tenants import TenantStore
 
 MASTER_KID = "master"
 UNLESS_AFTER_S = 1.0  # how long a settle that may be someone else's waits before it asks
-Batch = list[tuple[int, ChatChunk]]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from deployments.answer_stream import answer_events
 from deployments.answers import fold
 from deployments.direct_ingress import make_ingress_port_rebindable
 from deployments.gateway import Gateway
-from deployments.handles import configured
+from deployments.handles import configured, pace_streams
 from deployments.http_app import build_http_app
 from deployments.ingress_state import IngressState
 from observability import tracing
@@ -71,10 +71,15 @@ class Ingress:
         ingress_replicas: int = 1,
         grpc: bool = True,
         metrics: MetricsSettings | None = None,
+        stream_window_bytes: int = 0,
     ):
+        """`stream_window_bytes`: how far the orchestrator's answer streams may run ahead of this replica
+        (server.stream_window_bytes, deployments/handles.py `pace_streams`)."""
         if not master_key_hash:
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
         make_ingress_port_rebindable()  # before Serve starts this replica's HTTP server
+        if grpc:
+            pace_streams(stream_window_bytes)
         tracing.setup_tracing("ingress", metrics.otlp_endpoint if metrics else None)
         client = async_redis(state.redis_url)
         engine = engines[0]
@@ -144,7 +149,7 @@ class Ingress:
         """Whole answer."""
         request = request.model_copy(update={"stream": False})
         chunks = [
-            c async for batch in answer_events(self._state, request, await self._caller(tenant)) for _, c in batch
+            f.chunk async for batch in answer_events(self._state, request, await self._caller(tenant)) for _, f in batch
         ]
         return fold(chunks, request.conversation_id)
 
@@ -152,8 +157,8 @@ class Ingress:
         """Streamed answer, chunk by chunk: `handle.options(stream=True).chat_stream.remote(request)`."""
         request = request.model_copy(update={"stream": True})
         async for batch in answer_events(self._state, request, await self._caller(tenant)):
-            for _, chunk in batch:
-                yield chunk
+            for _, frame in batch:
+                yield frame.chunk
 
     async def get_conversation(self, conversation_id: str, tenant: str = ADMIN_TENANT) -> ConversationMessages:
         return await self._state.orchestrator.conversation.remote(conversation_id, await self._caller(tenant))

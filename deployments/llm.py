@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.llm._internal.common.utils.cloud_utils import is_remote_path
-from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from core.setting_groups import EngineSettings
+from deployments.coalescing import ready_batches
 from deployments.lora import LOCAL_LORA_PATH, LocalLoraLoader
 
 if TYPE_CHECKING:
@@ -27,9 +28,25 @@ def build_llm_deployments(
             build_llm_config(engine, sources[engine.model_name], (scaling or {}).get(engine.model_name)),
             name_prefix="LLM:",
             bind_kwargs={"model_downloader": LocalLoraLoader},
+            deployment_cls=CoalescingLLMServer,
         )
         for engine in engines
     }
+
+
+class CoalescingLLMServer(LLMServer):
+    """ray.serve.llm's LLMServer whose streams, with `stream_batching_interval_ms` 0, go out adaptively coalesced
+    (deployments/coalescing.py): each item holds every SSE frame the engine produced since Serve took the last
+    one, so a replica that keeps up sends token by token and a busy one sends fewer, fuller items, with no window
+    that delays a token. A positive interval keeps ray.serve.llm's own timed batching. The frames pile up only
+    while Serve's sending waits, which it does in its throughput-optimised mode (`llmserve up` and the cluster
+    configs set RAY_SERVE_THROUGHPUT_OPTIMIZED=1): with user code on a thread of its own, Serve drains the
+    generator into its own queue and each item holds one frame again, as with ray.serve.llm's batching off."""
+
+    def _batch_output_stream(self, generator):
+        if self._get_batch_interval_ms():
+            return super()._batch_output_stream(generator)
+        return ready_batches(generator)
 
 
 def build_llm_config(engine: EngineSettings, model_source: str, scaling: dict[str, Any] | None = None) -> LLMConfig:

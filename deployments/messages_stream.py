@@ -11,8 +11,8 @@ from typing import Any
 
 from core.anthropic_messages import message_id, stop_reason
 from core.models import ChatChunk
+from deployments.frames import Batch
 from deployments.http_errors import anthropic_error_body, error_body
-from deployments.sse import Batch
 
 logger = logging.getLogger("llmserve.ingress")
 
@@ -75,7 +75,8 @@ async def messages_sse(batches: AsyncIterator[Batch], request_id: str | None) ->
     try:
         async for batch in batches:
             out: list[str] = []
-            for _, chunk in batch:
+            for _, frame in batch:
+                chunk = frame.chunk
                 if not started:
                     message = {"id": message_id(chunk.id), "type": "message", "role": "assistant",
                                "model": chunk.model, "content": [], "stop_reason": None, "stop_sequence": None,

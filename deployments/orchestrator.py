@@ -11,8 +11,8 @@ caller that comes back (`after_seq`), on this replica or another, gets exactly t
 replica died, the next call for it takes it over from the journal (`take_over`).
 
 It takes and yields the typed models of core/models.py and raises our typed errors. Its stream yields *lists* of
-(sequence number, chunk), so chunks that were journaled together cross the Ray hop as one item (the number of
-items per hop, not their size, is what costs).
+(sequence number, chunk JSON, is-usage) (deployments/frames.py): chunks journaled together cross the hop as one
+item (the number of items per hop, not their size, is what costs), each serialised once.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from core.tokens import TokenCounter, resolve_max_tokens
 from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
 from deployments.answers import fold
 from deployments.console_samples import record_request_sample
-from deployments.handles import configured
+from deployments.frames import Wire, to_wire
+from deployments.handles import configured, pace_streams
 from deployments.prompt import build_prompt, generation_params, retrieval_query
 from deployments.providers.factory import build_providers, build_router
 from deployments.providers.router import RoutedStream
@@ -61,7 +62,6 @@ from state.response_cache import ResponseCache, cache_key, cacheable
 from state.scaling_signals import ScalingSignals
 
 logger = logging.getLogger("llmserve.orchestrator")
-Batch = list[tuple[int, ChatChunk]]
 
 
 @serve.deployment(name="Orchestrator")
@@ -69,7 +69,7 @@ class Orchestrator:
     """`llms`: each self-hosted model's LLMServer deployment, by model name; `engines`: their settings (the
     primary model's first); `model_sources`: what vLLM loads for each (its tokenizer counts that model's tokens
     here); `served_models`: the model names clients may ask for; `self_hosted_slots`: requests this replica
-    keeps on the self-hosted replicas before they queue."""
+    keeps on the self-hosted replicas before they queue; `stream_window_bytes`: server.stream_window_bytes."""
 
     def __init__(
         self,
@@ -87,10 +87,13 @@ class Orchestrator:
         served_models: list[str],
         self_hosted_slots: int | dict[str, int],
         grpc: bool = True,
+        stream_window_bytes: int = 0,
     ):
         if not state.redis_url:
             raise ValueError("state.redis_url is required (llmserve up starts an embedded Redis when none is set)")
         tracing.setup_tracing("orchestrator", metrics.otlp_endpoint)
+        if grpc:  # the engines' streams run at most this far ahead of this replica (deployments/handles.py)
+            pace_streams(stream_window_bytes)
         engine = self._engine = engines[0]
         # Each self-hosted model's settings and token counter, under its name and its adapters' names.
         self._engines = {name: e for e in engines for name in (e.model_name, *e.adapters())}
@@ -152,11 +155,11 @@ class Orchestrator:
     # --- public methods (called through the handle) -------------------------------------------------
     async def chat_stream(
         self, request: ChatRequest, caller: Caller, after_seq: int = 0, take_over: bool = False
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncIterator[Wire]:
         """The answer's events after `after_seq`: a new run, or one under way here, journaled elsewhere, or
         taken over from a journal whose writer is gone (`take_over`: the caller saw it die)."""
         async for events in self._events(request, caller, after_seq, take_over):
-            yield [(e.seq, ChatChunk.model_validate(e.chunk)) for e in events]
+            yield to_wire(events)
 
     async def chat(self, request: ChatRequest, caller: Caller) -> ChatResponse:
         """The whole answer, folded from the same stream (one code path for both modes)."""

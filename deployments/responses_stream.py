@@ -12,8 +12,8 @@ from typing import Any
 
 from core.models import ChatChunk
 from core.responses import call_item, message_item, response_object, usage_object
+from deployments.frames import Batch
 from deployments.http_errors import error_body
-from deployments.sse import Batch
 
 logger = logging.getLogger("llmserve.ingress")
 
@@ -117,7 +117,8 @@ async def responses_sse(
     try:
         async for batch in batches:
             out: list[str] = []
-            for _, chunk in batch:
+            for _, frame in batch:
+                chunk = frame.chunk
                 if not started:
                     out += events.start()
                     started = True

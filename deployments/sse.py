@@ -12,26 +12,28 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from core.models import ChatChunk
+from deployments.frames import Batch
 from deployments.http_errors import sse_error_frame
 
 logger = logging.getLogger("llmserve.ingress")
-Batch = list[tuple[int, ChatChunk]]
 
 
 async def sse_frames(
     batches: AsyncIterator[Batch], request_id: str | None, shape: Callable[[ChatChunk], BaseModel] | None = None
 ) -> AsyncIterator[str]:
-    """`id: N` and `data: {json}` per chunk (in another `shape`, if given: completions); frames that arrived
-    together are written together. An error after the first chunk becomes an error event (the status line was
-    already sent)."""
+    """`id: N` and `data: {json}` per chunk: its JSON as the orchestrator made it, or, given a `shape`, the chunk
+    in that shape (completions). Frames that arrived together are written together. An error after the first
+    chunk becomes an error event (the status line was already sent)."""
     try:
         async for batch in batches:
             if not batch:  # (an answer that has begun, before its first chunk)
                 continue
-            yield "".join(
-                f"id: {seq}\ndata: {(shape(c) if shape else c).model_dump_json(exclude_none=True)}\n\n"
-                for seq, c in batch
-            )
+            if shape is None:
+                yield "".join(f"id: {seq}\ndata: {f.json}\n\n" for seq, f in batch)
+            else:
+                yield "".join(
+                    f"id: {seq}\ndata: {shape(f.chunk).model_dump_json(exclude_none=True)}\n\n" for seq, f in batch
+                )
     except Exception as exc:
         logger.warning("stream %s failed after the first chunk: %r", request_id, exc)
         yield sse_error_frame(exc, request_id)
@@ -66,7 +68,8 @@ class SSEResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded_send(message: Message) -> None:
             try:
-                await asyncio.wait_for(send(message), self._write_timeout_s)
+                async with asyncio.timeout(self._write_timeout_s):  # (wait_for: a task per write)
+                    await send(message)
             except TimeoutError as exc:  # the client stopped reading: give its place back
                 raise OSError(f"client stopped reading for {self._write_timeout_s:g} s") from exc
 

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.setting_groups import ReplicaSettings
+from core.setting_groups import EngineSettings, ReplicaSettings
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,15 +73,18 @@ def preflight(settings: Settings, progress: Callable[[str], None] = print) -> di
     return sources
 
 
-def orchestrator_replicas(replicas: ReplicaSettings) -> int:
-    """The configured count, or 2 when memory allows (one replica's death then interrupts nothing: the other
-    carries on its answers from their journals), else 1."""
+def orchestrator_replicas(replicas: ReplicaSettings, engines: list[EngineSettings] | None = None) -> int:
+    """The configured count; else enough to carry what the engines deliver at their maximum scale, where their
+    `replica_tokens_per_s` is known (`replicas.orchestrator_tokens_per_s` each), and at least 2 when memory
+    allows (one replica's death then interrupts nothing: the other carries on its answers from their journals)."""
     if replicas.orchestrator is not None:
         return replicas.orchestrator
     import psutil
 
     free_gib = psutil.virtual_memory().available / 1024**3
-    return 2 if free_gib >= replicas.orchestrator_pair_min_free_gib else 1
+    floor = 2 if free_gib >= replicas.orchestrator_pair_min_free_gib else 1
+    peak = sum(e.max_replicas * e.replica_tokens_per_s for e in engines or [] if e.replica_tokens_per_s)
+    return max(floor, math.ceil(peak / replicas.orchestrator_tokens_per_s))
 
 
 def compose(
@@ -110,7 +114,7 @@ def compose(
     retriever = Retriever.options(
         num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
     ).bind(s.rag, metrics=s.metrics)
-    orchestrators = orchestrator_replicas(s.replicas)
+    orchestrators = orchestrator_replicas(s.replicas, engines)
     slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // orchestrators) for e in engines}
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
@@ -128,6 +132,7 @@ def compose(
         served_models=served_models,
         self_hosted_slots=slots,
         grpc=grpc,
+        stream_window_bytes=s.server.stream_window_bytes,
     )
     batch_worker = BatchWorker.options(
         ray_actor_options=light,
@@ -168,4 +173,5 @@ def compose(
         ingress_replicas=s.replicas.ingress,
         grpc=grpc,
         metrics=s.metrics,
+        stream_window_bytes=s.server.stream_window_bytes,
     )

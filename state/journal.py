@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel
 
 from state.keyspace import tenant_base
 
@@ -112,6 +113,18 @@ class Event:
 
     seq: int
     chunk: dict[str, Any]
+    _json: list[str] = field(default_factory=list, compare=False, repr=False)  # made once, on first use
+
+    @classmethod
+    def of(cls, seq: int, chunk: dict[str, Any], model: BaseModel) -> Event:
+        """An event whose JSON is `model`'s own (pydantic's: what the SSE frame carries, byte for byte)."""
+        return cls(seq, chunk, [model.model_dump_json(exclude_none=True)])
+
+    def json(self) -> str:
+        """The chunk as compact JSON, made once for the journal and the hop to the ingress alike."""
+        if not self._json:
+            self._json.append(json.dumps(self.chunk, ensure_ascii=False, separators=(",", ":")))
+        return self._json[0]
 
 
 class Journal:
@@ -155,7 +168,7 @@ class Journal:
         2: its cancellation was asked for (nothing added; end it with status cancelled). The keys' TTL is set on
         the writer's first write (`refresh_ttl`) and on the last (with `status`), not on every append."""
         meta, stream = self._keys(tenant, response_id)
-        chunks = json.dumps([e.chunk for e in events])
+        chunks = "[" + ",".join(e.json() for e in events) + "]"
         first = events[0].seq if events else last_seq
         args = [
             epoch,

@@ -265,7 +265,8 @@ class ProviderRouter:
         engine): that is a failure like any other, failed over from."""
         idle_s = self._idle_timeout_s.get(provider.name, 30.0)
         try:
-            return await asyncio.wait_for(anext(rest), idle_s)
+            async with asyncio.timeout(idle_s):  # wait_for would make a task per token
+                return await anext(rest)
         except TimeoutError as exc:
             with contextlib.suppress(Exception):
                 await rest.aclose()

@@ -48,3 +48,24 @@ def test_each_deployment_gets_its_groups_and_only_the_key_hash():
         }[name]  # fmt: skip
     assert graph["Ingress"][1]["master_key_hash"] == settings.master_key_hash()
     assert graph["Retriever"][0] == (settings.rag,)
+
+
+def test_orchestrators_cover_what_the_engines_deliver_at_their_maximum_scale(monkeypatch):
+    """One orchestrator replica per replicas.orchestrator_tokens_per_s of the engines' known rate at max scale,
+    never fewer than the pair memory allows; an explicit count wins."""
+    import psutil
+
+    from core.setting_groups import EngineSettings, ReplicaSettings
+    from serve_app.builder import orchestrator_replicas
+
+    class Memory:
+        available = 64 * 1024**3
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    gpu = EngineSettings(max_replicas=4, replica_tokens_per_s=2500.0)  # a node of 4 GPUs: 10,000 tokens/s
+    assert orchestrator_replicas(ReplicaSettings(), [gpu]) == 3
+    assert orchestrator_replicas(ReplicaSettings(), [EngineSettings()]) == 2  # rate unknown: the pair
+    assert orchestrator_replicas(ReplicaSettings(orchestrator_tokens_per_s=20000), [gpu]) == 2
+    assert orchestrator_replicas(ReplicaSettings(orchestrator=1), [gpu]) == 1
+    Memory.available = 1024**3
+    assert orchestrator_replicas(ReplicaSettings(), [EngineSettings()]) == 1

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from core.anthropic_messages import MessagesRequest, whole_message
 from core.models import ChatChunk
 from deployments.answers import fold
+from deployments.frames import Frame
 from deployments.http_errors import anthropic_error_body
 from deployments.messages_stream import messages_sse
 
@@ -82,7 +83,7 @@ def test_a_whole_answer_is_an_anthropic_message():
 def test_the_stream_is_anthropics_event_sequence():
     async def batches():
         for i, c in enumerate(_chunks(), 1):
-            yield [(i, c)]
+            yield [(i, Frame.of(c))]
 
     async def collect():
         return "".join([frame async for frame in messages_sse(batches(), "r")])
@@ -120,7 +121,7 @@ def test_an_upstream_repeating_the_call_id_makes_one_block_and_a_call_cut_at_max
 
     async def batches():
         for i, c in enumerate(chunks, 1):
-            yield [(i, c)]
+            yield [(i, Frame.of(c))]
 
     async def collect():
         return "".join([frame async for frame in messages_sse(batches(), "r")])
