@@ -1,8 +1,9 @@
 """Fake engines for overhead benchmarks: scripted timing (TTFT, tokens/s), real OpenAI SSE and usage.
 
 - `FakeLLMServer`: a Serve deployment with the handle interface of ray.serve.llm's LLMServer (`chat` streams
-  lists of `data: {json}\\n\\n` strings, one token per item as with stream batching off), so the real
-  orchestrator and ingress run in front of it unchanged.
+  lists of `data: {json}\\n\\n` strings, coalesced as our LLMServer does with stream batching off: every frame
+  ready when Serve takes the next item, deployments/coalescing.py), so the real orchestrator and ingress run in
+  front of it unchanged.
 - `fake_openai_app`: the same script as an OpenAI-compatible HTTP server (`/v1/chat/completions`, stream and
   not), for calling directly and for putting other gateways (LiteLLM) in front of it.
   `python -m benchmarks.fake_engine --port 8300 --ttft-ms 0 --tokens-per-s 0`
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+
+from deployments.coalescing import ready_batches
 
 WORD = "tok "
 
@@ -65,10 +68,9 @@ class FakeLLMServer:
 
     async def chat(self, request: Any) -> AsyncIterator[list[str]]:
         messages = [m if isinstance(m, dict) else dict(m) for m in request.messages]
-        async for frame in sse_stream(
-            request.model, messages, request.max_tokens or 16, self._ttft_s, self._tokens_per_s
-        ):
-            yield [frame]
+        frames = sse_stream(request.model, messages, request.max_tokens or 16, self._ttft_s, self._tokens_per_s)
+        async for ready in ready_batches(frames):
+            yield ready
         yield ["data: [DONE]\n\n"]
 
     async def check_health(self) -> None:

@@ -4,6 +4,10 @@ ingress + orchestrator (auth and per-key limits on), in one run on one machine.
     python -m benchmarks.gateway_overhead --litellm /path/to/venv/bin/litellm \\
         --concurrency 1 --concurrency 8 --concurrency 32 --repeats 3 --out gateway.json
 
+Two profiles by default: the one the options set (16-token answers from an engine with no wait: the gateway's
+per-request cost), and a paced one, 64 streams offered 100 tokens/s each with 64-token answers and a 20 ms TTFT
+(`--paced 64:100`; a GPU replica's pace, where the per-token cost shows).
+
 Targets: `direct` (the fake OpenAI server, benchmarks/fake_engine.py), `litellm` (LiteLLM proxy, one worker,
 master-key auth, in front of that server; skipped without --litellm), `llmserve` (HTTP -> Serve proxy ->
 Ingress -> Orchestrator -> FakeLLMServer, a Serve deployment with LLMServer's handle interface and the same
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -126,47 +131,65 @@ def body(tokens: int) -> dict:
     }
 
 
-def main(
-    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (default 1, 8, 32).")] = None,
-    requests: Annotated[int, typer.Option(help="Requests per level: max(this, 8 x concurrency).")] = 100,
-    repeats: int = 3,
-    tokens: Annotated[int, typer.Option(help="Tokens per streamed answer.")] = 16,
-    ttft_ms: Annotated[float, typer.Option(help="Fake engine time to first token.")] = 0.0,
-    tokens_per_s: Annotated[float, typer.Option(help="Fake engine tokens/s per stream (0: no wait).")] = 0.0,
-    litellm: Annotated[str, typer.Option(help="Path of a `litellm` executable (litellm[proxy]).")] = "",
-    redis_url: str = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-    out: Annotated[str, typer.Option(help="Write the results as JSON here.")] = "",
-) -> None:
-    console = Console()
-    levels = concurrency or [1, 8, 32]
+@dataclass(frozen=True)
+class Profile:
+    """One fake-engine script (tokens per answer, time to first token, tokens/s per stream; 0 = no wait) and the
+    concurrency levels it runs at. Each profile gets its own fake engines and stack."""
+
+    name: str
+    levels: list[int]
+    tokens: int
+    ttft_ms: float
+    tokens_per_s: float
+
+
+def paced_profiles(paced: list[str], tokens: int, ttft_ms: float) -> list[Profile]:
+    """`C:R` -> C streams offered R tokens/s each (a GPU replica's pace: the gateway's per-token cost shows);
+    levels at the same R share one profile. `none` alone: no paced profile."""
+    by_rate: dict[float, list[int]] = {}
+    for spec in paced:
+        if spec == "none":
+            continue
+        streams, _, rate = spec.partition(":")
+        by_rate.setdefault(float(rate), []).append(int(streams))
+    return [Profile(f"{rate:g} tok/s", levels, tokens, ttft_ms, rate) for rate, levels in by_rate.items()]
+
+
+def run_profile(
+    profile: Profile, requests: int, repeats: int, litellm: str, redis_url: str, console: Console
+) -> dict[str, dict[int, dict]]:
+    """Medians over repeats, per target and level. Targets run interleaved within each repeat, so drift hits
+    them alike."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs: list[subprocess.Popen] = []
     stack = None
     try:
         fake_port = free_port()
-        procs.append(start_fake(fake_port, ttft_ms, tokens_per_s))
+        procs.append(start_fake(fake_port, profile.ttft_ms, profile.tokens_per_s))
         targets = {"direct": (f"http://127.0.0.1:{fake_port}", {})}
         if litellm:
             port, key = free_port(), "sk-litellm-" + uuid.uuid4().hex
             procs.append(start_litellm(litellm, port, f"http://127.0.0.1:{fake_port}/v1", key, workdir))
             targets["litellm"] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
-        stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
+        stack, key = start_ours(free_port(), profile.ttft_ms, profile.tokens_per_s, redis_url, workdir)
         auth = {"Authorization": f"Bearer {key}"}
         targets["llmserve"] = (stack.url, auth)  # direct ingress: the ingress replica serves HTTP itself
         targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.server.proxy_port}", auth)  # via Serve's proxy
-        console.print(f"targets: {', '.join(targets)}; {tokens}-token streams; ttft {ttft_ms} ms")
-
-        runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in levels} for t in targets}
+        console.print(
+            f"profile {profile.name}: targets {', '.join(targets)}; {profile.tokens}-token streams; "
+            f"ttft {profile.ttft_ms} ms; {profile.tokens_per_s:g} tokens/s per stream (0: no wait)"
+        )
+        runs: dict[str, dict[int, list[dict]]] = {t: {c: [] for c in profile.levels} for t in targets}
         for url, headers in targets.values():  # warm-up: connections, imports, JIT-ish caches
-            asyncio.run(run_level(url, headers, [body(tokens)] * 20, 4))
+            asyncio.run(run_level(url, headers, [body(profile.tokens)] * 20, 4))
         for repeat in range(repeats):
-            for level in levels:
+            for level in profile.levels:
                 n = max(requests, 8 * level)
                 for name, (url, headers) in targets.items():
-                    records, wall = asyncio.run(run_level(url, headers, [body(tokens)] * n, level))
+                    records, wall = asyncio.run(run_level(url, headers, [body(profile.tokens)] * n, level))
                     runs[name][level].append(summarize(records, wall))
-            console.print(f"repeat {repeat + 1}/{repeats} done")
-        result = {t: {c: median_of(r) for c, r in by_level.items()} for t, by_level in runs.items()}
+            console.print(f"{profile.name}: repeat {repeat + 1}/{repeats} done")
+        return {t: {c: median_of(r) for c, r in by_level.items()} for t, by_level in runs.items()}
     finally:
         if stack is not None:
             stack.shutdown()
@@ -174,40 +197,55 @@ def main(
             proc.terminate()
             proc.wait(timeout=30)
 
-    table = Table(
-        "target",
-        "c",
-        "req/s",
-        "tok/s",
-        "TTFT p50",
-        "TTFT p99",
-        "added p50",
-        "added p99",
-        "TPOT p50",
-        "e2e p50",
-        "errors",
-    )
-    for name, by_level in result.items():
-        for level, m in by_level.items():
-            base = result["direct"][level]
-            table.add_row(
-                name,
-                str(level),
-                f"{m['req_per_s']:.1f}",
-                f"{m['output_tok_per_s']:.0f}",
-                f"{m['ttft_p50_ms']:.1f}",
-                f"{m['ttft_p99_ms']:.1f}",
-                f"{m['ttft_p50_ms'] - base['ttft_p50_ms']:+.1f}",
-                f"{m['ttft_p99_ms'] - base['ttft_p99_ms']:+.1f}",
-                f"{m['tpot_p50_ms']:.1f}",
-                f"{m['e2e_p50_ms']:.1f}",
-                f"{m['errors']:.0f}",
-            )
+
+def main(
+    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (default 1, 8, 32).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests per level: max(this, 8 x concurrency).")] = 100,
+    repeats: int = 3,
+    tokens: Annotated[int, typer.Option(help="Tokens per streamed answer.")] = 16,
+    ttft_ms: Annotated[float, typer.Option(help="Fake engine time to first token.")] = 0.0,
+    tokens_per_s: Annotated[float, typer.Option(help="Fake engine tokens/s per stream (0: no wait).")] = 0.0,
+    paced: Annotated[
+        list[str] | None,
+        typer.Option(help="Paced levels STREAMS:TOKENS_PER_S, run after the others (default 64:100; none: skip)."),
+    ] = None,
+    paced_tokens: Annotated[int, typer.Option(help="Tokens per answer in the paced levels.")] = 64,
+    paced_ttft_ms: Annotated[float, typer.Option(help="Time to first token in the paced levels.")] = 20.0,
+    litellm: Annotated[str, typer.Option(help="Path of a `litellm` executable (the proxy extra of litellm).")] = "",
+    redis_url: str = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    out: Annotated[str, typer.Option(help="Write the results as JSON here.")] = "",
+) -> None:
+    console = Console()
+    profiles = [Profile("main", concurrency or [1, 8, 32], tokens, ttft_ms, tokens_per_s)]
+    profiles += paced_profiles(["64:100"] if paced is None else paced, paced_tokens, paced_ttft_ms)
+    results = {p.name: run_profile(p, requests, repeats, litellm, redis_url, console) for p in profiles}
+
+    columns = ["profile", "target", "c", "req/s", "tok/s", "tok/s vs direct", "TTFT p50", "TTFT p99"]
+    table = Table(*columns, "added p50", "added p99", "TPOT p50", "e2e p50", "errors")
+    for profile, result in results.items():
+        for name, by_level in result.items():
+            for level, m in by_level.items():
+                base = result["direct"][level]
+                table.add_row(
+                    profile,
+                    name,
+                    str(level),
+                    f"{m['req_per_s']:.1f}",
+                    f"{m['output_tok_per_s']:.0f}",
+                    f"{m['output_tok_per_s'] / max(base['output_tok_per_s'], 1e-9):.2f}",
+                    f"{m['ttft_p50_ms']:.1f}",
+                    f"{m['ttft_p99_ms']:.1f}",
+                    f"{m['ttft_p50_ms'] - base['ttft_p50_ms']:+.1f}",
+                    f"{m['ttft_p99_ms'] - base['ttft_p99_ms']:+.1f}",
+                    f"{m['tpot_p50_ms']:.1f}",
+                    f"{m['e2e_p50_ms']:.1f}",
+                    f"{m['errors']:.0f}",
+                )
     console.print(table)
-    console.print("latencies in ms; medians over repeats; added = minus direct at the same concurrency")
+    console.print("latencies in ms; medians over repeats; added and vs direct: against direct at the same level")
     if out:
-        config = {"tokens": tokens, "ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s, "repeats": repeats}
-        Path(out).write_text(json.dumps({"config": config, "results": result}, indent=2))
+        config = {p.name: {**asdict(p), "repeats": repeats} for p in profiles}
+        Path(out).write_text(json.dumps({"config": config, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

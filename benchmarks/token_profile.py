@@ -4,8 +4,10 @@ engine streams to many clients, and each sample is put in one bucket by its inne
 
     sudo .venv/bin/python -m benchmarks.token_profile --concurrency 64 --tokens-per-s 100 --seconds 20
 
-Prints CPU microseconds per delivered token for each process and bucket. The samples (py-spy's raw format) are
-kept in the printed folder, for flame graphs (`flamegraph.pl` or speedscope).
+Prints CPU microseconds per delivered token for each process and bucket, and, from the kernel's CPU times over
+the same window (benchmarks/cpu_share.py), every process's CPU per token and the tokens/s one core of each light
+deployment carries at that cost: the sizing of ingress and orchestrator replicas for a GPU node. The samples
+(py-spy's raw format) are kept in the printed folder, for flame graphs (`flamegraph.pl` or speedscope).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu_share import sample
 from benchmarks.gateway_overhead import body, free_port, start_ours
 from benchmarks.loadgen import run_level
 
@@ -110,6 +113,8 @@ def main(
         spies = [
             threading.Thread(target=record, args=(pid, seconds, workdir / f"{role}.txt")) for role, pid in pids.items()
         ]
+        shares: dict[str, float] = {}
+        spies.append(threading.Thread(target=lambda: shares.update(sample(seconds))))
         for spy in spies:
             spy.start()
         for spy in spies:
@@ -132,6 +137,22 @@ def main(
             table.add_row(role, name, f"{count / total:.0%}", f"{cpu_s / (tok_per_s * seconds) * 1e6:.0f}")
         table.add_row(role, "all", "100%", f"{total / RATE_HZ / (tok_per_s * seconds) * 1e6:.0f}", end_section=True)
     console.print(table)
+    console.print(by_process(shares, tok_per_s))
+
+
+def by_process(shares: dict[str, float], tok_per_s: float) -> Table:
+    """Each process's CPU (kernel times, py-spy itself under `other`) per delivered token; for the light
+    deployments, the tokens/s one core of them carries at that cost."""
+    table = Table("process", "CPU % of a core", "CPU µs per token", "tokens/s per core")
+    for name, pct in shares.items():
+        if pct < 0.5:
+            continue
+        us = pct / 100 / tok_per_s * 1e6
+        table.add_row(
+            name, f"{pct:.0f}", f"{us:.0f}", f"{1e6 / us:,.0f}" if name in ("Ingress", "Orchestrator") else ""
+        )
+    table.add_row("total", f"{sum(shares.values()):.0f}", f"{sum(shares.values()) / 100 / tok_per_s * 1e6:.0f}", "")
+    return table
 
 
 if __name__ == "__main__":

@@ -84,3 +84,13 @@ def test_measure_keeps_every_repeats_raw_latencies_for_the_cdf_plots():
     assert sorted(samples["ttft"])[4] == pytest.approx(100, abs=30)
     assert sorted(samples["itl"])[16] == pytest.approx(20, abs=10)
     assert level["ttft_p50_ms"] == pytest.approx(100, abs=30)  # the medians are still there
+
+
+def test_the_gateway_benchmark_runs_a_paced_profile_by_default_and_groups_levels_by_pace():
+    from benchmarks.gateway_overhead import paced_profiles
+
+    (default,) = paced_profiles(["64:100"], 64, 20.0)
+    assert (default.levels, default.tokens_per_s, default.tokens, default.ttft_ms) == ([64], 100.0, 64, 20.0)
+    profiles = paced_profiles(["8:100", "64:100", "16:1000"], 32, 5.0)
+    assert [(p.levels, p.tokens_per_s) for p in profiles] == [([8, 64], 100.0), ([16], 1000.0)]
+    assert paced_profiles(["none"], 64, 20.0) == []
