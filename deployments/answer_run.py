@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -159,7 +160,7 @@ class AnswerRun:
             while True:
                 async with self._changed:
                     await self._changed.wait_for(lambda seen=after_seq: self._has_news(seen))
-                    batch = self.events[bisect.bisect_right(self.events, after_seq, key=_seq_of) :]
+                    batch = self.events[bisect.bisect_right(self.events, after_seq, key=operator.attrgetter("seq")) :]
                 if batch:
                     after_seq = batch[-1].seq
                     yield batch
@@ -336,7 +337,7 @@ class AnswerRun:
         events = []
         for chunk in chunks:
             self._seq += 1
-            events.append(Event.of(self._seq, chunk.model_dump(mode="json", exclude_none=True), chunk))
+            events.append(Event.of(self._seq, chunk))
             self.finish_reason = self.finish_reason or journaled.finish(events[-1].chunk)
         await self._journal(events)
         if self.finish_reason is not None and not self._committed:
@@ -461,10 +462,6 @@ def _cached(task: asyncio.Task) -> None:
     _caching.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.warning("an answer was not kept in the response cache: %r", task.exception())
-
-
-def _seq_of(event: Event) -> int:
-    return event.seq
 
 
 async def _stop(task: asyncio.Task) -> None:

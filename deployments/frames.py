@@ -1,6 +1,6 @@
 """An answer's chunks as they cross from the orchestrator to the ingress: each one's JSON, made once.
 
-The orchestrator serialises a chunk once, for the journal and for this hop alike (state/journal.py `Event.json`);
+The orchestrator serialises a chunk once, for the journal and for this hop alike (state/journal.py `Event.text`);
 the ingress writes that JSON into its SSE frame as it is and parses it only where it needs a field (another
 response shape, the JSON answer, the Python handle), so a streamed token is not rebuilt as a model on the way.
 """
@@ -40,7 +40,7 @@ Batch = list[tuple[int, Frame]]
 
 
 def to_wire(events: list[Event]) -> Wire:
-    return [(e.seq, e.json(), "usage" in e.chunk) for e in events]
+    return [(e.seq, e.text, "usage" in e.chunk) for e in events]
 
 
 def from_wire(items: Wire, after_seq: int) -> Batch:

@@ -113,18 +113,16 @@ class Event:
 
     seq: int
     chunk: dict[str, Any]
-    _json: list[str] = field(default_factory=list, compare=False, repr=False)  # made once, on first use
+    text: str = field(default="", compare=False, repr=False)  # the chunk's JSON, for the journal and the ingress
+
+    def __post_init__(self) -> None:
+        if not self.text:  # (read back from the journal)
+            object.__setattr__(self, "text", json.dumps(self.chunk, ensure_ascii=False, separators=(",", ":")))
 
     @classmethod
-    def of(cls, seq: int, chunk: dict[str, Any], model: BaseModel) -> Event:
-        """An event whose JSON is `model`'s own (pydantic's: what the SSE frame carries, byte for byte)."""
-        return cls(seq, chunk, [model.model_dump_json(exclude_none=True)])
-
-    def json(self) -> str:
-        """The chunk as compact JSON, made once for the journal and the hop to the ingress alike."""
-        if not self._json:
-            self._json.append(json.dumps(self.chunk, ensure_ascii=False, separators=(",", ":")))
-        return self._json[0]
+    def of(cls, seq: int, chunk: BaseModel) -> Event:
+        """A new chunk's event; its JSON is pydantic's own, what the SSE frame carries byte for byte."""
+        return cls(seq, chunk.model_dump(mode="json", exclude_none=True), chunk.model_dump_json(exclude_none=True))
 
 
 class Journal:
@@ -168,7 +166,7 @@ class Journal:
         2: its cancellation was asked for (nothing added; end it with status cancelled). The keys' TTL is set on
         the writer's first write (`refresh_ttl`) and on the last (with `status`), not on every append."""
         meta, stream = self._keys(tenant, response_id)
-        chunks = "[" + ",".join(e.json() for e in events) + "]"
+        chunks = "[" + ",".join(e.text for e in events) + "]"
         first = events[0].seq if events else last_seq
         args = [
             epoch,
