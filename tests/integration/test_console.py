@@ -77,22 +77,28 @@ def wait_until(condition, what: str, timeout_s: float = WAIT_S, every_s: float =
         time.sleep(every_s)
 
 
-def sign_in(driver, base_url: str, key: str) -> None:
-    driver.delete_all_cookies()
-    driver.get(f"{base_url}/console/login")
-    driver.find_element(*by("ID", "key")).send_keys(key)
-    button = driver.find_element(*by("ID", "sign-in"))
-    button.click()
+def click_through(element, what: str) -> None:
+    """Click what leads to another page and wait until that page replaced this one: a click returns before the
+    navigation it starts has finished, so a read straight after it can still see the old page."""
     from selenium.common.exceptions import WebDriverException
 
-    def replaced() -> bool:  # the next page replaced the form
+    element.click()
+
+    def replaced() -> bool:
         try:
-            button.is_enabled()
+            element.is_enabled()
         except WebDriverException:  # stale; or, caught mid-navigation, Chromium's "Node with given id does not
             return True  # belong to the document" (an unknown error to Selenium's own staleness_of, which raised)
         return False
 
-    wait_until(replaced, "the page after signing in")
+    wait_until(replaced, what)
+
+
+def sign_in(driver, base_url: str, key: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(f"{base_url}/console/login")
+    driver.find_element(*by("ID", "key")).send_keys(key)
+    click_through(driver.find_element(*by("ID", "sign-in")), "the page after signing in")
 
 
 def key_row(driver, key_id: str):
@@ -118,12 +124,12 @@ def test_strangers_go_to_the_login_page_and_a_wrong_key_is_refused(browser, base
 def test_the_master_key_creates_a_key_for_a_new_tenant_and_revokes_it(browser, base_url, tenant):
     sign_in(browser, base_url, MASTER_KEY)
     assert browser.current_url == f"{base_url}/console"
-    browser.find_element(*by("ID", "nav-keys")).click()
+    click_through(browser.find_element(*by("ID", "nav-keys")), "the keys page")
     form = browser.find_element(*by("ID", "create-key"))
     form.find_element(*by("NAME", "name")).send_keys("console-made")
     form.find_element(*by("NAME", "tenant")).send_keys(tenant)
     form.find_element(*by("NAME", "rpm")).send_keys("120")
-    form.find_element(*by("ID", "create-key-submit")).click()
+    click_through(form.find_element(*by("ID", "create-key-submit")), "the page with the new key")
 
     created = browser.find_element(*by("ID", "created"))
     key, key_id = browser.find_element(*by("ID", "new-key")).text, created.get_attribute("data-key-id")
@@ -214,14 +220,16 @@ def test_a_tenant_key_sees_only_its_own_tenant_read_only(browser, base_url, tena
         for r in browser.find_elements(*by("CSS_SELECTOR", "tr[data-conversation-id]"))
     }
     assert {"tenant-talk", "admin-talk"} <= listed
-    browser.find_element(*by("CSS_SELECTOR", 'tr[data-conversation-id="tenant-talk"] a')).click()
+    click_through(
+        browser.find_element(*by("CSS_SELECTOR", 'tr[data-conversation-id="tenant-talk"] a')), "the conversation"
+    )
     assert "Hi" in browser.find_element(*by("ID", "messages")).text
     shot(browser, "conversation")
     browser.get(f"{base_url}/console/rag")
     collection = f'#collections tr[data-collection="handbook"][data-tenant="{other}"]'
     assert browser.find_element(*by("CSS_SELECTOR", collection))
     shot(browser, "rag")
-    browser.find_element(*by("CSS_SELECTOR", f"{collection} a")).click()
+    click_through(browser.find_element(*by("CSS_SELECTOR", f"{collection} a")), "the collection")
     assert "notes/console.md" in browser.find_element(*by("ID", "documents")).text
     shot(browser, "rag-documents")
 
@@ -265,7 +273,7 @@ def test_a_tenant_key_sees_only_its_own_tenant_read_only(browser, base_url, tena
         for path, form in refused.items():
             answer = session.post(path, data=form)
             assert answer.status_code == 403 and "admin key" in answer.text, path  # refused for the key, not origin
-    browser.find_element(*by("ID", "sign-out")).click()
+    click_through(browser.find_element(*by("ID", "sign-out")), "the page after signing out")
     assert browser.current_url.startswith(f"{base_url}/console/login")
 
 
