@@ -5,6 +5,8 @@ goes between replicas in the `Caller` (and as an argument to the retriever), and
 HTTP header; an incoming `traceparent` is honoured by the ingress. Spans are always made, so trace ids reach
 response headers, logs and W&B rows; they are exported (OTLP/HTTP, batched off the request path) only when an
 endpoint is configured: `metrics.otlp_endpoint`, or OpenTelemetry's own `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`.
+Without one, spans are not recorded (the sampler drops them): they still carry ids, but cost a fraction of a
+recorded span on the per-request path, where nothing would read their attributes or times.
 
 Spans that cross an `await` of another task or a `yield` are started and ended explicitly (never "current"
 across a yield: a generator closed in another context could not restore it).
@@ -13,6 +15,7 @@ across a yield: a generator closed in another context could not restore it).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -25,6 +28,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 logger = logging.getLogger(__name__)
@@ -40,12 +44,20 @@ def setup_tracing(service: str, otlp_endpoint: str | None, export_every_s: float
     global _configured
     if _configured is not None:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.namespace": "llmserve"}))
+    trace.set_tracer_provider(make_provider(service, otlp_endpoint, export_every_s))
+    _configured = service
+
+
+def make_provider(service: str, otlp_endpoint: str | None, export_every_s: float = 1.0) -> TracerProvider:
+    """A provider that exports to the endpoint; without one, its spans carry ids but are not recorded."""
     exporter = _exporter(otlp_endpoint)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.namespace": "llmserve"}),
+        sampler=None if exporter is not None else ALWAYS_OFF,  # None: OpenTelemetry's default (or OTEL_TRACES_SAMPLER)
+    )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(export_every_s * 1000)))
-    trace.set_tracer_provider(provider)
-    _configured = service
+    return provider
 
 
 def _exporter(otlp_endpoint: str | None):
@@ -58,7 +70,9 @@ def _exporter(otlp_endpoint: str | None):
     return OTLPSpanExporter(timeout=5)  # it reads those variables itself
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    """The module's tracer, made once (a proxy until `setup_tracing` sets the provider, then follows it)."""
     return trace.get_tracer(_TRACER_NAME)
 
 

@@ -4,8 +4,8 @@ traceparent survives the trip through a string, stages measured with perf_counte
 import asyncio
 import time
 
+import pytest
 from fastapi import FastAPI
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -57,14 +57,26 @@ def test_traceparent_round_trip_and_stage_spans():
     before = time.time_ns()
     time.sleep(0.02)
     ended = time.perf_counter()
-    original = trace.get_tracer_provider
-    trace.get_tracer_provider = lambda: provider  # tracing.tracer() asks the global provider
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tracing, "tracer", lambda: tracer)  # the process's own provider is global
         tracing.span_between("decode", parent, started, ended)
-    finally:
-        trace.get_tracer_provider = original
     parent.end()
     [decode] = [s for s in exporter.get_finished_spans() if s.name == "decode"]
     assert decode.parent.span_id == parent.get_span_context().span_id
     assert abs(decode.start_time - before) < 5_000_000  # within 5 ms of when it began
     assert 15_000_000 <= decode.end_time - decode.start_time < 200_000_000
+
+
+def test_without_an_exporter_spans_carry_ids_but_are_not_recorded(monkeypatch):
+    for name in tracing.ENV_ENDPOINTS:
+        monkeypatch.delenv(name, raising=False)
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    quiet = tracing.make_provider("ingress", None).get_tracer("test")
+    root, child = quiet.start_span("root"), quiet.start_span("child", context=tracing.context_of(incoming))
+    assert not root.is_recording() and not child.is_recording()
+    assert len(tracing.trace_id(root)) == 32 and tracing.trace_id(root) != "0" * 32  # the response header's id
+    assert tracing.trace_id(child) == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace goes on
+    assert tracing.traceparent(child).split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+
+    exported = tracing.make_provider("ingress", "http://127.0.0.1:9").get_tracer("test")
+    assert exported.start_span("root").is_recording()  # with an endpoint, spans are recorded
