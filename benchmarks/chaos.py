@@ -20,13 +20,14 @@ It imports the test suite's server helpers (tests/services.py), so run it from a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -204,6 +205,16 @@ class Chaos:
         if self.stack is not None:
             self.stack.shutdown()
         self.redis.stop()
+
+
+@contextlib.contextmanager
+def chaos_stack(workdir: Path, overrides: dict | None = None) -> Iterator[tuple[Chaos, str]]:
+    """A started `Chaos` stack and its URL, stopped afterwards (a test module's fixture)."""
+    stack = Chaos(workdir, overrides=overrides)
+    try:
+        yield stack, stack.start()
+    finally:
+        stack.stop()
 
     def hurt(self, role: str) -> Callable[[], str]:
         """What killing `role` does, as a function returning a description; Redis faults heal themselves."""

@@ -90,7 +90,16 @@ def start_litellm(litellm: str, port: int, upstream: str, master_key: str, workd
     return proc
 
 
-def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, workdir: Path, capacity: int = 1000):
+def start_ours(
+    port: int,
+    ttft_ms: float,
+    tokens_per_s: float,
+    redis_url: str,
+    workdir: Path,
+    capacity: int = 1000,
+    in_ingress: bool = False,
+    ingress_replicas: int = 1,
+):
     from pydantic import SecretStr
 
     from benchmarks.fake_engine import FakeLLMServer
@@ -103,7 +112,8 @@ def start_ours(port: int, ttft_ms: float, tokens_per_s: float, redis_url: str, w
         app_name="gateway-bench",
         master_key=SecretStr(master),
         data_dir=workdir / "data",
-        server={"port": port, "proxy_port": free_port()},
+        server={"port": port, "proxy_port": free_port(), "orchestrator_in_ingress": in_ingress},
+        replicas={"ingress": ingress_replicas},
         state={
             "redis_url": redis_url,
             "redis_prefix": f"llmserve-bench-{uuid.uuid4().hex[:8]}",
@@ -156,10 +166,18 @@ def paced_profiles(paced: list[str], tokens: int, ttft_ms: float) -> list[Profil
 
 
 def run_profile(
-    profile: Profile, requests: int, repeats: int, litellm: str, redis_url: str, console: Console
+    profile: Profile,
+    requests: int,
+    repeats: int,
+    litellm: str,
+    redis_url: str,
+    console: Console,
+    in_ingress: bool = False,
+    ingress_replicas: int = 1,
 ) -> dict[str, dict[int, dict]]:
     """Medians over repeats, per target and level. Targets run interleaved within each repeat, so drift hits
-    them alike."""
+    them alike. `in_ingress`: our stack with server.orchestrator_in_ingress; with several ingress replicas the
+    load goes to their ports in turn (direct ingress gives each its own)."""
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs: list[subprocess.Popen] = []
     stack = None
@@ -171,9 +189,18 @@ def run_profile(
             port, key = free_port(), "sk-litellm-" + uuid.uuid4().hex
             procs.append(start_litellm(litellm, port, f"http://127.0.0.1:{fake_port}/v1", key, workdir))
             targets["litellm"] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
-        stack, key = start_ours(free_port(), profile.ttft_ms, profile.tokens_per_s, redis_url, workdir)
+        stack, key = start_ours(
+            free_port(),
+            profile.ttft_ms,
+            profile.tokens_per_s,
+            redis_url,
+            workdir,
+            in_ingress=in_ingress,
+            ingress_replicas=ingress_replicas,
+        )
         auth = {"Authorization": f"Bearer {key}"}
-        targets["llmserve"] = (stack.url, auth)  # direct ingress: the ingress replica serves HTTP itself
+        port = stack.settings.server.port  # direct ingress: each ingress replica serves HTTP itself, on its port
+        targets["llmserve"] = ([f"http://127.0.0.1:{port + i}" for i in range(ingress_replicas)], auth)
         targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.server.proxy_port}", auth)  # via Serve's proxy
         console.print(
             f"profile {profile.name}: targets {', '.join(targets)}; {profile.tokens}-token streams; "
@@ -214,11 +241,20 @@ def main(
     litellm: Annotated[str, typer.Option(help="Path of a `litellm` executable (the proxy extra of litellm).")] = "",
     redis_url: str = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
     out: Annotated[str, typer.Option(help="Write the results as JSON here.")] = "",
+    orchestrator_in_ingress: Annotated[
+        bool, typer.Option(help="Our stack with server.orchestrator_in_ingress (answers run in the ingress).")
+    ] = False,
+    ingress_replicas: Annotated[int, typer.Option(help="Ingress replicas (direct ingress: one port each).")] = 1,
 ) -> None:
     console = Console()
     profiles = [Profile("main", concurrency or [1, 8, 32], tokens, ttft_ms, tokens_per_s)]
     profiles += paced_profiles(["64:100"] if paced is None else paced, paced_tokens, paced_ttft_ms)
-    results = {p.name: run_profile(p, requests, repeats, litellm, redis_url, console) for p in profiles}
+    results = {
+        p.name: run_profile(
+            p, requests, repeats, litellm, redis_url, console, orchestrator_in_ingress, ingress_replicas
+        )
+        for p in profiles
+    }
 
     columns = ["profile", "target", "c", "req/s", "tok/s", "tok/s vs direct", "TTFT p50", "TTFT p99"]
     table = Table(*columns, "added p50", "added p99", "TPOT p50", "e2e p50", "errors")

@@ -8,6 +8,7 @@ request: TTFT (first content token), inter-token gaps, end-to-end latency, compl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -78,24 +79,35 @@ async def run_poisson(
 
 
 async def run_level(
-    url: str, headers: dict[str, str], bodies: list[dict], concurrency: int, duration_s: float | None = None
+    url: str | list[str],
+    headers: dict[str, str],
+    bodies: list[dict],
+    concurrency: int,
+    duration_s: float | None = None,
 ) -> tuple[list[Record], float]:
     """Send every body, `concurrency` at a time; with `duration_s`, cycle through the bodies and start no new
-    request after that long (those in flight finish). Returns the records and the wall time."""
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+    request after that long (those in flight finish). Several URLs (the ports of direct-ingress replicas): the
+    workers take them in turn, as a load balancer would spread connections. Returns the records and the wall time."""
+    urls = [url] if isinstance(url, str) else url
+    per_url = -(-concurrency // len(urls)) + 4
+    limits = httpx.Limits(max_connections=per_url, max_keepalive_connections=per_url)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=u, headers=headers, timeout=600, limits=limits))
+            for u in urls
+        ]
         source = itertools.cycle(bodies) if duration_s else iter(bodies)
         records: list[Record] = []
         start = time.perf_counter()
         stop_at = start + duration_s if duration_s else float("inf")
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             for body in source:
                 records.append(await one_request(client, body))
                 if time.perf_counter() >= stop_at:
                     return
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
         return records, time.perf_counter() - start
 
 

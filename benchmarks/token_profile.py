@@ -94,19 +94,21 @@ def main(
     ttft_ms: float = 20.0,
     seconds: Annotated[float, typer.Option(help="How long py-spy samples, while the load runs.")] = 20.0,
     redis_url: str = "redis://127.0.0.1:6379/0",
+    orchestrator_in_ingress: Annotated[
+        bool, typer.Option(help="Our stack with server.orchestrator_in_ingress (answers run in the ingress).")
+    ] = False,
 ) -> None:
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="token-profile-"))
-    stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir)
+    stack, key = start_ours(free_port(), ttft_ms, tokens_per_s, redis_url, workdir, in_ingress=orchestrator_in_ingress)
     try:
         headers = {"Authorization": f"Bearer {key}"}
         asyncio.run(run_level(stack.url, headers, [body(tokens)] * 64, 8))  # warm-up
         pids = replica_pids()
-        n = int(concurrency * (seconds + 10) * tokens_per_s / tokens) if tokens_per_s else concurrency * 50
-        result: dict = {}
+        result: dict = {}  # the load outlasts the samples by a few seconds, whatever each answer takes
         load = threading.Thread(
             target=lambda: result.update(
-                records=asyncio.run(run_level(stack.url, headers, [body(tokens)] * n, concurrency))
+                records=asyncio.run(run_level(stack.url, headers, [body(tokens)], concurrency, seconds + 5))
             )
         )
         load.start()
@@ -125,17 +127,22 @@ def main(
         stack.shutdown()
     delivered = sum(r.completion_tokens for r in records)
     tok_per_s = delivered / wall
+    answers_per_s = len(records) / wall
     console.print(
-        f"{len(records)} answers, {delivered} tokens in {wall:.1f} s: {tok_per_s:.0f} tokens/s; samples in {workdir}"
+        f"{len(records)} answers, {delivered} tokens in {wall:.1f} s: {tok_per_s:.0f} tokens/s, "
+        f"{answers_per_s:.1f} answers/s; samples in {workdir}"
     )
-    table = Table("process", "bucket", "share", "CPU µs per token")
+    table = Table("process", "bucket", "share", "CPU µs per token", "CPU µs per answer")
     for role in pids:
         samples = breakdown(workdir / f"{role}.txt")
         total = sum(samples.values())
         for name, count in samples.most_common():
             cpu_s = count / RATE_HZ
-            table.add_row(role, name, f"{count / total:.0%}", f"{cpu_s / (tok_per_s * seconds) * 1e6:.0f}")
-        table.add_row(role, "all", "100%", f"{total / RATE_HZ / (tok_per_s * seconds) * 1e6:.0f}", end_section=True)
+            per_token, per_answer = cpu_s / (tok_per_s * seconds), cpu_s / (answers_per_s * seconds)
+            table.add_row(role, name, f"{count / total:.0%}", f"{per_token * 1e6:.0f}", f"{per_answer * 1e6:.0f}")
+        cpu_s = total / RATE_HZ
+        per_token, per_answer = cpu_s / (tok_per_s * seconds), cpu_s / (answers_per_s * seconds)
+        table.add_row(role, "all", "100%", f"{per_token * 1e6:.0f}", f"{per_answer * 1e6:.0f}", end_section=True)
     console.print(table)
     console.print(by_process(shares, tok_per_s))
 

@@ -67,6 +67,16 @@ class ServerSettings(Group):
             "window (a small one caps a connection at about the window per round trip)."
         ),
     )
+    orchestrator_in_ingress: bool = Field(
+        False,
+        description=(
+            "Each ingress replica runs the orchestrator's answer path in its own process instead of calling the "
+            "Orchestrator deployment: one Ray hop fewer per request and per streamed item (for a node whose engines "
+            "stream faster than the light layers' hops carry; benchmarks/gateway_overhead.py). An answer survives "
+            "its ingress's death as it survives an orchestrator's: from its journal, through another replica or a "
+            "resume. Batch work still goes through the Orchestrator deployment."
+        ),
+    )
 
 
 class LimitsSettings(Group):

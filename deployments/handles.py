@@ -72,3 +72,28 @@ def detached(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         dataclasses.replace(parent, _internal_request_id=uuid.uuid4().hex, cancel_on_parent_request_cancel=False),
     )
     return asyncio.get_running_loop().create_task(work, context=context)
+
+
+class InProcess:
+    """A handle-shaped view of an object in this process (`server.orchestrator_in_ingress`):
+    `.method.remote(*args)` calls it directly, so an async generator method is iterated and a coroutine method
+    awaited as through a DeploymentHandle, without the transport. `.options(...)` is the same view."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def options(self, **_: Any) -> InProcess:
+        return self
+
+    def __getattr__(self, name: str) -> _InProcessMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _InProcessMethod(getattr(self._target, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class _InProcessMethod:
+    method: Any
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method(*args, **kwargs)

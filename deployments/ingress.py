@@ -32,7 +32,7 @@ from deployments.answer_stream import answer_events
 from deployments.answers import fold
 from deployments.direct_ingress import make_ingress_port_rebindable
 from deployments.gateway import Gateway
-from deployments.handles import configured, pace_streams
+from deployments.handles import InProcess, configured, pace_streams
 from deployments.http_app import build_http_app
 from deployments.ingress_state import IngressState
 from observability import tracing
@@ -72,9 +72,12 @@ class Ingress:
         grpc: bool = True,
         metrics: MetricsSettings | None = None,
         stream_window_bytes: int = 0,
+        orchestrator_here: dict | None = None,
     ):
         """`stream_window_bytes`: how far the orchestrator's answer streams may run ahead of this replica
-        (server.stream_window_bytes, deployments/handles.py `pace_streams`)."""
+        (server.stream_window_bytes, deployments/handles.py `pace_streams`). `orchestrator_here`: the
+        Orchestrator's arguments, to answer in this process (server.orchestrator_in_ingress) instead of through
+        `orchestrator`, which then serves batch work only."""
         if not master_key_hash:
             raise ValueError("a master key is required: set LLMSERVE_MASTER_KEY (or master_key_sha256)")
         make_ingress_port_rebindable()  # before Serve starts this replica's HTTP server
@@ -96,9 +99,14 @@ class Ingress:
             deployments=deployments,
         )
         self._max_body_bytes = limits.max_body_bytes
+        answering = configured(orchestrator, grpc)
+        if orchestrator_here is not None:
+            from deployments.orchestrator import Orchestrator
+
+            answering = InProcess(Orchestrator.func_or_class(**orchestrator_here))
         self._state = IngressState(
             gateway=gateway,
-            orchestrator=configured(orchestrator, grpc),
+            orchestrator=answering,
             retriever=configured(retriever, grpc),
             batch_worker=configured(batch_worker, grpc) if batch_worker is not None else None,
             redis=client,

@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.setting_groups import BatchSettings, PricingSettings, RoutingSettings
 from deployments.gateway import Gateway, Principal
-from deployments.handles import detached
+from deployments.handles import InProcess, detached
 from state.batches import BatchStore
 from state.conversations import ConversationStore
 from state.files import FileStore
@@ -31,7 +31,7 @@ logger = logging.getLogger("llmserve.ingress")
 @dataclass
 class IngressState:
     gateway: Gateway
-    orchestrator: DeploymentHandle
+    orchestrator: DeploymentHandle | InProcess  # in this process: server.orchestrator_in_ingress
     retriever: DeploymentHandle
     batch_worker: DeploymentHandle | None
     redis: aioredis.Redis
@@ -55,7 +55,7 @@ class IngressState:
     response_cache: ResponseCache | None = None  # answers of deterministic requests (invalidated on ingest)
     cache_by_default: bool = True  # for keys that do not say (state.response_cache)
     created: int = field(default_factory=lambda: int(time.time()))
-    orchestrator_stream: DeploymentHandle = field(init=False)
+    orchestrator_stream: DeploymentHandle | InProcess = field(init=False)
 
     carrying_on: set[str] = field(default_factory=set, init=False)  # orphaned background answers followed here
     _background: set[asyncio.Task] = field(default_factory=set, init=False)

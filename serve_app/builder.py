@@ -114,26 +114,34 @@ def compose(
     retriever = Retriever.options(
         num_replicas=s.rag.replicas, ray_actor_options=light, max_ongoing_requests=256, **checked
     ).bind(s.rag, metrics=s.metrics)
-    orchestrators = orchestrator_replicas(s.replicas, engines)
-    slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // orchestrators) for e in engines}
+    in_ingress = s.server.orchestrator_in_ingress
+    # With answers run in the ingress, the Orchestrator deployment serves batch work only: one replica unless set.
+    alone = in_ingress and s.replicas.orchestrator is None
+    orchestrators = 1 if alone else orchestrator_replicas(s.replicas, engines)
+    answering = s.replicas.ingress if in_ingress else orchestrators  # the processes that run answers
+
+    def orchestrator_args(replicas: int) -> dict:
+        slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // replicas) for e in engines}
+        return dict(
+            llms=llms,
+            retriever=retriever,
+            engines=engines,
+            limits=s.limits,
+            state=s.state,
+            rag=s.rag,
+            routing=s.routing,
+            pricing=s.pricing,
+            metrics=s.metrics,
+            model_sources=sources,
+            served_models=served_models,
+            self_hosted_slots=slots,
+            grpc=grpc,
+            stream_window_bytes=s.server.stream_window_bytes,
+        )
+
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
-    ).bind(
-        llms,
-        retriever,
-        engines=engines,
-        limits=s.limits,
-        state=s.state,
-        rag=s.rag,
-        routing=s.routing,
-        pricing=s.pricing,
-        metrics=s.metrics,
-        model_sources=sources,
-        served_models=served_models,
-        self_hosted_slots=slots,
-        grpc=grpc,
-        stream_window_bytes=s.server.stream_window_bytes,
-    )
+    ).bind(**orchestrator_args(orchestrators))
     batch_worker = BatchWorker.options(
         ray_actor_options=light,
         **checked,
@@ -174,4 +182,5 @@ def compose(
         grpc=grpc,
         metrics=s.metrics,
         stream_window_bytes=s.server.stream_window_bytes,
+        orchestrator_here=orchestrator_args(answering) if in_ingress else None,
     )

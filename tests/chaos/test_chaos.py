@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from benchmarks.chaos import MODEL, Chaos, answered, run_role, stream_one, wait_answering
+from benchmarks.chaos import MODEL, Chaos, answered, chaos_stack, run_role, stream_one, wait_answering
 
 pytestmark = pytest.mark.chaos
 
@@ -23,12 +23,8 @@ pytestmark = pytest.mark.chaos
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory):
     overrides = {"replicas": {"orchestrator": 2}, "routing": {"request_deadline_s": 180.0}}
-    stack = Chaos(tmp_path_factory.mktemp("chaos"), overrides=overrides)
-    try:
-        base = stack.start()
-        yield stack, base
-    finally:
-        stack.stop()
+    with chaos_stack(tmp_path_factory.mktemp("chaos"), overrides) as started:
+        yield started
 
 
 def healthy(stack: Chaos, base: str) -> None:

@@ -69,3 +69,46 @@ def test_orchestrators_cover_what_the_engines_deliver_at_their_maximum_scale(mon
     assert orchestrator_replicas(ReplicaSettings(orchestrator=1), [gpu]) == 1
     Memory.available = 1024**3
     assert orchestrator_replicas(ReplicaSettings(), [EngineSettings()]) == 1
+
+
+def test_with_the_orchestrator_in_the_ingress_each_ingress_gets_its_arguments_and_slots():
+    engine = {"max_replicas": 4, "target_ongoing_requests": 8}
+    common = {"master_key": SecretStr(SECRET), "state": {"redis_url": "redis://127.0.0.1:6379/0"}, "engine": engine}
+    apart = Settings(**common, replicas={"orchestrator": 2, "ingress": 2})
+    fused = Settings(**common, server={"orchestrator_in_ingress": True}, replicas={"ingress": 2})
+    apart_graph = bound_deployments(compose(apart, FakeLLM.bind(), model_source="/models/x"))
+    app = compose(fused, FakeLLM.bind(), model_source="/models/x")
+    graph = bound_deployments(app)
+    assert apart_graph["Ingress"][1]["orchestrator_here"] is None  # the default: answers in the Orchestrator
+    here = graph["Ingress"][1]["orchestrator_here"]
+    orchestrator_kwargs = graph["Orchestrator"][1]
+    assert set(here) == {"llms", "retriever", *orchestrator_kwargs}  # what the deployment gets, by name
+    assert here["engines"] == orchestrator_kwargs["engines"] and here["state"] == orchestrator_kwargs["state"]
+    # Each of the 2 ingress replicas answers: half of the engines' 4 x 8 requests each, as 2 orchestrators would.
+    assert here["self_hosted_slots"] == apart_graph["Orchestrator"][1]["self_hosted_slots"] == {fused.model_name: 16}
+    # The Orchestrator deployment is left with batch work: one replica, whose slots are all of them.
+    assert orchestrator_kwargs["self_hosted_slots"] == {fused.model_name: 32}
+    [orchestrator] = [a for a in app._bound_deployment.init_args if a._bound_deployment.name == "Orchestrator"]
+    assert orchestrator._bound_deployment.num_replicas == 1
+
+
+def test_an_object_in_this_process_answers_through_the_handle_shape():
+    import asyncio
+
+    from deployments.handles import InProcess
+
+    class Target:
+        async def stream(self, n: int):
+            for i in range(n):
+                yield i
+
+        async def one(self, x: int) -> int:
+            return x * 2
+
+    here = InProcess(Target())
+    streamed = here.options(stream=True)
+
+    async def run() -> tuple[list[int], int]:
+        return [i async for i in streamed.stream.remote(3)], await here.one.remote(21)
+
+    assert asyncio.run(run()) == ([0, 1, 2], 42)
