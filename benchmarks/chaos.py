@@ -206,16 +206,6 @@ class Chaos:
             self.stack.shutdown()
         self.redis.stop()
 
-
-@contextlib.contextmanager
-def chaos_stack(workdir: Path, overrides: dict | None = None) -> Iterator[tuple[Chaos, str]]:
-    """A started `Chaos` stack and its URL, stopped afterwards (a test module's fixture)."""
-    stack = Chaos(workdir, overrides=overrides)
-    try:
-        yield stack, stack.start()
-    finally:
-        stack.stop()
-
     def hurt(self, role: str) -> Callable[[], str]:
         """What killing `role` does, as a function returning a description; Redis faults heal themselves."""
         app = self.app_name
@@ -247,6 +237,16 @@ def chaos_stack(workdir: Path, overrides: dict | None = None) -> Iterator[tuple[
 
             return freeze
         raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+
+
+@contextlib.contextmanager
+def chaos_stack(workdir: Path, overrides: dict | None = None) -> Iterator[tuple[Chaos, str]]:
+    """A started `Chaos` stack and its URL, stopped afterwards (a test module's fixture)."""
+    stack = Chaos(workdir, overrides=overrides)
+    try:
+        yield stack, stack.start()
+    finally:
+        stack.stop()
 
 
 def answered(base: str, key: str) -> bool:

@@ -72,9 +72,10 @@ class ServerSettings(Group):
         description=(
             "Each ingress replica runs the orchestrator's answer path in its own process instead of calling the "
             "Orchestrator deployment: one Ray hop fewer per request and per streamed item (for a node whose engines "
-            "stream faster than the light layers' hops carry; benchmarks/gateway_overhead.py). An answer survives "
-            "its ingress's death as it survives an orchestrator's: from its journal, through another replica or a "
-            "resume. Batch work still goes through the Orchestrator deployment."
+            "stream faster than the light layers' hops carry; benchmarks/gateway_overhead.py). An answer in flight "
+            "when its ingress dies is not lost, but its client sees the death: the client's resume (or retry with "
+            "its Idempotency-Key) takes it over from the journal. Batch work still goes through the Orchestrator "
+            "deployment."
         ),
     )
 

@@ -5,6 +5,7 @@ and continues it. The client sees one stream: events arrive once each, in order,
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -71,3 +72,6 @@ async def answer_events(
             take_over = True
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, 2.0)
+        finally:
+            if inspect.isasyncgen(stream):  # answered in this process (server.orchestrator_in_ingress): a reader
+                await stream.aclose()  # that stops early closes it now, not whenever it is collected

@@ -5,8 +5,9 @@ goes between replicas in the `Caller` (and as an argument to the retriever), and
 HTTP header; an incoming `traceparent` is honoured by the ingress. Spans are always made, so trace ids reach
 response headers, logs and W&B rows; they are exported (OTLP/HTTP, batched off the request path) only when an
 endpoint is configured: `metrics.otlp_endpoint`, or OpenTelemetry's own `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`.
-Without one, spans are not recorded (the sampler drops them): they still carry ids, but cost a fraction of a
-recorded span on the per-request path, where nothing would read their attributes or times.
+Without one, spans are not recorded (sampled out) unless the caller's traceparent says its trace is sampled: they
+still carry ids, but cost a fraction of a recorded span on the per-request path, where nothing would read their
+attributes or times, and the caller's sampling decision still goes on to what we call.
 
 Spans that cross an `await` of another task or a `yield` are started and ended explicitly (never "current"
 across a yield: a generator closed in another context could not restore it).
@@ -28,7 +29,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,14 @@ def setup_tracing(service: str, otlp_endpoint: str | None, export_every_s: float
 
 
 def make_provider(service: str, otlp_endpoint: str | None, export_every_s: float = 1.0) -> TracerProvider:
-    """A provider that exports to the endpoint; without one, its spans carry ids but are not recorded."""
+    """A provider that exports to the endpoint; without one, its spans carry ids but are recorded only under a
+    sampled parent."""
     exporter = _exporter(otlp_endpoint)
     provider = TracerProvider(
         resource=Resource.create({"service.name": service, "service.namespace": "llmserve"}),
-        sampler=None if exporter is not None else ALWAYS_OFF,  # None: OpenTelemetry's default (or OTEL_TRACES_SAMPLER)
+        # None: OpenTelemetry's default (or OTEL_TRACES_SAMPLER). Without an exporter a trace is recorded only where
+        # the caller's traceparent says it is sampled: its decision goes on to what we call.
+        sampler=None if exporter is not None else ParentBased(ALWAYS_OFF),
     )
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=int(export_every_s * 1000)))

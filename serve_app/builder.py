@@ -118,7 +118,9 @@ def compose(
     # With answers run in the ingress, the Orchestrator deployment serves batch work only: one replica unless set.
     alone = in_ingress and s.replicas.orchestrator is None
     orchestrators = 1 if alone else orchestrator_replicas(s.replicas, engines)
-    answering = s.replicas.ingress if in_ingress else orchestrators  # the processes that run answers
+    # The processes that run answers share the engines' slots: the orchestrators, and the ingress replicas too
+    # when they answer (the Orchestrator deployment still runs batch answers).
+    answering = orchestrators + (s.replicas.ingress if in_ingress else 0)
 
     def orchestrator_args(replicas: int) -> dict:
         slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // replicas) for e in engines}
@@ -141,7 +143,7 @@ def compose(
 
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
-    ).bind(**orchestrator_args(orchestrators))
+    ).bind(**orchestrator_args(answering))
     batch_worker = BatchWorker.options(
         ray_actor_options=light,
         **checked,

@@ -70,13 +70,17 @@ def test_traceparent_round_trip_and_stage_spans():
 def test_without_an_exporter_spans_carry_ids_but_are_not_recorded(monkeypatch):
     for name in tracing.ENV_ENDPOINTS:
         monkeypatch.delenv(name, raising=False)
-    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    trace_hex = "0af7651916cd43dd8448eb211c80319c"
     quiet = tracing.make_provider("ingress", None).get_tracer("test")
-    root, child = quiet.start_span("root"), quiet.start_span("child", context=tracing.context_of(incoming))
-    assert not root.is_recording() and not child.is_recording()
+    root = quiet.start_span("root")
+    unsampled = quiet.start_span("child", context=tracing.context_of(f"00-{trace_hex}-b7ad6b7169203331-00"))
+    sampled = quiet.start_span("child", context=tracing.context_of(f"00-{trace_hex}-b7ad6b7169203331-01"))
+    assert not root.is_recording() and not unsampled.is_recording()
     assert len(tracing.trace_id(root)) == 32 and tracing.trace_id(root) != "0" * 32  # the response header's id
-    assert tracing.trace_id(child) == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace goes on
-    assert tracing.traceparent(child).split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert tracing.trace_id(unsampled) == tracing.trace_id(sampled) == trace_hex  # the caller's trace goes on
+    assert tracing.traceparent(unsampled).endswith("-00")
+    # A caller that samples its trace keeps it sampled through us: what we call sees its decision.
+    assert sampled.is_recording() and tracing.traceparent(sampled).endswith("-01")
 
     exported = tracing.make_provider("ingress", "http://127.0.0.1:9").get_tracer("test")
     assert exported.start_span("root").is_recording()  # with an endpoint, spans are recorded
