@@ -32,7 +32,7 @@ class Frame:
 
     @classmethod
     def of(cls, chunk: ChatChunk) -> Frame:
-        """A frame made from a model (tests, and chunks the ingress builds itself)."""
+        """A frame made from a model (for tests: the ingress gets its frames from the wire)."""
         return cls(chunk.model_dump_json(exclude_none=True), chunk.usage is not None, chunk)
 
 

@@ -121,29 +121,26 @@ def compose(
     # The processes that run answers share the engines' slots: the orchestrators, and the ingress replicas too
     # when they answer (the Orchestrator deployment still runs batch answers).
     answering = orchestrators + (s.replicas.ingress if in_ingress else 0)
-
-    def orchestrator_args(replicas: int) -> dict:
-        slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // replicas) for e in engines}
-        return dict(
-            llms=llms,
-            retriever=retriever,
-            engines=engines,
-            limits=s.limits,
-            state=s.state,
-            rag=s.rag,
-            routing=s.routing,
-            pricing=s.pricing,
-            metrics=s.metrics,
-            model_sources=sources,
-            served_models=served_models,
-            self_hosted_slots=slots,
-            grpc=grpc,
-            stream_window_bytes=s.server.stream_window_bytes,
-        )
-
+    slots = {e.model_name: max(1, e.max_replicas * e.target_ongoing_requests // answering) for e in engines}
+    orchestrator_args = dict(
+        llms=llms,
+        retriever=retriever,
+        engines=engines,
+        limits=s.limits,
+        state=s.state,
+        rag=s.rag,
+        routing=s.routing,
+        pricing=s.pricing,
+        metrics=s.metrics,
+        model_sources=sources,
+        served_models=served_models,
+        self_hosted_slots=slots,
+        grpc=grpc,
+        stream_window_bytes=s.server.stream_window_bytes,
+    )
     orchestrator = Orchestrator.options(
         num_replicas=orchestrators, ray_actor_options=light, max_ongoing_requests=1000, **checked
-    ).bind(**orchestrator_args(answering))
+    ).bind(**orchestrator_args)
     batch_worker = BatchWorker.options(
         ray_actor_options=light,
         **checked,
@@ -184,5 +181,5 @@ def compose(
         grpc=grpc,
         metrics=s.metrics,
         stream_window_bytes=s.server.stream_window_bytes,
-        orchestrator_here=orchestrator_args(answering) if in_ingress else None,
+        orchestrator_here=orchestrator_args if in_ingress else None,
     )
