@@ -8,6 +8,19 @@ from observability.wandb_reader import history_rows, offline_run_files, summary
 from observability.wandb_sink import MetricsSink
 
 
+def rows_written(directory, expected: int, timeout_s: float = 30.0) -> list[dict]:
+    """Every history row of the offline runs under directory, once `expected` are there or the time is up.
+
+    W&B's service process writes the files: on a loaded machine a run's last rows land a moment after finish().
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(rows := [r for f in offline_run_files(directory) for r in history_rows(f)]) < expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return rows
+
+
 def test_records_reach_the_offline_run(tmp_path):
     sink = MetricsSink(mode="offline", project="t", directory=tmp_path, run_name="r", group="g", flush_interval_s=0.2)
     for i in range(3):
@@ -15,10 +28,7 @@ def test_records_reach_the_offline_run(tmp_path):
     assert sink.flush()
     sink.close()
     [run_file] = offline_run_files(tmp_path)
-    # W&B's service process writes the file: under load its last records can land a moment after finish().
-    deadline = time.monotonic() + 15
-    while len(rows := history_rows(run_file)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    rows = rows_written(tmp_path, 3)
     assert [r["completion_tokens"] for r in rows] == [1, 2, 3]
     assert rows[0]["ttft_s"] == 0.1
     totals = summary(run_file)  # the run summary: totals and latency percentiles
@@ -54,7 +64,7 @@ def test_a_resumed_run_goes_on_after_its_last_step(tmp_path):
     again.record({"completion_tokens": 9})
     assert again.flush()
     again.close()
-    steps = sorted(row["_step"] for f in offline_run_files(tmp_path) for row in history_rows(f))
+    steps = sorted(r["_step"] for r in rows_written(tmp_path, 4))
     assert steps == [0, 1, 2, 3]  # two folders of one run, its steps in one sequence
 
 
