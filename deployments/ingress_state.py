@@ -75,11 +75,12 @@ class IngressState:
             logger.error("background work failed: %r", task.exception(), exc_info=task.exception())
 
 
-def ingress_state(request: Request) -> IngressState:
-    """FastAPI dependency: the replica's IngressState."""
+async def ingress_state(request: Request) -> IngressState:
+    """FastAPI dependency: the replica's IngressState. (async: FastAPI runs a plain `def` dependency in its thread
+    pool, a thread hop per request for an attribute read.)"""
     return request.app.state.ingress
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """FastAPI dependency: the authenticated caller (set by the gateway middleware), acting for its tenant."""
     return request.state.principal
