@@ -1,6 +1,8 @@
 """A circuit breaker per provider, shared by every orchestrator replica through Redis.
 
-closed: requests flow; failures are counted in a sliding window. After `failures` of them the breaker opens.
+closed: requests flow; failures are counted in a sliding window. After `failures` of them the breaker opens; a
+success clears them (one whose request began while none was counted, the common case, has nothing to clear and
+costs no Redis call).
 open: no requests until `open_s` has passed. Then half-open: exactly one request (the probe, held for at most
 `probe_s`) is let through; its success closes the breaker, its failure opens it again.
 
@@ -19,7 +21,10 @@ import redis.asyncio as aioredis
 _ALLOW = """
 local now = tonumber(ARGV[1])
 local open_until = tonumber(redis.call('GET', KEYS[1]) or '0')
-if open_until == 0 then return 'closed' end
+if open_until == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return 'closed' end
+  return 'clean'
+end
 if now < open_until then return 'open' end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return 'probe' end
 return 'open'
@@ -67,11 +72,12 @@ class CircuitBreaker:
         return f"{base}:fail", f"{base}:open_until", f"{base}:probe"
 
     async def allow(self, name: str, now: float | None = None) -> str:
-        """'closed' or 'probe' (go ahead), or 'open' (skip this provider)."""
-        _, open_until, probe = self._keys(name)
+        """'clean' (closed, no failure counted: a success has nothing to clear), 'closed' or 'probe' (go ahead), or
+        'open' (skip this provider)."""
+        fail, open_until, probe = self._keys(name)
         now_ms = int((time.time() if now is None else now) * 1000)
         return await self._allow(
-            keys=[open_until, probe], args=[now_ms, uuid.uuid4().hex, int(self._policy.probe_s * 1000)]
+            keys=[open_until, probe, fail], args=[now_ms, uuid.uuid4().hex, int(self._policy.probe_s * 1000)]
         )
 
     async def success(self, name: str) -> None:

@@ -109,13 +109,14 @@ class ProviderRouter:
         self._idle_timeout_s = idle_timeout_s or {}
         self._tokens = tokens or TokenCounter()
 
-    async def _allowed(self, provider: Provider) -> bool:
+    async def _allowed(self, provider: Provider) -> str:
+        """The provider's breaker: `open` skips it; `clean` (no failure counted) needs no success recorded after."""
         if self._breaker is None:
-            return True
+            return "clean"
         try:
-            return await self._breaker.allow(provider.name) != "open"
+            return await self._breaker.allow(provider.name)
         except RedisError:  # no Redis: no breaker, still serve
-            return True
+            return "closed"
 
     async def _record(self, provider: Provider, ok: bool) -> None:
         if self._breaker is None:
@@ -162,7 +163,8 @@ class ProviderRouter:
                 wait_s = min(wait_s * 2, 4.0)
                 queue, recovering = recovering, []
             provider = queue.pop(0)
-            if not await self._allowed(provider):
+            breaker = await self._allowed(provider)
+            if breaker == "open":
                 out.failures.append(f"{provider.name}: circuit open")
                 if provider.name in coming_back:  # its breaker's probe will let it back in
                     recovering.append(provider)
@@ -246,7 +248,8 @@ class ProviderRouter:
                     self._settle_leg(provider, leg, attempt_messages)
                 out.attempts.append((provider.name, True))
                 outcome = "ok"
-                await self._record(provider, ok=True)
+                if breaker != "clean":  # a probe closes its breaker; a success clears the failures counted
+                    await self._record(provider, ok=True)
                 return
             finally:
                 self.stats.leave(provider.name)

@@ -153,6 +153,33 @@ def test_the_breaker_opens_skips_the_provider_and_recovers_after_a_probe(redis_p
         asyncio.run(main())
 
 
+def test_a_success_clears_failures_counted_before_it_and_a_clean_breaker_costs_no_redis_call_after(redis_prefix):
+    policy = BreakerPolicy(failures=3, window_s=30, open_s=1.0)
+    with serve_fake("openai") as a:
+
+        async def main():
+            async with redis_client() as client:
+                breaker = CircuitBreaker(client, redis_prefix, policy)
+                r = router([openai(a)], client, redis_prefix, breaker=policy)
+                checks = []
+                exists = client.exists
+                client.exists = lambda *keys: checks.append(keys) or exists(*keys)
+                assert await breaker.allow("a") == "clean"
+                _, ok = await answer(r)
+                assert ok.providers == ["a"] and checks == []  # nothing counted: nothing to clear, no call
+                await breaker.failure("a")  # another replica's failure
+                await breaker.failure("a")
+                assert await breaker.allow("a") == "closed"
+                _, ok = await answer(r)  # this success clears them: two more failures do not open it
+                assert ok.providers == ["a"] and len(checks) == 1
+                assert await breaker.allow("a") == "clean"
+                await breaker.failure("a")
+                await breaker.failure("a")
+                assert await breaker.state("a") == "closed"
+
+        asyncio.run(main())
+
+
 def test_nothing_healthy_is_a_503_naming_who_was_tried_but_not_what_they_said(caplog):
     with serve_fake("openai") as a:
         a.script.faults.extend([Fault(status=503)] * 10)
