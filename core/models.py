@@ -71,6 +71,11 @@ class Caller(BaseModel):
     response_cache: bool | None = Field(
         None, description="Its deterministic answers may come from the response cache (None: the server's default)."
     )
+    unjournaled: bool = Field(
+        False,
+        description="Its response id was minted for this very request: no journal can hold it yet, so the "
+        "orchestrator does not look before it opens one (never journaled itself).",
+    )
 
 
 class ChatMessage(BaseModel):

@@ -96,7 +96,7 @@ async def answer(
 ):
     """A new answer, or the one an earlier request with the same Idempotency-Key started."""
     request_id = chat.request_id
-    claimed = None
+    claimed = earlier = None
     if idempotency_key:
         fingerprint = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()
         earlier = await ingress.journal.claim_idempotency(
@@ -117,7 +117,9 @@ async def answer(
         response_id = caller.response_id
         ticket.answer_started = lambda: _has_journal(ingress, who.tenant, response_id)
         prom.stage("admission", time.perf_counter() - started)
-        caller = caller.model_copy(update={"reservation_id": ticket.reservation_id})
+        # A response id minted here (not an Idempotency-Key's earlier one) has no journal: the orchestrator
+        # opens one without looking first.
+        caller = caller.model_copy(update={"reservation_id": ticket.reservation_id, "unjournaled": earlier is None})
         return await _respond(ingress, chat, caller, 0, ticket, request_id, chat.include_usage)
     except BaseException:
         if claimed is not None and (ticket is None or not ticket.has_begun):  # nothing to replay: free the key

@@ -210,6 +210,7 @@ class Orchestrator:
         """The answer's events after `after_seq`. A new answer first yields an empty list: it has begun (its run
         owns the caller's reservation from then on)."""
         response_id = caller.response_id
+        look = not (caller.unjournaled and not after_seq and not take_over)  # a new id: no journal to read yet
         while True:
             run = self._runs.get(response_id)
             if run is not None:
@@ -223,14 +224,15 @@ class Orchestrator:
                     if self._runs.get(response_id) is run:
                         del self._runs[response_id]
                     continue
-            meta = await self._journal.meta(caller.tenant, response_id) if caller.journal else None
+            meta = await self._journal.meta(caller.tenant, response_id) if caller.journal and look else None
+            look = True  # from here on (another call opened it first, or its writer went quiet), always read
             if meta is None:
                 if after_seq:
                     raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
                 turn = await self._traced_prepare(request, caller)
                 try:
                     opened = not caller.journal or await self._journal.open(
-                        caller.tenant, response_id, turn.record(), caller.model_dump()
+                        caller.tenant, response_id, turn.record(), caller.model_dump(exclude={"unjournaled"})
                     )
                 except BaseException as exc:  # Redis, or the caller went away: no run ends the span
                     tracing.end(turn.timing.span, exc)
