@@ -41,6 +41,7 @@ from state.journal import Event, Journal
 from state.limits import Limiter
 from state.outage import retry_through_outage
 from state.response_cache import ResponseCache
+from state.script_call import ScriptCall
 
 logger = logging.getLogger("llmserve.runs")
 _END = object()
@@ -339,11 +340,16 @@ class AnswerRun:
             self._seq += 1
             events.append(Event.of(self._seq, chunk))
             self.finish_reason = self.finish_reason or journaled.finish(events[-1].chunk)
-        await self._journal(events)
+        # The usual end: the batch ends with the usage chunk, which goes with the settle and `completed`.
+        tail = 1 if end is _END and events and not events[-1].chunk.get("choices") else 0
+        if events[: len(events) - tail] or not tail:
+            await self._journal(events[: len(events) - tail])
         if self.finish_reason is not None and not self._committed:
             await self._commit([*self.events, *events])
             self._committed = True
-        if end is _END:
+        if tail:
+            await self._settle_and_complete(events[-1:])
+        elif end is _END:
             await self._settle()
             await self._journal([], status="completed")
         self.events.extend(events)
@@ -361,9 +367,10 @@ class AnswerRun:
         if not self._journaled:
             return
         tenant, rid, refresh_ttl = self.turn.caller.tenant, self.turn.chunk_id, not self._ttl_set and bool(events)
+        last = events[-1].seq if events else self._seq  # (a batch's head, when its usage chunk goes after)
         append = self._s.journal.append
         accepted = await self._retrying(
-            lambda: append(tenant, rid, self._epoch, events, self._seq, status, error, refresh_ttl)
+            lambda: append(tenant, rid, self._epoch, events, last, status, error, refresh_ttl)
         )
         self._ttl_set |= refresh_ttl
         if accepted == 0:
@@ -391,6 +398,16 @@ class AnswerRun:
         with contextlib.suppress(RedisError):  # the next renewal, a third of a lease later, tries again
             await limiter.renew(caller.tenant, caller.key_id, caller.reservation_id)
 
+    def _settle_call(self) -> ScriptCall | None:
+        """The settle of the caller's reservation with this answer's usage (None: it holds none)."""
+        caller = self.turn.caller
+        if not caller.reservation_id:
+            return None
+        usage, cost = self._usage(), self._cost()
+        return self._s.limiter.settle_call(
+            caller.tenant, caller.key_id, caller.reservation_id, usage.prompt_tokens, usage.completion_tokens, cost
+        )
+
     async def _settle(self) -> None:
         caller = self.turn.caller
         if not caller.reservation_id:
@@ -402,9 +419,32 @@ class AnswerRun:
                 caller.tenant, caller.key_id, caller.reservation_id, usage.prompt_tokens, usage.completion_tokens, cost
             )
         )
+        self._counted(counted)
+
+    def _counted(self, counted: Any) -> None:
         if not counted:  # settled already (a retry), or reclaimed: its lease ran out before the answer ended
             logger.warning("answer %s: reservation %s was settled or reclaimed before its usage %s was counted",
-                           self.response_id, caller.reservation_id, usage.total_tokens)  # fmt: skip
+                           self.response_id, self.turn.caller.reservation_id, self._usage().total_tokens)  # fmt: skip
+
+    async def _settle_and_complete(self, events: list[Event]) -> None:
+        """The last write, when the answer ends with its usage chunk (everything before it is journaled, and its
+        turn committed): the settle, then the usage chunk and `completed`, in one round trip, run in that order.
+        Were the second lost (Redis gone between them), the journal holds a whole answer without its usage chunk:
+        a retry or a takeover writes that chunk, and its settle counts nothing twice (a reservation settles
+        once)."""
+        settle = self._settle_call()
+        if settle is None or not self._journaled:
+            await self._settle()
+            await self._journal(events, status="completed")
+            return
+        tenant, rid, epoch, last = self.turn.caller.tenant, self.turn.chunk_id, self._epoch, events[-1].seq
+        together = self._s.journal.append_after
+        counted, accepted = await self._retrying(
+            lambda: together(settle, tenant, rid, epoch, events, last, "completed")
+        )
+        self._counted(counted)
+        if accepted == 0:
+            raise Fenced(f"answer {rid}: another replica took it over (epoch > {epoch})")
 
     def _replayed(self, cached: list[dict[str, Any]]) -> list[ChatChunk]:
         """A cached answer's chunks as this answer's: its id, conversation and citations, provider `cache`, and

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from state.keyspace import tenant_base
+from state.script_call import ScriptCall, run_together
 
 FINAL = ("completed", "failed", "cancelled")
 FOLLOWED_EVERY_S = 2.0  # how often a follower of the journal says it is reading
@@ -165,6 +166,29 @@ class Journal:
         """Add events (and renew the lease); with `status`, end the answer. 1: done; 0: another writer took over;
         2: its cancellation was asked for (nothing added; end it with status cancelled). The keys' TTL is set on
         the writer's first write (`refresh_ttl`) and on the last (with `status`), not on every append."""
+        call = self._append_call(tenant, response_id, epoch, events, last_seq, status, error, refresh_ttl)
+        return int(await self._append(keys=call.keys, args=call.args))
+
+    async def append_after(
+        self, first: ScriptCall, tenant: str, response_id: str, epoch: int, events: list[Event], last_seq: int,
+        status: str = "",
+    ) -> tuple[Any, int]:  # fmt: skip
+        """`first` (another write: a settle), then `append`, in one round trip and in that order; both replies."""
+        append = self._append_call(tenant, response_id, epoch, events, last_seq, status, None, False)
+        first_reply, appended = await run_together(self._redis, [first, append])
+        return first_reply, int(appended)
+
+    def _append_call(
+        self,
+        tenant: str,
+        response_id: str,
+        epoch: int,
+        events: list[Event],
+        last_seq: int,
+        status: str,
+        error: dict | None,
+        refresh_ttl: bool,
+    ) -> ScriptCall:
         meta, stream = self._keys(tenant, response_id)
         chunks = "[" + ",".join(e.text for e in events) + "]"
         first = events[0].seq if events else last_seq
@@ -179,7 +203,7 @@ class Journal:
             self.ttl_s,
             int(refresh_ttl),
         ]
-        return int(await self._append(keys=[meta, stream], args=args))
+        return ScriptCall(_APPEND, [meta, stream], args)
 
     async def take_over(self, tenant: str, response_id: str, force: bool = False) -> tuple[str, int]:
         """('taken', new epoch) when the run is ours now: its writer's lease ran out, or `force` (the caller saw

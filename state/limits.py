@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from state.api_keys import BudgetWindow, Limits
 from state.keyspace import tenant_base
+from state.script_call import ScriptCall
 
 WINDOW_S = 60
 USAGE_TTL_S = 90 * 86400
@@ -245,13 +246,29 @@ class Limiter:
     ) -> bool:
         """Replace the reservation with real usage (`charge=False`: only give it back, as a batch request does
         whose usage its result commit charged). False when it was already settled or reclaimed."""
+        call = self.settle_call(tenant, kid, request_id, prompt_tokens, completion_tokens, cost_usd, charge, now)
+        return bool(await self._settle(keys=call.keys, args=call.args))
+
+    def settle_call(
+        self,
+        tenant: str,
+        kid: str,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        charge: bool = True,
+        now: float | None = None,
+    ) -> ScriptCall:
+        """`settle` as a script call, to send with other writes (state/script_call.py); its reply is 1 when it
+        counted, 0 when the reservation was settled or reclaimed already."""
         rl = self._rl(tenant)
         keys = [
             f"{rl}:k:{kid}:resv", f"{rl}:k:{kid}:inflight", f"{rl}:tenant:inflight", f"{rl}:leases",
             *self._usage_keys(tenant, kid, time.time() if now is None else now),
         ]  # fmt: skip
         args = [request_id, prompt_tokens, completion_tokens, repr(cost_usd), kid, 1 if charge else 0, USAGE_TTL_S]
-        return bool(await self._settle(keys=keys, args=args))
+        return ScriptCall(_SETTLE, keys, args)
 
     async def renew(self, tenant: str, kid: str, request_id: str, now: float | None = None) -> None:
         """Extend a live reservation's lease (an answer that runs longer than `lease_s`); a settled or reclaimed

@@ -101,6 +101,35 @@ def test_a_run_journals_commits_once_and_settles_the_exact_usage(redis_prefix):
     asyncio.run(go())
 
 
+def test_an_answer_ends_with_one_round_trip_that_settles_then_journals_its_usage_and_completed(redis_prefix):
+    async def go():
+        async with services(redis_prefix, Scripted(["Hello", " there"])) as (_, s, _statuses):
+            await reserve(s.limiter, "r-chatcmpl-end")
+            writes: list[tuple[str, str]] = []
+            for name in ("append", "append_after"):
+                method = getattr(s.journal, name)
+
+                async def recorded(*args, _method=method, _name=name, **kwargs):
+                    writes.append((_name, args[-1] if _name == "append_after" else args[5] if len(args) > 5 else ""))
+                    return await _method(*args, **kwargs)
+
+                setattr(s.journal, name, recorded)
+            settle = s.limiter.settle
+            s.limiter.settle = lambda *a, **k: writes.append(("settle", "")) or settle(*a, **k)
+            run = await started(s, "chatcmpl-end")
+            followed = await follow_all(run)
+            assert (
+                "usage" in followed[-1].chunk
+                and (await s.journal.meta(TENANT, "chatcmpl-end"))["status"] == "completed"
+            )
+            assert writes[-1] == ("append_after", "completed") and ("settle", "") not in writes  # one round trip
+            assert (await s.limiter.usage(TENANT, KEY))["completion_tokens"] == 2 and not await s.limiter.inflight(
+                TENANT, KEY
+            )
+
+    asyncio.run(go())
+
+
 def test_a_takeover_continues_the_journaled_text_and_commits_the_whole_answer_once(redis_prefix):
     async def go():
         provider = Scripted([" there", " friend"])
