@@ -4,9 +4,10 @@ engine streams to many clients, and each sample is put in one bucket by its inne
 
     sudo .venv/bin/python -m benchmarks.token_profile --concurrency 64 --tokens-per-s 100 --seconds 20
 
-Prints CPU microseconds per delivered token for each process and bucket, and, from the kernel's CPU times over
-the same window (benchmarks/cpu_share.py), every process's CPU per token and the tokens/s one core of each light
-deployment carries at that cost: the sizing of ingress and orchestrator replicas for a GPU node. The samples
+Prints CPU microseconds per delivered token for each process and bucket; from the kernel's CPU times over the
+same window (benchmarks/cpu_share.py), every process's CPU per token and the tokens/s one core of each light
+deployment carries at that cost: the sizing of ingress and orchestrator replicas for a GPU node; and the Redis
+commands per answer (INFO commandstats over the same window). The samples
 (py-spy's raw format) are kept in the printed folder, for flame graphs (`flamegraph.pl` or speedscope).
 """
 
@@ -80,7 +81,7 @@ def record(pid: int, seconds: float, out: Path) -> None:
 
 def breakdown(raw: Path) -> collections.Counter:
     samples: collections.Counter = collections.Counter()
-    for line in raw.read_text().splitlines():
+    for line in raw.read_text(errors="replace").splitlines():  # (a frame may hold bytes that are not UTF-8)
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
             samples[bucket(stack.split(";"))] += int(count)
@@ -117,10 +118,12 @@ def main(
         ]
         shares: dict[str, float] = {}
         spies.append(threading.Thread(target=lambda: shares.update(sample(seconds))))
+        redis_before = redis_commands(redis_url)
         for spy in spies:
             spy.start()
         for spy in spies:
             spy.join()
+        redis_calls = redis_commands(redis_url) - redis_before
         load.join()
         records, wall = result["records"]
     finally:
@@ -145,6 +148,26 @@ def main(
         table.add_row(role, "all", "100%", f"{per_token * 1e6:.0f}", f"{per_answer * 1e6:.0f}", end_section=True)
     console.print(table)
     console.print(by_process(shares, tok_per_s))
+    console.print(redis_per_answer(redis_calls, answers_per_s * seconds))
+
+
+def redis_commands(url: str) -> collections.Counter:
+    """The commands Redis has executed so far, by name (INFO commandstats: a script's own calls count too)."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return collections.Counter({name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()})
+
+
+def redis_per_answer(calls: collections.Counter, answers: float) -> Table:
+    """Redis commands per answer over the sampled window, the most frequent first (the load generator sends
+    nothing to Redis; W&B's and Serve's background writes are in it, spread over the answers)."""
+    table = Table("Redis command", "per answer")
+    for name, count in calls.most_common(15):
+        table.add_row(name, f"{count / answers:.2f}")
+    table.add_row("all", f"{sum(calls.values()) / answers:.1f}", end_section=True)
+    return table
 
 
 def by_process(shares: dict[str, float], tok_per_s: float) -> Table:
