@@ -221,8 +221,8 @@ async def _respond(
     events = answer_events(ingress, chat, caller, after_seq, ingress.routing.request_deadline_s)
     if ticket is not None:
         events = ticket.stream(events)
-    if chat.stream and not client_wants_usage:
-        events = _without_usage(events)
+    if chat.stream and not client_wants_usage and caller.kind in ("messages", "responses"):
+        events = _without_usage(events)  # (sse_frames leaves it out itself, and ends the stream with it)
     headers = {"x-llmserve-response-id": caller.response_id}
     if chat.conversation_id:
         headers["x-conversation-id"] = chat.conversation_id
@@ -268,5 +268,5 @@ async def _respond(
         record = await ingress.responses.get(caller.tenant, caller.response_id) or {}
         frames = responses_sse(prepend(first, events), request_id, caller.response_id, record)
     else:
-        frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None)
+        frames = sse_frames(prepend(first, events), request_id, completion_chunk if text else None, client_wants_usage)
     return SSEResponse(frames, on_close=on_close, headers=headers, write_timeout_s=ingress.write_timeout_s)

@@ -18,32 +18,51 @@ from deployments.http_errors import sse_error_frame
 logger = logging.getLogger("llmserve.ingress")
 
 
+DONE = "data: [DONE]\n\n"
+
+
 async def sse_frames(
-    batches: AsyncIterator[Batch], request_id: str | None, shape: Callable[[ChatChunk], BaseModel] | None = None
+    batches: AsyncIterator[Batch],
+    request_id: str | None,
+    shape: Callable[[ChatChunk], BaseModel] | None = None,
+    usage: bool = True,
 ) -> AsyncIterator[str]:
     """`id: N` and `data: {json}` per chunk: its JSON as the orchestrator made it, or, given a `shape`, the chunk
-    in that shape (completions). Frames that arrived together are written together. An error after the first
-    chunk becomes an error event (the status line was already sent)."""
+    in that shape (completions). Frames that arrived together are written together. An answer's last event is its
+    usage chunk (left out when the client did not ask for `usage`): `data: [DONE]` goes with it, and ends the
+    body in the same write (SSEResponse). An error after the first chunk becomes an error event (the status line
+    was already sent)."""
+    done = False
     try:
         async for batch in batches:
-            if not batch:  # (an answer that has begun, before its first chunk)
+            if not batch or done:  # (an answer that has begun, before its first chunk)
                 continue
+            done = batch[-1][1].usage
+            kept = batch if usage else [(seq, f) for seq, f in batch if not f.usage]
             if shape is None:
-                yield "".join(f"id: {seq}\ndata: {f.json}\n\n" for seq, f in batch)
+                text = "".join(f"id: {seq}\ndata: {f.json}\n\n" for seq, f in kept)
             else:
-                yield "".join(
-                    f"id: {seq}\ndata: {shape(f.chunk).model_dump_json(exclude_none=True)}\n\n" for seq, f in batch
+                text = "".join(
+                    f"id: {seq}\ndata: {shape(f.chunk).model_dump_json(exclude_none=True)}\n\n" for seq, f in kept
                 )
+            yield text + DONE if done else text
     except Exception as exc:
+        if done:  # the client has the whole answer: nothing more may be written
+            logger.warning("stream %s failed after its last event: %r", request_id, exc)
+            return
         logger.warning("stream %s failed after the first chunk: %r", request_id, exc)
         yield sse_error_frame(exc, request_id)
-    yield "data: [DONE]\n\n"
+    if not done:
+        yield DONE
 
 
 async def prepend(first: Batch, rest: AsyncIterator[Batch]) -> AsyncIterator[Batch]:
     yield first
     async for batch in rest:
         yield batch
+
+
+DONE_BYTES = DONE.encode()
 
 
 class SSEResponse(StreamingResponse):
@@ -64,6 +83,21 @@ class SSEResponse(StreamingResponse):
         super().__init__(content, headers=headers, media_type=self.media_type)
         self._on_close = on_close
         self._write_timeout_s = write_timeout_s
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, but the frame that ends with `data: [DONE]` ends the body too: one write (with chunked
+        encoding's last chunk) instead of two. The body is still read to its end (what follows the answer's
+        last event runs, as for any stream)."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
+        async for chunk in self.body_iterator:
+            body = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+            if ended or not body:
+                continue
+            ended = body.endswith(DONE_BYTES)
+            await send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded_send(message: Message) -> None:
