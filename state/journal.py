@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from state.keyspace import tenant_base
-from state.script_call import ScriptCall, run_together
+from state.script_call import Batcher, ScriptCall, run_together
 
 FINAL = ("completed", "failed", "cancelled")
 FOLLOWED_EVERY_S = 2.0  # how often a follower of the journal says it is reading
@@ -132,7 +132,7 @@ class Journal:
         self._p = prefix
         self.ttl_s = ttl_s
         self.lease_ms = int(lease_s * 1000)
-        self._append = client.register_script(_APPEND)
+        self._appends = Batcher(client)  # every answer's appends, many per round trip under load
         self._take_over = client.register_script(_TAKE_OVER)
         self._open = client.register_script(_OPEN)
         self._lease_lapsed = client.register_script(_LEASE_LAPSED)
@@ -167,7 +167,7 @@ class Journal:
         2: its cancellation was asked for (nothing added; end it with status cancelled). The keys' TTL is set on
         the writer's first write (`refresh_ttl`) and on the last (with `status`), not on every append."""
         call = self._append_call(tenant, response_id, epoch, events, last_seq, status, error, refresh_ttl)
-        return int(await self._append(keys=call.keys, args=call.args))
+        return int(await self._appends.run(call))
 
     async def append_after(
         self, first: ScriptCall, tenant: str, response_id: str, epoch: int, events: list[Event], last_seq: int,
