@@ -132,7 +132,9 @@ class Journal:
         self._p = prefix
         self.ttl_s = ttl_s
         self.lease_ms = int(lease_s * 1000)
-        self._appends = Batcher(client)  # every answer's appends, many per round trip under load
+        # Every answer's appends, many per round trip under load; one stuck round trip fails (and its appends are
+        # retried) well within the third of a lease a writer renews at.
+        self._appends = Batcher(client, timeout_s=lease_s / 3)
         self._take_over = client.register_script(_TAKE_OVER)
         self._open = client.register_script(_OPEN)
         self._lease_lapsed = client.register_script(_LEASE_LAPSED)
@@ -173,9 +175,15 @@ class Journal:
         self, first: ScriptCall, tenant: str, response_id: str, epoch: int, events: list[Event], last_seq: int,
         status: str = "",
     ) -> tuple[Any, int]:  # fmt: skip
-        """`first` (another write: a settle), then `append`, in one round trip and in that order; both replies."""
+        """`first` (another write: a settle), then `append`, in one round trip and in that order; both replies.
+        `first` runs only while `epoch` still writes the answer (a writer taken over leaves it to the new one),
+        else its reply is None."""
+        meta, _ = self._keys(tenant, response_id)
+        n, m = len(first.keys) + 1, len(first.args) + 1
+        guard = f"if redis.call('HGET', KEYS[{n}], 'epoch') ~= ARGV[{m}] then return false end\n"
+        guarded = ScriptCall(guard + first.source, [*first.keys, meta], [*first.args, epoch])
         append = self._append_call(tenant, response_id, epoch, events, last_seq, status, None, False)
-        first_reply, appended = await run_together(self._redis, [first, append])
+        first_reply, appended = await run_together(self._redis, [guarded, append])
         return first_reply, int(appended)
 
     def _append_call(

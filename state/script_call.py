@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis import exceptions as rx
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,17 @@ class Batcher:
     """Independent script calls of many callers (each answer's journal appends), sent in one round trip: while
     one round trip is in flight the calls that come meanwhile gather, and go together in the next. No timer: a
     call that finds nothing in flight goes at once (on the event loop's next turn, with whatever else was ready
-    in this one). Each caller gets its own reply, or the error of its own call; a lost connection fails every
-    call of that round trip (the callers retry theirs). Only for calls whose order among callers does not matter:
-    one caller has one call in flight at a time, so its own calls keep their order."""
+    in this one). Each caller gets its own reply, or the error of its own call. A round trip that fails, or takes
+    longer than `timeout_s` (a stuck connection must not stall every answer), fails each of its calls with
+    redis-py's error, which their callers retry. A call Redis has no script for (it restarted) goes again at once
+    with the script's source (EVAL, which also caches it). Only for calls whose order among callers does not
+    matter: one caller has one call in flight at a time, so its own calls keep their order."""
 
-    def __init__(self, client: aioredis.Redis, most: int = 128) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float = 1.0, most: int = 128) -> None:
         self._client = client
+        self._timeout_s = timeout_s
         self._most = most
-        self._pending: list[tuple[ScriptCall, asyncio.Future]] = []
+        self._pending: list[tuple[ScriptCall, asyncio.Future, bool]] = []  # (call, its reply, send its source)
         self._task: asyncio.Task | None = None
         self._shas: dict[str, str] = {}
 
@@ -54,7 +57,7 @@ class Batcher:
             self._pending = [p for p in self._pending if p[1].get_loop() is loop]  # (another loop's: gone)
             self._task = loop.create_task(self._flush())
         reply = loop.create_future()
-        self._pending.append((call, reply))
+        self._pending.append((call, reply, False))
         return await reply
 
     def _sha(self, source: str) -> str:
@@ -64,34 +67,46 @@ class Batcher:
         return sha
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self._most], self._pending[self._most :]
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for call, _ in batch:
-                        pipe.evalsha(self._sha(call.source), len(call.keys), *call.keys, *call.args)
-                    replies = await pipe.execute(raise_on_error=False)
-            except asyncio.CancelledError:  # the loop is going away: so are its callers
-                for _, reply in batch + self._pending:
-                    reply.cancel()
-                raise
-            except Exception as exc:
-                for _, reply in batch:
-                    if not reply.done():
-                        reply.set_exception(exc)
-                continue
-            missing = [(call, reply) for (call, reply), r in zip(batch, replies, strict=True) if _no_script(r)]
-            for source in {call.source for call, _ in missing}:  # a Redis that restarted: load, then send again
-                await self._client.script_load(source)
-            self._pending[:0] = missing
-            for (_, reply), r in zip(batch, replies, strict=True):
-                if reply.done() or _no_script(r):  # (a caller that was cancelled)
+        batch: list[tuple[ScriptCall, asyncio.Future, bool]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._most], self._pending[self._most :]
+                try:
+                    replies = await self._send(batch)
+                except Exception as exc:
+                    _fail(batch, exc)
                     continue
-                if isinstance(r, Exception):
-                    reply.set_exception(r)
-                else:
-                    reply.set_result(r)
+                again = []  # sent by digest, which Redis no longer had: again at once, with the source
+                for (call, reply, source), r in zip(batch, replies, strict=True):
+                    if reply.done():  # (a caller that was cancelled)
+                        continue
+                    if isinstance(r, rx.NoScriptError) and not source:
+                        again.append((call, reply, True))
+                    elif isinstance(r, Exception):
+                        reply.set_exception(r)
+                    else:
+                        reply.set_result(r)
+                self._pending[:0] = again
+        except BaseException as exc:  # the loop is going away (cancelled), or a bug: no caller waits forever
+            stopped = exc if isinstance(exc, Exception) else rx.ConnectionError("the event loop stopped")
+            _fail(batch + self._pending, stopped)
+            self._pending = []
+            raise
+
+    async def _send(self, batch: list[tuple[ScriptCall, asyncio.Future, bool]]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._timeout_s), self._client.pipeline(transaction=False) as pipe:
+                for call, _, source in batch:
+                    if source:
+                        pipe.eval(call.source, len(call.keys), *call.keys, *call.args)
+                    else:
+                        pipe.evalsha(self._sha(call.source), len(call.keys), *call.keys, *call.args)
+                return await pipe.execute(raise_on_error=False)
+        except TimeoutError as exc:  # (asyncio's: Redis did not answer in time; redis-py's error, which is retried)
+            raise rx.TimeoutError(f"{len(batch)} journal writes got no reply in {self._timeout_s:g} s") from exc
 
 
-def _no_script(reply: Any) -> bool:
-    return isinstance(reply, NoScriptError)
+def _fail(batch: list[tuple[ScriptCall, asyncio.Future, bool]], exc: Exception) -> None:
+    for _, reply, _ in batch:
+        if not reply.done():
+            reply.set_exception(exc)

@@ -71,3 +71,19 @@ def test_more_calls_than_one_round_trip_takes_go_in_the_next(redis_prefix, most)
             assert sorted(replies) == list(range(1, 8))
 
     asyncio.run(main())
+
+
+def test_a_round_trip_without_a_reply_in_time_fails_its_calls_with_redis_pys_error(redis_prefix):
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    async def main():
+        async with redis_client() as client:
+            batcher = Batcher(client, timeout_s=0.2)
+            key = f"{redis_prefix}:t"
+            await client.client_pause(1000, all=False)  # Redis answers nobody's writes for a second
+            with pytest.raises(RedisTimeout):  # what the journal's writers retry through an outage
+                await batcher.run(ScriptCall(INCR, [key], [1]))
+            await asyncio.sleep(1.0)
+            assert await batcher.run(ScriptCall(INCR, [key], [1])) >= 1  # the next round trip goes as usual
+
+    asyncio.run(main())
