@@ -176,6 +176,7 @@ class ProviderRouter:
             done = out.usage().completion_tokens
             attempt_params = replace(params, max_tokens=max(1, params.max_tokens - done)) if sent else params
             leg = Leg(provider.name)
+            failed_before = out.failed[provider.name]  # (its retries within this attempt count failures too)
             self.stats.enter(provider.name)
             started = time.perf_counter()
             # A span per attempt (its retries are events), current while the attempt opens: a managed
@@ -248,7 +249,8 @@ class ProviderRouter:
                     self._settle_leg(provider, leg, attempt_messages)
                 out.attempts.append((provider.name, True))
                 outcome = "ok"
-                if breaker != "clean":  # a probe closes its breaker; a success clears the failures counted
+                # A probe closes its breaker; a success clears the failures counted, its own retries' included.
+                if breaker != "clean" or out.failed[provider.name] > failed_before:
                     await self._record(provider, ok=True)
                 return
             finally:

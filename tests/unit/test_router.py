@@ -176,6 +176,11 @@ def test_a_success_clears_failures_counted_before_it_and_a_clean_breaker_costs_n
                 await breaker.failure("a")
                 await breaker.failure("a")
                 assert await breaker.state("a") == "closed"
+                await breaker.success("a")
+                a.script.faults.extend([Fault(status=500)] * 2)  # its own retries fail twice, then it answers
+                _, retried = await answer(r)
+                assert retried.providers == ["a"] and retried.failed["a"] == 2
+                assert await breaker.allow("a") == "clean"  # what its retries counted, its success cleared
 
         asyncio.run(main())
 
