@@ -442,9 +442,9 @@ class AnswerRun:
         counted, accepted = await self._retrying(
             lambda: together(settle, tenant, rid, epoch, events, last, "completed")
         )
-        self._counted(counted)
-        if accepted == 0:
+        if accepted == 0:  # (and the settle did not run: the new writer settles)
             raise Fenced(f"answer {rid}: another replica took it over (epoch > {epoch})")
+        self._counted(counted)
 
     def _replayed(self, cached: list[dict[str, Any]]) -> list[ChatChunk]:
         """A cached answer's chunks as this answer's: its id, conversation and citations, provider `cache`, and

@@ -286,6 +286,31 @@ def test_a_writer_that_was_taken_over_stops_and_commits_settles_and_ends_nothing
     asyncio.run(go())
 
 
+def test_a_writer_taken_over_just_before_its_last_write_settles_nothing(redis_prefix):
+    """Its settle goes with its last append, in one round trip: fenced, neither runs (the new writer settles)."""
+
+    async def go():
+        async with services(redis_prefix, Scripted(["a", "b"])) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-7")
+            together = s.journal.append_after
+
+            async def taken_first(*args, **kwargs):
+                await s.journal.take_over(TENANT, "chatcmpl-7", force=True)  # another replica, right now
+                return await together(*args, **kwargs)
+
+            s.journal.append_after = taken_first
+            run = await started(s, "chatcmpl-7")
+            with pytest.raises(Fenced):
+                await follow_all(run)
+            assert statuses == ["taken over"]
+            assert await s.limiter.inflight(TENANT, KEY) == 1  # not settled: the new writer's to settle
+            meta = await s.journal.meta(TENANT, "chatcmpl-7")
+            assert meta["status"] == "running" and not any("usage" in e.chunk for e in await s.journal.events(
+                TENANT, "chatcmpl-7"))  # fmt: skip
+
+    asyncio.run(go())
+
+
 def test_an_answer_read_from_another_replica_is_not_cancelled(redis_prefix, monkeypatch):
     """A client that resumed on another orchestrator replica follows the journal there; the run sees it."""
     monkeypatch.setattr(journal_module, "FOLLOWED_EVERY_S", 0.05)
