@@ -86,18 +86,20 @@ class SSEResponse(StreamingResponse):
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, but the frame that ends with `data: [DONE]` ends the body too: one write (with chunked
-        encoding's last chunk) instead of two. The body is still read to its end (what follows the answer's
-        last event runs, as for any stream)."""
+        encoding's last chunk) instead of two. That frame is written once the body has been read to its end (what
+        follows an answer's last event comes right after it): ending the body first would end the request, and
+        Starlette would cancel the rest of the read."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        ended = False
+        last = b""
         async for chunk in self.body_iterator:
             body = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
-            if ended or not body:
+            if last or not body:
                 continue
-            ended = body.endswith(DONE_BYTES)
-            await send({"type": "http.response.body", "body": body, "more_body": not ended})
-        if not ended:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if body.endswith(DONE_BYTES):
+                last = body
+            else:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def bounded_send(message: Message) -> None:

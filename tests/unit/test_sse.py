@@ -42,22 +42,35 @@ def test_a_stream_without_its_usage_chunk_still_ends_with_done_and_an_error_is_a
     assert '"error"' in failed[-2] and failed[-1] == "data: [DONE]\n\n"
 
 
-def test_the_body_ends_in_the_write_that_carries_done():
+def test_the_body_ends_in_the_write_that_carries_done_once_the_body_was_read_to_its_end():
+    read_to_end = []
+
     async def body():
         yield "id: 1\ndata: {}\n\n"
         yield "id: 2\ndata: {}\n\ndata: [DONE]\n\n"
+        await asyncio.sleep(0.05)  # what follows an answer's last event (its bookkeeping) still runs
+        read_to_end.append(1)
 
     sent: list[dict] = []
+    complete = asyncio.Event()
 
     async def send(message):
         sent.append(message)
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            complete.set()
 
-    async def receive():
-        await asyncio.sleep(10)
+    async def receive():  # as uvicorn does: a request whose response is complete is disconnected
+        await complete.wait()
+        return {"type": "http.disconnect"}
 
-    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # uvicorn's: Starlette listens for the disconnect
     closed = []
-    asyncio.run(SSEResponse(body(), on_close=lambda: closed.append(1), headers={})(scope, receive, send))
+
+    async def main():
+        complete.clear()
+        await SSEResponse(body(), on_close=lambda: closed.append(1), headers={})(scope, receive, send)
+
+    asyncio.run(main())
     bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
     assert bodies == [(b"id: 1\ndata: {}\n\n", True), (b"id: 2\ndata: {}\n\ndata: [DONE]\n\n", False)]
-    assert closed == [1]
+    assert read_to_end == [1] and closed == [1]
