@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -118,12 +119,12 @@ def main(
         ]
         shares: dict[str, float] = {}
         spies.append(threading.Thread(target=lambda: shares.update(sample(seconds))))
-        redis_before = redis_commands(redis_url)
+        redis_before, redis_from = redis_commands(redis_url), time.monotonic()
         for spy in spies:
             spy.start()
         for spy in spies:
             spy.join()
-        redis_calls = redis_commands(redis_url) - redis_before
+        redis_calls, redis_s = redis_commands(redis_url) - redis_before, time.monotonic() - redis_from
         load.join()
         records, wall = result["records"]
     finally:
@@ -148,7 +149,7 @@ def main(
         table.add_row(role, "all", "100%", f"{per_token * 1e6:.0f}", f"{per_answer * 1e6:.0f}", end_section=True)
     console.print(table)
     console.print(by_process(shares, tok_per_s))
-    console.print(redis_per_answer(redis_calls, answers_per_s * seconds))
+    console.print(redis_per_answer(redis_calls, answers_per_s * redis_s))
 
 
 def redis_commands(url: str) -> collections.Counter:

@@ -31,7 +31,9 @@ def test_records_reach_the_offline_run(tmp_path):
     rows = rows_written(tmp_path, 3)
     assert [r["completion_tokens"] for r in rows] == [1, 2, 3]
     assert rows[0]["ttft_s"] == 0.1
-    totals = summary(run_file)  # the run summary: totals and latency percentiles
+    deadline = time.monotonic() + 30  # the run summary: totals and latency percentiles (written at finish)
+    while (totals := summary(run_file)).get("requests") != 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert totals["requests"] == 3 and totals["total_completion_tokens"] == 6
     assert totals["ttft_s_p50"] == pytest.approx(0.2) and totals["ttft_s_p99"] == pytest.approx(0.3)
 
