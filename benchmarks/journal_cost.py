@@ -34,7 +34,8 @@ from rich.table import Table
 from core.models import Caller, ChatRequest
 from core.setting_groups import StateSettings
 from core.tokens import TokenCounter
-from deployments.answer_run import AnswerRun, RunServices, Turn
+from deployments.answer_run import AnswerRun
+from deployments.answer_turn import RunServices, Turn
 from deployments.providers.base import GenerationParams
 from deployments.providers.retry import RetryPolicy
 from deployments.providers.router import ProviderRouter

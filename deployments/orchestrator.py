@@ -40,7 +40,8 @@ from core.setting_groups import (
     StateSettings,
 )
 from core.tokens import TokenCounter, resolve_max_tokens
-from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
+from deployments.answer_run import AnswerRun, Fenced
+from deployments.answer_turn import RunServices, Turn
 from deployments.answers import fold
 from deployments.console_samples import record_request_sample
 from deployments.frames import Wire, to_wire

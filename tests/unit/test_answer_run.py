@@ -10,7 +10,8 @@ import pytest
 from core.errors import ServiceUnavailable
 from core.models import Caller, ChatRequest
 from core.tokens import TokenCounter
-from deployments.answer_run import AnswerRun, Fenced, RunServices, Turn
+from deployments.answer_run import AnswerRun, Fenced
+from deployments.answer_turn import RunServices, Turn
 from deployments.providers.base import GenerationParams
 from deployments.providers.retry import RetryPolicy
 from deployments.providers.router import ProviderRouter
