@@ -275,15 +275,16 @@ class AnswerRun:
             self._seq += 1
             events.append(Event.of(self._seq, chunk))
             self.finish_reason = self.finish_reason or journaled.finish(events[-1].chunk)
-        # The usual end: the batch ends with the usage chunk, which goes with the settle and `completed`.
-        tail = 1 if end is _END and events and not events[-1].chunk.get("choices") else 0
-        if events[: len(events) - tail] or not tail:
-            await self._journal(events[: len(events) - tail])
+        head, tail = events, []
+        if end is _END and events and not events[-1].chunk.get("choices"):  # the usual end: the usage chunk last,
+            head, tail = events[:-1], events[-1:]  # which goes with the settle and `completed`
+        if head or not tail:
+            await self._journal(head)
         if self.finish_reason is not None and not self._committed:
             await self._commit([*self.events, *events])
             self._committed = True
         if tail:
-            await self._settle_and_complete(events[-1:])
+            await self._settle_and_complete(tail)
         elif end is _END:
             await self._settle()
             await self._journal([], status="completed")
@@ -344,17 +345,10 @@ class AnswerRun:
         )
 
     async def _settle(self) -> None:
-        caller = self.turn.caller
-        if not caller.reservation_id:
-            return
-        usage, cost = self._usage(), self._cost()
-        settle = self._s.limiter.settle
-        counted = await self._retrying(
-            lambda: settle(
-                caller.tenant, caller.key_id, caller.reservation_id, usage.prompt_tokens, usage.completion_tokens, cost
-            )
-        )
-        self._counted(counted)
+        call = self._settle_call()
+        if call is not None:
+            settle_by = self._s.limiter.settle_by
+            self._counted(await self._retrying(lambda: settle_by(call)))
 
     def _counted(self, counted: Any) -> None:
         if not counted:  # settled already (a retry), or reclaimed: its lease ran out before the answer ended

@@ -35,7 +35,7 @@ async def sse_frames(
     done = False
     try:
         async for batch in batches:
-            if not batch or done:  # (an answer that has begun, before its first chunk)
+            if not batch or done:  # (an answer that has begun, before its first chunk; nothing after its last)
                 continue
             done = batch[-1][1].usage
             kept = batch if usage else [(seq, f) for seq, f in batch if not f.usage]

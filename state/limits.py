@@ -246,7 +246,12 @@ class Limiter:
     ) -> bool:
         """Replace the reservation with real usage (`charge=False`: only give it back, as a batch request does
         whose usage its result commit charged). False when it was already settled or reclaimed."""
-        call = self.settle_call(tenant, kid, request_id, prompt_tokens, completion_tokens, cost_usd, charge, now)
+        return await self.settle_by(
+            self.settle_call(tenant, kid, request_id, prompt_tokens, completion_tokens, cost_usd, charge, now)
+        )
+
+    async def settle_by(self, call: ScriptCall) -> bool:
+        """Run a `settle_call` on its own."""
         return bool(await self._settle(keys=call.keys, args=call.args))
 
     def settle_call(

@@ -3,8 +3,8 @@
 `run_together`: one caller's writes, run in the order given. A pipeline of EVALs with each script's source, not
 EVALSHA: a Redis that restarted has no script cached, and redis-py's own check for that (SCRIPT EXISTS before a
 pipeline's scripts) would cost the round trip this saves; were one EVALSHA of several refused, the writes after
-it would run out of order. `Batcher`: many callers' independent writes (EVALSHA, loading a script Redis lost and
-sending its calls again)."""
+it would run out of order. `Batcher`: many callers' independent writes (EVALSHA; a call whose script Redis lost
+goes again as EVAL)."""
 
 from __future__ import annotations
 
