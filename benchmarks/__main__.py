@@ -1,6 +1,7 @@
 """The benchmark harness's entry point, outside the product: `python -m benchmarks bench ...` from a checkout
 (the harness is not installed with llmserve). Each other script runs on its own: `python -m benchmarks.<name>`
-(gateway_overhead, admission_latency, batch_interference, gpu_smoke, cpu_share, idle_tax, retrieval_cpu)."""
+(gateway_overhead, admission_latency, batch_interference, gpu_smoke, cpu_share, idle_tax, retrieval_cpu,
+stall_probe)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,150 @@
+"""Where long gaps between streamed tokens come from: one stack, sequential streams, and a watchdog process.
+
+    python -m benchmarks.stall_probe --target ours --requests 12
+    python -m benchmarks.stall_probe --target rayllm
+
+Starts a target of benchmarks/targets.py (`ours`, `rayllm`), sends `--requests` streaming chat requests one after
+another (the workload of `llmserve bench`), and notes every gap between two content chunks longer than
+`--gap-ms`. Beside it runs a watchdog: a process at the highest priority it may take that sleeps 5 ms at a time
+and notes each wake-up that came more than `--late-ms` late. A watchdog that does nothing but sleep wakes late
+only when the machine itself did not run it: neither CPU was given to it, whatever our processes were doing. A
+stall that a late wake-up overlaps is the machine's; the others are the stack's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.bench import Workload
+from benchmarks.compare import _spawn_ray_target, stop_process
+
+WATCHDOG = """
+import os, sys, time
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, -20)
+except OSError:
+    pass
+late_s, end = float(sys.argv[1]), time.time() + float(sys.argv[2])
+while time.time() < end:
+    t = time.perf_counter()
+    time.sleep(0.005)
+    late = time.perf_counter() - t - 0.005
+    if late > late_s:
+        print(f"{time.time():.3f} {late:.3f}", flush=True)
+"""
+
+
+@dataclass
+class Stall:
+    end: float  # wall clock, when the chunk after the gap came
+    gap_s: float
+
+    def overlaps(self, freezes: list[tuple[float, float]]) -> bool:
+        """At least half of this gap fell inside the machine's freezes (each: its end and length)."""
+        start = self.end - self.gap_s
+        frozen = sum(max(0.0, min(self.end, e) - max(start, e - d)) for e, d in freezes)
+        return frozen >= self.gap_s / 2
+
+
+@dataclass
+class Probe:
+    gaps_s: list[float] = field(default_factory=list)
+    stalls: list[Stall] = field(default_factory=list)
+
+
+async def stream_once(client: httpx.AsyncClient, body: dict, gap_s: float, probe: Probe) -> None:
+    last = None
+    async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if not any((c.get("delta") or {}).get("content") for c in choices):
+                continue
+            now = time.perf_counter()
+            if last is not None:
+                probe.gaps_s.append(now - last)
+                if now - last > gap_s:
+                    probe.stalls.append(Stall(end=time.time(), gap_s=now - last))
+            last = now
+
+
+async def run_probe(url: str, key: str, bodies: list[dict], gap_s: float) -> Probe:
+    headers = {} if key == "none" else {"Authorization": f"Bearer {key}"}
+    probe = Probe()
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+        for body in bodies:
+            await stream_once(client, body, gap_s, probe)
+    return probe
+
+
+def main(
+    target: Annotated[str, typer.Option(help="ours or rayllm (benchmarks/targets.py).")] = "ours",
+    requests: Annotated[int, typer.Option(help="Sequential streaming requests.")] = 12,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 48,
+    gap_ms: Annotated[float, typer.Option(help="A gap between content chunks longer than this is a stall.")] = 120,
+    late_ms: Annotated[float, typer.Option(help="A watchdog wake-up this late is a freeze of the machine.")] = 30,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    from benchmarks.targets import engine_settings
+    from serve_app.model_prep import resolve_model_source
+
+    console = Console()
+    settings = engine_settings(8000)
+    resolve_model_source(settings.engine.model, settings.engine.model_cache_dir)
+    log = Path(f"stall_probe_{target}.log")
+    proc, url, key = _spawn_ray_target(target, 8600, log)
+    try:
+        bodies = Workload(model=settings.engine.model_name, requests=requests, max_tokens=max_tokens).bodies()
+        asyncio.run(run_probe(url, key, bodies[:1], gap_ms / 1000))  # a first request: warm-up, not counted
+        watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(late_ms / 1000), "3600"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            probe = asyncio.run(run_probe(url, key, bodies, gap_ms / 1000))
+        finally:
+            watchdog.terminate()
+            lines = watchdog.communicate(timeout=10)[0].split("\n")
+        freezes = [(float(e), float(d)) for e, d in (line.split() for line in lines if line.strip())]
+    finally:
+        stop_process(proc)
+    machine = [s for s in probe.stalls if s.overlaps(freezes)]
+    quantiles = statistics.quantiles(probe.gaps_s, n=100)
+    result = {
+        "target": target,
+        "requests": requests,
+        "gaps": len(probe.gaps_s),
+        "itl_p50_ms": round(quantiles[49] * 1000, 1),
+        "itl_p99_ms": round(quantiles[98] * 1000, 1),
+        "stalls": len(probe.stalls),
+        "stall_ms": round(sum(s.gap_s for s in probe.stalls) * 1000),
+        "stalls_in_machine_freezes": len(machine),
+        "machine_freezes": len(freezes),
+        "machine_frozen_ms": round(sum(d for _, d in freezes) * 1000),
+        "longest_freeze_ms": round(max((d for _, d in freezes), default=0.0) * 1000),
+    }
+    table = Table(title=f"Stalls over {gap_ms:g} ms between streamed tokens, {target}, {requests} sequential streams")
+    for name in result:
+        table.add_column(name.replace("_", " "))
+    table.add_row(*(str(v) for v in result.values()))
+    console.print(table)
+    if out is not None:
+        out.write_text(json.dumps({**result, "stall_list": [s.__dict__ for s in probe.stalls], "freezes": freezes}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
