@@ -23,7 +23,7 @@ from benchmarks.targets import engine_settings, vllm_command
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _spawn_ray_target(kind: str, port: int, log: Path) -> tuple[subprocess.Popen, str, str]:
+def spawn_ray_target(kind: str, port: int, log: Path) -> tuple[subprocess.Popen, str, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.targets", kind, "--port", str(port)],
         cwd=ROOT,
@@ -74,14 +74,14 @@ def run_compare(
         stop_process(proc)
 
     say("(b) ray.serve.llm build_openai_app: starting")
-    proc, url, _ = _spawn_ray_target("rayllm", free_port(), out_dir / "rayllm.log")
+    proc, url, _ = spawn_ray_target("rayllm", free_port(), out_dir / "rayllm.log")
     try:
         results["rayllm"] = measure(url, None, workload, concurrency, repeats=repeats)
     finally:
         stop_process(proc)
 
     say("(c, d) llmserve without and with RAG: starting")
-    proc, url, key = _spawn_ray_target("ours", free_port(), out_dir / "ours.log")
+    proc, url, key = spawn_ray_target("ours", free_port(), out_dir / "ours.log")
     try:
         results["llmserve"] = measure(
             url, key, replace(workload, extra_body={"rag": False}), concurrency, repeats=repeats

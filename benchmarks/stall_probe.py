@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.bench import Workload
-from benchmarks.compare import _spawn_ray_target, stop_process
+from benchmarks.compare import spawn_ray_target, stop_process
+from benchmarks.gateway_overhead import free_port
 
 WATCHDOG = """
 import os, sys, time
@@ -107,7 +108,7 @@ def main(
     settings = engine_settings(8000)
     resolve_model_source(settings.engine.model, settings.engine.model_cache_dir)
     log = Path(f"stall_probe_{target}.log")
-    proc, url, key = _spawn_ray_target(target, 8600, log)
+    proc, url, key = spawn_ray_target(target, free_port(), log)
     try:
         bodies = Workload(model=settings.engine.model_name, requests=requests, max_tokens=max_tokens).bodies()
         asyncio.run(run_probe(url, key, bodies[:1], gap_ms / 1000))  # a first request: warm-up, not counted
