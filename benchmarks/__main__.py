@@ -1,7 +1,8 @@
 """The benchmark harness's entry point, outside the product: `python -m benchmarks bench ...` from a checkout
 (the harness is not installed with llmserve). Each other script runs on its own: `python -m benchmarks.<name>`
-(gateway_overhead, admission_latency, batch_interference, gpu_smoke, cpu_share, idle_tax, retrieval_cpu,
-stall_probe)."""
+(gateway_overhead, token_profile, stall_probe, admission_latency, batch_interference, chaos, cluster_run,
+conversation_routing, cpu_share, gpu_smoke, idle_tax, journal_cost, quantization, response_cache, retrieval_cpu,
+scale_or_spill, structured_latency, two_ingress)."""
 
 from __future__ import annotations
 
