@@ -30,6 +30,7 @@ class Record:
     e2e_s: float = 0.0
     completion_tokens: int = 0
     itl_s: list[float] = field(default_factory=list)
+    itl_end: list[float] = field(default_factory=list)  # wall clock (time.time) at the end of each gap
 
 
 async def one_request(client: httpx.AsyncClient, body: dict) -> Record:
@@ -52,6 +53,7 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Record:
                     record.ttft_s = now - start
                 else:
                     record.itl_s.append(now - last)
+                    record.itl_end.append(time.time())
                 last = now
             if payload.get("usage"):
                 record.completion_tokens = payload["usage"]["completion_tokens"]

@@ -21,8 +21,7 @@ import math
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +33,7 @@ from rich.table import Table
 from benchmarks.bench import Workload
 from benchmarks.compare import spawn_ray_target, stop_process
 from benchmarks.gateway_overhead import free_port
+from benchmarks.loadgen import Record, one_request
 
 WATCHDOG = """
 import os, sys, time
@@ -64,37 +64,13 @@ class Stall:
         return frozen >= self.gap_s / 2
 
 
-@dataclass
-class Probe:
-    gaps_s: list[float] = field(default_factory=list)
-    stalls: list[Stall] = field(default_factory=list)
-
-
-async def stream_once(client: httpx.AsyncClient, body: dict, gap_s: float, probe: Probe) -> None:
-    last = None
-    async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choices = json.loads(line[6:]).get("choices") or []
-            if not any((c.get("delta") or {}).get("content") for c in choices):
-                continue
-            now = time.perf_counter()
-            if last is not None:
-                probe.gaps_s.append(now - last)
-                if now - last > gap_s:
-                    probe.stalls.append(Stall(end=time.time(), gap_s=now - last))
-            last = now
-
-
-async def run_probe(url: str, key: str, bodies: list[dict], gap_s: float) -> Probe:
+async def run_probe(url: str, key: str, bodies: list[dict]) -> list[Record]:
     headers = {} if key == "none" else {"Authorization": f"Bearer {key}"}
-    probe = Probe()
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
-        for body in bodies:
-            await stream_once(client, body, gap_s, probe)
-    return probe
+        records = [await one_request(client, body) for body in bodies]
+    if failed := [r.status for r in records if r.status != 200]:
+        raise RuntimeError(f"requests failed with {failed}")
+    return records
 
 
 def main(
@@ -106,21 +82,19 @@ def main(
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
     from benchmarks.targets import engine_settings
-    from serve_app.model_prep import resolve_model_source
 
     console = Console()
     settings = engine_settings(8000)
-    resolve_model_source(settings.engine.model, settings.engine.model_cache_dir)
     log = Path(f"stall_probe_{target}.log")
     proc, url, key = spawn_ray_target(target, free_port(), log)
     try:
         bodies = Workload(model=settings.engine.model_name, requests=requests, max_tokens=max_tokens).bodies()
-        asyncio.run(run_probe(url, key, bodies[:1], gap_ms / 1000))  # a first request: warm-up, not counted
+        asyncio.run(run_probe(url, key, bodies[:1]))  # a first request: warm-up, not counted
         watchdog = subprocess.Popen(
             [sys.executable, "-c", WATCHDOG, str(late_ms / 1000), "3600"], stdout=subprocess.PIPE, text=True
         )
         try:
-            probe = asyncio.run(run_probe(url, key, bodies, gap_ms / 1000))
+            records = asyncio.run(run_probe(url, key, bodies))
             alive = watchdog.poll() is None
         finally:
             watchdog.terminate()
@@ -135,17 +109,19 @@ def main(
         freezes = [(float(e), float(d)) for e, d in (line.split() for line in lines)]
     finally:
         stop_process(proc)
-    machine = [s for s in probe.stalls if s.overlaps(freezes)]
-    quantiles = statistics.quantiles(probe.gaps_s, n=100) if len(probe.gaps_s) > 1 else [math.nan] * 99
+    gaps_s = [g for r in records for g in r.itl_s]
+    stalls = [Stall(end, g) for r in records for g, end in zip(r.itl_s, r.itl_end, strict=True) if g > gap_ms / 1000]
+    machine = [s for s in stalls if s.overlaps(freezes)]
+    quantiles = statistics.quantiles(gaps_s, n=100) if len(gaps_s) > 1 else [math.nan] * 99
     result = {
         "target": target,
         "requests": requests,
         "watchdog_nice": int(nice),
-        "chunk_gaps": len(probe.gaps_s),
+        "chunk_gaps": len(gaps_s),
         "gap_p50_ms": round(quantiles[49] * 1000, 1),
         "gap_p99_ms": round(quantiles[98] * 1000, 1),
-        "stalls": len(probe.stalls),
-        "stall_ms": round(sum(s.gap_s for s in probe.stalls) * 1000),
+        "stalls": len(stalls),
+        "stall_ms": round(sum(s.gap_s for s in stalls) * 1000),
         "stalls_in_machine_freezes": len(machine),
         "machine_freezes": len(freezes),
         "machine_frozen_ms": round(sum(d for _, d in freezes) * 1000),
@@ -158,7 +134,7 @@ def main(
     table.add_row(*(str(v) for v in result.values()))
     console.print(table)
     if out is not None:
-        out.write_text(json.dumps({**result, "stall_list": [s.__dict__ for s in probe.stalls], "freezes": freezes}))
+        out.write_text(json.dumps({**result, "stall_list": [s.__dict__ for s in stalls], "freezes": freezes}))
 
 
 if __name__ == "__main__":
