@@ -13,8 +13,10 @@ master-key auth, in front of that server; skipped without --litellm), `llmserve`
 Ingress -> Orchestrator -> FakeLLMServer, a Serve deployment with LLMServer's handle interface and the same
 script, called with an API key that has rpm/tpm/parallel/budget limits, so both Lua scripts run), once on
 the ingress replica's own port (direct ingress, our default) and once through Serve's proxy (`llmserve-proxy`).
-Reported per target and concurrency: medians over repeats of requests/s, TTFT and e2e p50/p99, and the
-latency added over `direct`. Targets run interleaved within each repeat, so drift hits them alike.
+With `--serve-floor`, also Serve apps that only relay (`floor-1hop`, `floor-2hop`, `floor-http`, `floor-http2`:
+benchmarks/serve_floor.py), Serve's own cost beside ours. Reported per target and concurrency: medians over
+repeats of requests/s, TTFT and e2e p50/p99, and the latency added over `direct`. Targets run interleaved
+within each repeat, so drift hits them alike.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def start_ours(
     capacity: int = 1000,
     in_ingress: bool = False,
     ingress_replicas: int = 1,
+    spare_ingress_ports: int = 0,
 ):
     from pydantic import SecretStr
 
@@ -124,11 +127,48 @@ def start_ours(
         limits={"max_inflight_per_model": capacity},
     )
     fake = FakeLLMServer.bind(ttft_ms / 1000, tokens_per_s)
-    stack = start_local(settings, say=lambda m: None, build=lambda s: compose(s, fake, model_source="fake"))
+    stack = start_local(
+        settings,
+        say=lambda m: None,
+        build=lambda s: compose(s, fake, model_source="fake"),
+        spare_ingress_ports=spare_ingress_ports,
+    )
     limits = {"name": "bench", "rpm": 10**6, "tpm": 10**9, "max_parallel": 1000, "budget_usd": 10**6}
     created = httpx.post(f"{stack.url}/admin/keys", json=limits, headers={"Authorization": f"Bearer {master}"})
     created.raise_for_status()
     return stack, created.json()["key"]
+
+
+def start_floor(profile: Profile, ports: range, engine_url: str) -> dict[str, tuple[str, dict]]:
+    """Deploy benchmarks/serve_floor.py's relay apps (their own fake engines; the HTTP relays call `engine_url`)
+    into the running cluster, one by one; their ingress replicas take the spare direct-ingress `ports`. Returns
+    the targets, by app name."""
+    from ray import serve
+
+    from benchmarks.fake_engine import FakeLLMServer
+    from benchmarks.serve_floor import FLOOR_APPS, LIGHT, floor_app
+
+    engine = FakeLLMServer.options(ray_actor_options=LIGHT).bind(profile.ttft_ms / 1000, profile.tokens_per_s)
+    deployed: dict[str, str] = {}
+    free = list(ports)
+    for name in FLOOR_APPS:
+        upstream = deployed["floor-http"] if name == "floor-http2" else engine_url
+        app = floor_app(name, engine, upstream)
+        serve.run(app, name=name, route_prefix=f"/{name}", logging_config={"enable_access_log": False})
+        for port in free:
+            url = f"http://127.0.0.1:{port}/{name}"  # on another app's port, this route is not found
+            try:
+                probe = httpx.post(f"{url}/v1/chat/completions", json=body(2), timeout=30)
+            except httpx.ConnectError:  # nothing of Serve's listens there (yet)
+                continue
+            if probe.status_code != 404:
+                probe.raise_for_status()
+                deployed[name] = url
+                free.remove(port)
+                break
+        else:
+            raise RuntimeError(f"relay app {name} not found on ports {list(ports)}")
+    return {name: (url, {}) for name, url in deployed.items()}
 
 
 def body(tokens: int) -> dict:
@@ -174,10 +214,14 @@ def run_profile(
     console: Console,
     in_ingress: bool = False,
     ingress_replicas: int = 1,
+    serve_floor: bool = False,
 ) -> dict[str, dict[int, dict]]:
     """Medians over repeats, per target and level. Targets run interleaved within each repeat, so drift hits
     them alike. `in_ingress`: our stack with server.orchestrator_in_ingress; with several ingress replicas the
-    load goes to their ports in turn (direct ingress gives each its own)."""
+    load goes to their ports in turn (direct ingress gives each its own). `serve_floor`: also the relay-only Serve
+    apps of benchmarks/serve_floor.py, in the same cluster."""
+    from benchmarks.serve_floor import FLOOR_APPS
+
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     procs: list[subprocess.Popen] = []
     stack = None
@@ -197,11 +241,17 @@ def run_profile(
             workdir,
             in_ingress=in_ingress,
             ingress_replicas=ingress_replicas,
+            spare_ingress_ports=len(FLOOR_APPS) if serve_floor else 0,
         )
         auth = {"Authorization": f"Bearer {key}"}
         port = stack.settings.server.port  # direct ingress: each ingress replica serves HTTP itself, on its port
         targets["llmserve"] = ([f"http://127.0.0.1:{port + i}" for i in range(ingress_replicas)], auth)
         targets["llmserve-proxy"] = (f"http://127.0.0.1:{stack.settings.server.proxy_port}", auth)  # via Serve's proxy
+        if serve_floor:
+            if not stack.settings.server.direct_ingress:
+                raise RuntimeError("--serve-floor needs direct ingress (a cluster joined through RAY_ADDRESS has none)")
+            spare = range(port + ingress_replicas, port + ingress_replicas + len(FLOOR_APPS))
+            targets.update(start_floor(profile, spare, f"http://127.0.0.1:{fake_port}"))
         console.print(
             f"profile {profile.name}: targets {', '.join(targets)}; {profile.tokens}-token streams; "
             f"ttft {profile.ttft_ms} ms; {profile.tokens_per_s:g} tokens/s per stream (0: no wait)"
@@ -245,13 +295,28 @@ def main(
         bool, typer.Option(help="Our stack with server.orchestrator_in_ingress (answers run in the ingress).")
     ] = False,
     ingress_replicas: Annotated[int, typer.Option(help="Ingress replicas (direct ingress: one port each).")] = 1,
+    serve_floor: Annotated[
+        bool,
+        typer.Option(
+            help="Also Serve apps that only relay (benchmarks/serve_floor.py): Serve's own cost. Their 7 replicas "
+            "idle beside the other targets, so those are not comparable with runs without it."
+        ),
+    ] = False,
 ) -> None:
     console = Console()
     profiles = [Profile("main", concurrency or [1, 8, 32], tokens, ttft_ms, tokens_per_s)]
     profiles += paced_profiles(["64:100"] if paced is None else paced, paced_tokens, paced_ttft_ms)
     results = {
         p.name: run_profile(
-            p, requests, repeats, litellm, redis_url, console, orchestrator_in_ingress, ingress_replicas
+            p,
+            requests,
+            repeats,
+            litellm,
+            redis_url,
+            console,
+            in_ingress=orchestrator_in_ingress,
+            ingress_replicas=ingress_replicas,
+            serve_floor=serve_floor,
         )
         for p in profiles
     }

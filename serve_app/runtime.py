@@ -29,11 +29,12 @@ def engine_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def serve_environment(settings: Settings) -> None:
+def serve_environment(settings: Settings, spare_ingress_ports: int = 0) -> None:
     """Ray Serve's throughput-optimised mode (user code and router on the replica's own event loop, gRPC
     between replicas, no per-request stderr logging) and, with `direct_ingress`, ingress replicas listening on
-    `port`... themselves. Read by the controller and replicas at start, so it is set before ray.init starts
-    the local cluster; a cluster joined through RAY_ADDRESS keeps its own environment."""
+    `port`... themselves (and on `spare_ingress_ports` more, for other apps' ingress replicas in the same cluster,
+    as benchmarks/serve_floor.py deploys). Read by the controller and replicas at start, so it is set before
+    ray.init starts the local cluster; a cluster joined through RAY_ADDRESS keeps its own environment."""
     if os.environ.get("RAY_ADDRESS"):
         return
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
@@ -50,7 +51,8 @@ def serve_environment(settings: Settings) -> None:
         # (the ingress killed: answering again in seconds, not after 150 s).
         os.environ.setdefault("RAY_SERVE_PORT_QUARANTINE_S", "0")
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(server.port)
-        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(server.port + settings.replicas.ingress)
+        end = server.port + settings.replicas.ingress + spare_ingress_ports  # Serve's range excludes its end
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(end)
 
 
 @dataclass
@@ -79,6 +81,7 @@ def start_local(
     settings: Settings,
     say: Callable[[str], None] = print,
     build: Callable[[Settings], Application] | None = None,
+    spare_ingress_ports: int = 0,
 ) -> LocalStack:
     """Start Ray (or join RAY_ADDRESS), an embedded Redis when none is configured, and the app (`build`,
     by default `build_app`). Returns once every deployment is healthy."""
@@ -104,7 +107,7 @@ def start_local(
     if os.environ.get("RAY_ADDRESS"):  # the cluster's environment decides; assume Serve's proxy
         settings = settings.updated("server", direct_ingress=False)
     if not ray.is_initialized():
-        serve_environment(settings)
+        serve_environment(settings, spare_ingress_ports)
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"])
         else:
