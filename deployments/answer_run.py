@@ -58,7 +58,16 @@ def stopping_error() -> ServiceUnavailable:
 
 
 class AnswerRun:
-    def __init__(self, turn: Turn, services: RunServices, epoch: int = 1, prefix: list[Event] | None = None) -> None:
+    def __init__(
+        self,
+        turn: Turn,
+        services: RunServices,
+        epoch: int = 1,
+        prefix: list[Event] | None = None,
+        opening: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        """`opening`: opens the answer's journal (1: opened, 0: another call has it); called as the run starts,
+        while the providers are asked, and its first write waits for it (nothing leaves unjournaled)."""
         self.turn = turn
         self._s = services
         self._epoch = epoch
@@ -80,6 +89,8 @@ class AnswerRun:
         self._task: asyncio.Task | None = None
         self._renewed = time.monotonic()
         self._hit_cost_usd = 0.0
+        self._opening = opening
+        self._opened: asyncio.Future | None = None
 
     @property
     def response_id(self) -> str:
@@ -116,6 +127,8 @@ class AnswerRun:
 
     # --- the run ------------------------------------------------------------------------------------
     async def _run(self) -> None:
+        if self._opening is not None:  # a round trip fewer before the first token
+            self._opened = asyncio.ensure_future(self._retrying(self._opening))
         queue: asyncio.Queue = asyncio.Queue()
         producer = asyncio.ensure_future(self._produce(queue))
         status = "error"
@@ -158,6 +171,9 @@ class AnswerRun:
                 await self._journal([], status="failed", error=error)
         finally:
             producer.cancel()
+            if self._opened is not None:  # it ended before its first write (the replica stopping)
+                self._opened.cancel()
+                self._opened.add_done_callback(lambda f: f.cancelled() or f.exception())
             self.done = True
             log = logger.info if status == "ok" else logger.warning
             log("answer %s ended %s after event %d (epoch %d, trace %s)%s", self.response_id, status, self._seq,
@@ -303,6 +319,10 @@ class AnswerRun:
         if not self._journaled:
             return
         tenant, rid, refresh_ttl = self.turn.caller.tenant, self.turn.chunk_id, not self._ttl_set and bool(events)
+        if self._opened is not None:
+            opened, self._opened = self._opened, None
+            if not await opened:
+                raise Fenced(f"answer {rid}: another call opened its journal first")
         last = events[-1].seq if events else self._seq  # (a batch's head, when its usage chunk goes after)
         append = self._s.journal.append
         accepted = await self._retrying(

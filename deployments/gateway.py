@@ -26,10 +26,11 @@ from observability import tracing
 from state.api_keys import KeyRecord, KeyStore, Limits
 from state.limits import Limiter, Scope
 from state.outage import retry_through_outage
-from state.tenants import TenantStore
+from state.tenants import TenantRecord, TenantStore, decode_tenant
 
 MASTER_KID = "master"
 UNLESS_AFTER_S = 1.0  # how long a settle that may be someone else's waits before it asks
+KEY_TENANTS_MAX = 100_000  # keys whose tenant a replica remembers (the oldest is forgotten first)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Gateway:
         self.limiter = Limiter(client, redis_prefix, lease_s=limits.request_lease_s)
         self.admission = AdmissionGate(capacity, limits.overload_retry_after_s, capacities, deployments)
         self._pending: set[asyncio.Task] = set()
+        # A key's tenant never changes: a key seen before is read together with its tenant, in one round trip.
+        self._key_tenants: dict[str, str] = {}
 
     async def authenticate(self, authorization: str) -> Principal:
         scheme, _, token = authorization.partition(" ")
@@ -92,14 +95,13 @@ class Gateway:
         digest = key_hash(token)
         if self._master and hmac.compare_digest(digest, self._master):
             return Principal(MASTER_KID, "master", ADMIN_TENANT, True, Limits(), Limits())
-        record: KeyRecord | None = await self.keys.lookup(digest)
         # The lookup is by the digest itself, so the stored digest equals it; no timing leak on the key.
+        record, tenant = await self._key_and_tenant(digest)
         if record is None or record.revoked:
             raise AuthenticationFailed("incorrect API key provided")
         if record.expired():
             expired = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(record.expires_at))
             raise AuthenticationFailed(f"this API key expired at {expired}", code="expired_api_key")
-        tenant = await self.tenants.get(record.tenant)
         tenant_limits = tenant.limits if tenant is not None else Limits()
         return Principal(
             record.key_id,
@@ -110,6 +112,25 @@ class Gateway:
             tenant_limits,
             record.response_cache,
         )
+
+    async def _key_and_tenant(self, digest: str) -> tuple[KeyRecord | None, TenantRecord | None]:
+        """The key's record and its tenant's, both as stored now: in one round trip for a key this replica has
+        seen (its tenant is remembered, never its record or limits), in two the first time."""
+        known = self._key_tenants.get(digest)
+        if known is not None:
+            record, raw = await self.keys.lookup_with(digest, self.tenants.meta_key(known))
+            if record is None:  # deleted since
+                self._key_tenants.pop(digest, None)
+                return None, None
+            if record.tenant == known:
+                return record, decode_tenant(raw)
+        record = await self.keys.lookup(digest)
+        if record is None:  # (unknown keys are not remembered: a caller trying keys fills nothing)
+            return None, None
+        if len(self._key_tenants) >= KEY_TENANTS_MAX:
+            self._key_tenants.pop(next(iter(self._key_tenants)))
+        self._key_tenants[digest] = record.tenant
+        return record, await self.tenants.get(record.tenant)
 
     async def acting_for(self, principal: Principal, tenant: str) -> Principal:
         """An admin key acting for another tenant (the X-LLMServe-Tenant header): that tenant's objects and

@@ -18,8 +18,10 @@ item (the number of items per hop, not their size, is what costs), each serialis
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -226,11 +228,19 @@ class Orchestrator:
                         del self._runs[response_id]
                     continue
             meta = await self._journal.meta(caller.tenant, response_id) if caller.journal and look else None
-            look = True  # from here on (another call opened it first, or its writer went quiet), always read
+            fresh, look = not look, True  # from here on (another call opened it first, or its writer went quiet)
             if meta is None:
                 if after_seq:
                     raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
                 turn = await self._traced_prepare(request, caller)
+                if fresh and caller.journal:  # nobody else can open it: the run opens it as the engine starts
+                    record, owner = turn.record(), caller.model_dump(exclude={"unjournaled"})
+                    opening = functools.partial(
+                        self._journal.open, caller.tenant, response_id, record, owner, opener=uuid.uuid4().hex
+                    )
+                    self._start(AnswerRun(turn, self._services, opening=opening))
+                    yield []
+                    continue
                 try:
                     opened = not caller.journal or await self._journal.open(
                         caller.tenant, response_id, turn.record(), caller.model_dump(exclude={"unjournaled"})

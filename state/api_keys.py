@@ -114,6 +114,15 @@ class KeyStore:
         raw = await self._redis.hgetall(self._key(digest))
         return _decode(raw) if raw else None
 
+    async def lookup_with(self, digest: str, other: str) -> tuple[KeyRecord | None, dict[str, str]]:
+        """The key's record and the HASH at `other` (its tenant's record, for a caller that knows the key's
+        tenant), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._key(digest))
+            pipe.hgetall(other)
+            raw, other_raw = await pipe.execute()
+        return (_decode(raw) if raw else None), other_raw
+
     async def by_id(self, key_id: str) -> KeyRecord | None:
         digest = await self._redis.get(f"{self._p}:apikey-id:{key_id}")
         return await self.lookup(digest) if digest else None

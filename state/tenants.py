@@ -29,7 +29,8 @@ class TenantStore:
         self._redis = client
         self._p = prefix
 
-    def _meta(self, tenant: str) -> str:
+    def meta_key(self, tenant: str) -> str:
+        """The tenant's record (a HASH): for a caller that reads it in a pipeline with other keys."""
         return f"{tenant_base(self._p, tenant)}:meta"
 
     async def ensure(self, tenant: str, name: str | None = None) -> TenantRecord:
@@ -42,7 +43,7 @@ class TenantStore:
         }
         async with self._redis.pipeline(transaction=True) as pipe:
             for field, value in fields.items():
-                pipe.hsetnx(self._meta(tenant), field, value)
+                pipe.hsetnx(self.meta_key(tenant), field, value)
             pipe.sadd(f"{self._p}:tenants", tenant)
             await pipe.execute()
         found = await self.get(tenant)
@@ -50,17 +51,12 @@ class TenantStore:
         return found
 
     async def get(self, tenant: str) -> TenantRecord | None:
-        raw = await self._redis.hgetall(self._meta(tenant))
-        if not raw:
-            return None
-        return TenantRecord(
-            id=raw["id"], name=raw["name"], created=float(raw["created"]), limits=Limits(**json.loads(raw["limits"]))
-        )
+        return decode_tenant(await self._redis.hgetall(self.meta_key(tenant)))
 
     async def set_limits(self, tenant: str, limits: Limits, name: str | None = None) -> TenantRecord:
         await self.ensure(tenant)
         fields = {"limits": limits.model_dump_json(), **({"name": name} if name else {})}
-        await self._redis.hset(self._meta(tenant), mapping=fields)
+        await self._redis.hset(self.meta_key(tenant), mapping=fields)
         found = await self.get(tenant)
         assert found is not None
         return found
@@ -73,3 +69,12 @@ class TenantStore:
     async def forget(self, tenant: str) -> None:
         """Drop the tenant from the index (its keys are deleted with the rest of its data)."""
         await self._redis.srem(f"{self._p}:tenants", tenant)
+
+
+def decode_tenant(raw: dict[str, str]) -> TenantRecord | None:
+    """A tenant's record from its HASH (None: no such tenant)."""
+    if not raw:
+        return None
+    return TenantRecord(
+        id=raw["id"], name=raw["name"], created=float(raw["created"]), limits=Limits(**json.loads(raw["limits"]))
+    )

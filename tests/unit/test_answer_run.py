@@ -287,6 +287,57 @@ def test_a_writer_that_was_taken_over_stops_and_commits_settles_and_ends_nothing
     asyncio.run(go())
 
 
+def test_a_run_that_opens_its_own_journal_lets_nothing_out_before_it_is_open(redis_prefix):
+    """A new answer's run asks the engine while its journal is being opened (a round trip fewer before the first
+    token); its first chunk waits for the open, so a follower never sees an event the journal does not hold."""
+
+    async def go():
+        async with services(redis_prefix, Scripted(["Hello", " there"])) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-open")
+            t = turn("chatcmpl-open")
+            gate, asked = asyncio.Event(), []
+
+            async def opening() -> int:
+                asked.append(await s.journal.meta(TENANT, "chatcmpl-open"))  # (nothing journaled yet)
+                await gate.wait()
+                return await s.journal.open(TENANT, "chatcmpl-open", t.record(), t.caller.model_dump(), opener="x")
+
+            run = AnswerRun(t, s, opening=opening)
+            run.start(on_done=lambda _: None)
+            follower = asyncio.ensure_future(follow_all(run))
+            await asyncio.sleep(0.3)  # the scripted engine has answered by now
+            assert asked == [None] and not run.events and not follower.done()  # held until the open is done
+            gate.set()
+            followed = await follower
+            assert text_of(followed) == "Hello there"
+            assert [e.seq for e in await s.journal.events(TENANT, "chatcmpl-open")] == [e.seq for e in followed]
+            assert (await s.journal.meta(TENANT, "chatcmpl-open"))["status"] == "completed" and statuses == ["ok"]
+
+    asyncio.run(go())
+
+
+def test_a_run_whose_journal_another_call_opened_first_writes_nothing(redis_prefix):
+    """Its open finds the journal another call opened (a takeover raced it): the run stops fenced, before any
+    write, and leaves the answer, the turn and the reservation to that call."""
+
+    async def go():
+        async with services(redis_prefix, Scripted(["Hello", " there"])) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-raced")
+            t = turn("chatcmpl-raced")
+            assert await s.journal.open(TENANT, "chatcmpl-raced", t.record(), t.caller.model_dump()) == 1
+            opening = lambda: s.journal.open(TENANT, "chatcmpl-raced", t.record(), {}, opener="late")  # noqa: E731
+            run = AnswerRun(t, s, opening=opening)
+            run.start(on_done=lambda _: None)
+            with pytest.raises(Fenced):
+                await follow_all(run)
+            assert await s.journal.events(TENANT, "chatcmpl-raced") == []
+            assert (await s.journal.meta(TENANT, "chatcmpl-raced"))["status"] == "running"
+            assert await s.conversations.history(TENANT, "conv-1") == []
+            assert statuses == ["taken over"] and await s.limiter.inflight(TENANT, KEY) == 1
+
+    asyncio.run(go())
+
+
 def test_a_writer_taken_over_just_before_its_last_write_settles_nothing(redis_prefix):
     """Its settle goes with its last append, in one round trip: fenced, neither runs (the new writer settles)."""
 

@@ -5,7 +5,9 @@ decides on the path the app routes, whatever the Serve route prefix (under `/api
 import asyncio
 
 import httpx
+import pytest
 
+from core.errors import AuthenticationFailed
 from core.keys import key_hash
 from core.pricing import Price
 from core.setting_groups import BatchSettings, LimitsSettings, PricingSettings, RoutingSettings
@@ -119,5 +121,43 @@ def test_healthz_says_only_ok_or_not_without_an_admin_key(redis_prefix):
                 assert "redis-internal" not in tenant.text
                 admin = await http.get("/healthz", headers={"Authorization": f"Bearer {MASTER}"})
                 assert "redis-internal.corp:6379" in admin.json()["checks"]["redis"]
+
+    asyncio.run(go())
+
+
+def test_a_known_key_authenticates_in_one_round_trip_and_still_sees_every_change_at_once(redis_prefix):
+    """A replica remembers only a key's tenant (which never changes) and reads the key and its tenant together:
+    one round trip from the second request on, and a revoked key, a deleted one or new tenant limits take effect
+    on the very next request."""
+
+    async def go():
+        async with redis_client() as client:
+            gateway, _ = await app_under_prefix(client, redis_prefix)
+            await gateway.tenants.ensure("acme")
+            key, record = await gateway.keys.create("a", "acme", Limits(rpm=7))
+            pool, trips = client.connection_pool, []
+            acquire = pool.get_connection
+
+            async def counted(*args, **kwargs):
+                trips.append(1)
+                return await acquire(*args, **kwargs)
+
+            pool.get_connection = counted
+            first = await gateway.authenticate(f"Bearer {key}")
+            assert (first.tenant, first.limits.rpm, len(trips)) == ("acme", 7, 2)
+            trips.clear()
+            assert (await gateway.authenticate(f"Bearer {key}")).tenant == "acme" and len(trips) == 1
+            await gateway.tenants.set_limits("acme", Limits(rpm=3))
+            assert (await gateway.authenticate(f"Bearer {key}")).tenant_limits.rpm == 3
+            await gateway.keys.revoke(record.key_id)
+            with pytest.raises(AuthenticationFailed):
+                await gateway.authenticate(f"Bearer {key}")
+            other, _ = await gateway.keys.create("b", "beta", Limits())
+            await gateway.authenticate(f"Bearer {other}")
+            await gateway.keys.delete_tenant_keys("beta")
+            with pytest.raises(AuthenticationFailed):
+                await gateway.authenticate(f"Bearer {other}")
+            with pytest.raises(AuthenticationFailed):  # an unknown key: nothing remembered for it
+                await gateway.authenticate("Bearer sk-llmserve-no-such-key")
 
     asyncio.run(go())
