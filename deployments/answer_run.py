@@ -67,7 +67,8 @@ class AnswerRun:
         opening: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         """`opening`: opens the answer's journal (1: opened, 0: another call has it); called as the run starts,
-        while the providers are asked, and its first write waits for it (nothing leaves unjournaled)."""
+        while the providers are asked, once (a new answer fails fast when Redis does not answer). The run's
+        first write waits for it (nothing leaves unjournaled); `opened()` says how it went."""
         self.turn = turn
         self._s = services
         self._epoch = epoch
@@ -97,6 +98,9 @@ class AnswerRun:
         return self.turn.chunk_id
 
     def start(self, on_done: Callable[[AnswerRun], None]) -> None:
+        if self._opening is not None:  # a round trip fewer before the first token
+            self._opened = asyncio.ensure_future(self._opening())
+            self._opened.add_done_callback(lambda f: f.cancelled() or f.exception())  # (read by whoever asks)
         self._task = detached(self._run())
         self._task.add_done_callback(lambda _: on_done(self))
 
@@ -122,13 +126,31 @@ class AnswerRun:
                 if not self._journaled and self._task is not None and not self.done:  # none can come back (batch)
                     self._task.cancel()
 
+    def stop(self) -> None:
+        """Stop it where it is, writing nothing more (as when its replica stops)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def opened(self) -> bool:
+        """Whether the journal this run opens (a new answer's) is its own: False when another call had opened it;
+        raises why the open failed. A run that opened none: True."""
+        return True if self._opened is None else bool(await asyncio.shield(self._opened))
+
+    async def _ensure_open(self) -> None:
+        """Raises Fenced unless this run holds its answer's journal: its open found another call's, or failed
+        (then the request that saw it fail settles the reservation, and nothing of this run is written)."""
+        try:
+            opened = await self.opened()
+        except Exception as exc:
+            raise Fenced(f"answer {self.response_id}: its journal could not be opened: {exc!r}") from exc
+        if not opened:
+            raise Fenced(f"answer {self.response_id}: another call opened its journal first")
+
     def _has_news(self, seen: int) -> bool:
         return self.done or bool(self.events and self.events[-1].seq > seen)
 
     # --- the run ------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        if self._opening is not None:  # a round trip fewer before the first token
-            self._opened = asyncio.ensure_future(self._retrying(self._opening))
         queue: asyncio.Queue = asyncio.Queue()
         producer = asyncio.ensure_future(self._produce(queue))
         status = "error"
@@ -153,6 +175,7 @@ class AnswerRun:
             self.error = ServiceUnavailable(f"the answer was cancelled: {stopped}", code="cancelled")
             await _stop(producer)  # its last leg's usage is counted as the engine call closes
             with contextlib.suppress(RedisError, ServiceUnavailable, Fenced):
+                await self._ensure_open()
                 await self._settle()
                 await self._journal([], status="cancelled")
         except Fenced as exc:  # the new writer commits, settles and ends the answer
@@ -166,14 +189,12 @@ class AnswerRun:
             self.error = exc
             await _stop(producer)
             with contextlib.suppress(RedisError, ServiceUnavailable, Fenced):
+                await self._ensure_open()
                 await self._settle()
                 error = exc.to_error_body()["error"] if isinstance(exc, LLMServeError) else {"code": "internal_error"}
                 await self._journal([], status="failed", error=error)
         finally:
             producer.cancel()
-            if self._opened is not None:  # it ended before its first write (the replica stopping)
-                self._opened.cancel()
-                self._opened.add_done_callback(lambda f: f.cancelled() or f.exception())
             self.done = True
             log = logger.info if status == "ok" else logger.warning
             log("answer %s ended %s after event %d (epoch %d, trace %s)%s", self.response_id, status, self._seq,
@@ -319,10 +340,7 @@ class AnswerRun:
         if not self._journaled:
             return
         tenant, rid, refresh_ttl = self.turn.caller.tenant, self.turn.chunk_id, not self._ttl_set and bool(events)
-        if self._opened is not None:
-            opened, self._opened = self._opened, None
-            if not await opened:
-                raise Fenced(f"answer {rid}: another call opened its journal first")
+        await self._ensure_open()
         last = events[-1].seq if events else self._seq  # (a batch's head, when its usage chunk goes after)
         append = self._s.journal.append
         accepted = await self._retrying(

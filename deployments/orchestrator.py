@@ -224,8 +224,7 @@ class Orchestrator:
                         yield events
                     return
                 except Fenced:  # another replica continues it: follow the journal
-                    if self._runs.get(response_id) is run:
-                        del self._runs[response_id]
+                    self._forget(run)
                     continue
             meta = await self._journal.meta(caller.tenant, response_id) if caller.journal and look else None
             fresh, look = not look, True  # from here on (another call opened it first, or its writer went quiet)
@@ -233,12 +232,21 @@ class Orchestrator:
                 if after_seq:
                     raise ServiceUnavailable(f"answer {response_id} was lost before it was journaled; retry it")
                 turn = await self._traced_prepare(request, caller)
-                if fresh and caller.journal:  # nobody else can open it: the run opens it as the engine starts
+                if fresh and caller.journal:  # the run opens it while the engine is asked: a round trip fewer
                     record, owner = turn.record(), caller.model_dump(exclude={"unjournaled"})
                     opening = functools.partial(
                         self._journal.open, caller.tenant, response_id, record, owner, opener=uuid.uuid4().hex
                     )
-                    self._start(AnswerRun(turn, self._services, opening=opening))
+                    run = AnswerRun(turn, self._services, opening=opening)
+                    self._start(run)
+                    try:  # begun (the reservation is the run's) once its journal is open, as below
+                        opened = await run.opened()
+                    except Exception:  # the run stops, having written nothing; this request settles
+                        self._forget(run, stop=True)
+                        raise
+                    if not opened:  # another call opened it first: follow that
+                        self._forget(run, stop=True)
+                        continue
                     yield []
                     continue
                 try:
@@ -273,6 +281,12 @@ class Orchestrator:
                 raise ServiceUnavailable(f"answer {response_id} {final['status']}: {final['error'].get('message', '')}")
             return
 
+    def _forget(self, run: AnswerRun, stop: bool = False) -> None:
+        if self._runs.get(run.response_id) is run:
+            del self._runs[run.response_id]
+        if stop:
+            run.stop()
+
     def _release_spare(self, caller: Caller, owner: Caller) -> None:
         """A call that follows an answer another call started (an Idempotency-Key retry) made a reservation of
         its own that no run settles: give it back, as nothing."""
@@ -287,7 +301,7 @@ class Orchestrator:
     def _start(self, run: AnswerRun) -> None:
         self._runs[run.response_id] = run
         with tracing.current(run.turn.timing.span):  # its provider attempts are the answer span's children
-            run.start(on_done=lambda r: self._runs.pop(r.response_id, None))
+            run.start(on_done=self._forget)
 
     async def _traced_prepare(self, request: ChatRequest, caller: Caller) -> Turn:
         """`_prepare` under the answer's span (a child of the caller's traceparent); the span stays open until

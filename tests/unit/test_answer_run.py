@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import ServiceUnavailable
 from core.models import Caller, ChatRequest
@@ -328,12 +329,37 @@ def test_a_run_whose_journal_another_call_opened_first_writes_nothing(redis_pref
             opening = lambda: s.journal.open(TENANT, "chatcmpl-raced", t.record(), {}, opener="late")  # noqa: E731
             run = AnswerRun(t, s, opening=opening)
             run.start(on_done=lambda _: None)
+            assert await run.opened() is False  # the orchestrator follows the other call's journal instead
             with pytest.raises(Fenced):
                 await follow_all(run)
             assert await s.journal.events(TENANT, "chatcmpl-raced") == []
             assert (await s.journal.meta(TENANT, "chatcmpl-raced"))["status"] == "running"
             assert await s.conversations.history(TENANT, "conv-1") == []
             assert statuses == ["taken over"] and await s.limiter.inflight(TENANT, KEY) == 1
+
+    asyncio.run(go())
+
+
+def test_a_run_whose_journal_could_not_be_opened_writes_and_settles_nothing(redis_prefix):
+    """Redis failed the open: the request that started the run sees why (it fails fast, and settles its own
+    reservation as nothing); the run writes no event, no turn and no settle of its own."""
+
+    async def go():
+        async with services(redis_prefix, Scripted(["Hello", " there"])) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-noopen")
+
+            async def opening() -> int:
+                raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+
+            run = AnswerRun(turn("chatcmpl-noopen"), s, opening=opening)
+            run.start(on_done=lambda _: None)
+            with pytest.raises(RedisTimeoutError):
+                await run.opened()
+            with pytest.raises(Fenced):
+                await follow_all(run)
+            assert await s.journal.meta(TENANT, "chatcmpl-noopen") is None
+            assert await s.conversations.history(TENANT, "conv-1") == []
+            assert statuses == ["taken over"] and await s.limiter.inflight(TENANT, KEY) == 1  # not the run's
 
     asyncio.run(go())
 
