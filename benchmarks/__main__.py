@@ -2,7 +2,7 @@
 (the harness is not installed with llmserve). Each other script runs on its own: `python -m benchmarks.<name>`
 (gateway_overhead, token_profile, stall_probe, admission_latency, batch_interference, chaos, cluster_run,
 conversation_routing, cpu_share, gpu_smoke, idle_tax, journal_cost, quantization, response_cache, retrieval_cpu,
-scale_or_spill, structured_latency, two_ingress)."""
+scale_or_spill, structured_latency, two_ingress, redis_wakeup)."""
 
 from __future__ import annotations
 
