@@ -126,6 +126,11 @@ class AnswerRun:
                 if not self._journaled and self._task is not None and not self.done:  # none can come back (batch)
                     self._task.cancel()
 
+    def unattended(self) -> None:
+        """Its caller left before it followed the run: the grace of an answer nobody follows starts now."""
+        if not self._followers and self._alone_since is None:
+            self._alone_since = time.monotonic()
+
     def stop(self) -> None:
         """Stop it where it is, writing nothing more (as when its replica stops)."""
         if self._task is not None:

@@ -241,6 +241,9 @@ class Orchestrator:
                     self._start(run)
                     try:  # begun (the reservation is the run's) once its journal is open, as below
                         opened = await run.opened()
+                    except asyncio.CancelledError:  # the caller left: the run goes on (once open, it is the
+                        run.unattended()  # run's to settle), and stops after its grace unless someone resumes it
+                        raise
                     except Exception:  # the run stops, having written nothing; this request settles
                         self._forget(run, stop=True)
                         raise

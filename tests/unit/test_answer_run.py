@@ -447,3 +447,28 @@ def test_an_answer_nobody_follows_is_cancelled_after_its_grace(redis_prefix):
             assert 0 < usage["completion_tokens"] < 50  # ... with the tokens it generated
 
     asyncio.run(go())
+
+
+def test_an_answer_whose_caller_left_before_following_it_is_cancelled_after_its_grace(redis_prefix):
+    """The request that started it went away while its journal was being opened, before it read anything: the
+    run is not left to generate for nobody."""
+
+    async def go():
+        provider = Scripted([f"w{i} " for i in range(50)], delay_s=0.1)
+        async with services(redis_prefix, provider, grace_s=0.3, lease_s=0.3) as (_, s, statuses):
+            await reserve(s.limiter, "r-chatcmpl-left")
+            t = turn("chatcmpl-left", max_tokens=50)
+            opening = lambda: s.journal.open(TENANT, "chatcmpl-left", t.record(), t.caller.model_dump())  # noqa: E731
+            run = AnswerRun(t, s, opening=opening)
+            run.start(on_done=lambda _: None)
+            run.unattended()  # (what the orchestrator does when its caller is cancelled)
+            for _ in range(50):
+                if run.done:
+                    break
+                await asyncio.sleep(0.1)
+            assert run.done and statuses == ["cancelled"]
+            assert (await s.journal.meta(TENANT, "chatcmpl-left"))["status"] == "cancelled"
+            assert await s.limiter.inflight(TENANT, KEY) == 0  # the run settled it, with what it generated
+            assert 0 < (await s.limiter.usage(TENANT, KEY))["completion_tokens"] < 50
+
+    asyncio.run(go())
