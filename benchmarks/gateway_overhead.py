@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.loadgen import median_of, run_level, summarize
+from benchmarks.ports import free_port
 
 MODEL = "fake"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 120.0, headers: dict | None = None) -> None:

@@ -4,7 +4,6 @@ AOF, password), a Redis Sentinel in front of it, and a Chroma server (`chroma ru
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from benchmarks.ports import free_port
+
 ROOT = Path(__file__).parents[1]
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_values(client, name: str) -> list:

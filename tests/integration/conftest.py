@@ -2,13 +2,13 @@
 on-disk Chroma and W&B offline, started by the same code as `llmserve up`."""
 
 import os
-import socket
 import uuid
 
 import httpx
 import pytest
 
 from tests.conftest import REDIS_URL, running_stack
+from tests.services import free_port
 
 MASTER_KEY = "sk-test-" + uuid.uuid4().hex
 MODEL = "SmolLM2-135M-Instruct"
@@ -18,12 +18,6 @@ FALLBACK_ONLY_MODEL = "managed-only"
 FALLBACK_CONTINUATION = " [continued by the fallback provider]"
 BATCH_VISIBILITY_S = 8.0
 MODEL_CACHE_DIR = os.environ.get("LLMSERVE_TEST_MODEL_CACHE_DIR", os.path.expanduser("~/.llmserve/models"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +52,8 @@ def stack(tmp_path_factory, fallback, otlp):
         app_name="llmserve-test",
         master_key=SecretStr(MASTER_KEY),
         data_dir=tmp_path_factory.mktemp("llmserve-data"),
-        server={"port": _free_port(), "proxy_port": _free_port()},
-        metrics={"export_port": _free_port(), "flush_interval_s": 0.5, "otlp_endpoint": otlp.url},
+        server={"port": free_port(), "proxy_port": free_port()},
+        metrics={"export_port": free_port(), "flush_interval_s": 0.5, "otlp_endpoint": otlp.url},
         # The response cache only for keys that ask (tests/integration/test_response_cache.py): the others'
         # repeated greedy requests must reach the providers.
         state={"redis_url": REDIS_URL, "redis_prefix": prefix, "response_cache": False},

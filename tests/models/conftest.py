@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REDIS_URL, running_stack
-from tests.integration.conftest import MODEL, MODEL_CACHE_DIR, _free_port
+from tests.integration.conftest import MODEL, MODEL_CACHE_DIR
 from tests.models.adapters import make_adapter
+from tests.services import free_port
 
 MASTER_KEY = "sk-models-" + uuid.uuid4().hex
 SECOND_MODEL = "smollm2-captain"
@@ -35,8 +36,8 @@ def stack(tmp_path_factory, adapters):
         app_name="llmserve-models",
         master_key=SecretStr(MASTER_KEY),
         data_dir=tmp_path_factory.mktemp("llmserve-models"),
-        server={"port": _free_port(), "proxy_port": _free_port()},
-        metrics={"export_port": _free_port(), "flush_interval_s": 0.5},
+        server={"port": free_port(), "proxy_port": free_port()},
+        metrics={"export_port": free_port(), "flush_interval_s": 0.5},
         state={"redis_url": REDIS_URL, "redis_prefix": prefix, "response_cache": False},
         engine={
             "model_cache_dir": MODEL_CACHE_DIR,
