@@ -3,7 +3,8 @@
 Binding port 0 hands out a port from the ephemeral range, and so it does for every process that binds port 0
 afterwards: Ray's own processes do as a cluster starts. Once Ray's dashboard agent took the port that had been picked
 for our ingress a minute before the ingress bound it, and the app failed to deploy ("No available ports").
-Below that range, a port goes only to whoever asks for it by number.
+Below that range, a port goes only to whoever asks for it by number; and from 20000 up, since Ray's workers bind
+ports 10002-19999 (`ray start`'s default worker port range; a dashboard port picked there never came up).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LOWEST = 10_000
+LOWEST = 20_000  # above Ray's worker ports (10002-19999)
 SPAN = 8  # ports after the one returned that must be free too (proxy, metrics, spare ingress ports: port + k)
 _given: set[int] = set()  # handed out by this process: never twice, bound or not yet
 

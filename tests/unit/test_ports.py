@@ -18,7 +18,7 @@ def test_ports_are_below_the_ephemeral_range_free_with_their_neighbours_and_neve
 
 def test_a_port_in_use_or_with_a_neighbour_in_use_is_not_given(monkeypatch):
     with socket.socket() as held:
-        for taken in range(20_000, 30_000):  # a port a server holds, below the ephemeral range
+        for taken in range(21_000, 30_000):  # a port a server holds, below the ephemeral range
             try:
                 held.bind(("127.0.0.1", taken))
                 break
