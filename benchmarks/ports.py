@@ -3,8 +3,8 @@
 Binding port 0 hands out a port from the ephemeral range, and so it does for every process that binds port 0
 afterwards: Ray's own processes do as a cluster starts. Once Ray's dashboard agent took the port that had been picked
 for our ingress a minute before the ingress bound it, and the app failed to deploy ("No available ports").
-Below that range, a port goes only to whoever asks for it by number; and from 20000 up, since Ray's workers bind
-ports 10002-19999 (`ray start`'s default worker port range; a dashboard port picked there never came up).
+Below that range, a port goes only to whoever asks for it by number; and from 20000 up, above Ray's worker ports
+(10002-19999 by default), where `ray start` refuses any port given to one of its components.
 """
 
 from __future__ import annotations
