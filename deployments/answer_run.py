@@ -144,12 +144,15 @@ class AnswerRun:
     async def _ensure_open(self) -> None:
         """Raises Fenced unless this run holds its answer's journal: its open found another call's, or failed
         (then the request that saw it fail settles the reservation, and nothing of this run is written)."""
+        if self._opened is None:
+            return
         try:
             opened = await self.opened()
         except Exception as exc:
             raise Fenced(f"answer {self.response_id}: its journal could not be opened: {exc!r}") from exc
         if not opened:
             raise Fenced(f"answer {self.response_id}: another call opened its journal first")
+        self._opened = None  # open: later writes need not ask
 
     def _has_news(self, seen: int) -> bool:
         return self.done or bool(self.events and self.events[-1].seq > seen)

@@ -21,7 +21,6 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -234,9 +233,7 @@ class Orchestrator:
                 turn = await self._traced_prepare(request, caller)
                 if fresh and caller.journal:  # the run opens it while the engine is asked: a round trip fewer
                     record, owner = turn.record(), caller.model_dump(exclude={"unjournaled"})
-                    opening = functools.partial(
-                        self._journal.open, caller.tenant, response_id, record, owner, opener=uuid.uuid4().hex
-                    )
+                    opening = functools.partial(self._journal.open, caller.tenant, response_id, record, owner)
                     run = AnswerRun(turn, self._services, opening=opening)
                     self._start(run)
                     try:  # begun (the reservation is the run's) once its journal is open, as below

@@ -13,7 +13,7 @@ Keys (prefix `<p>:t:{T}`, the answer's tenant; state/keyspace.py):
                                         epoch, lease_until (unix ms, Redis's clock), last_seq, request and caller
                                         (JSON: what a takeover needs), body_sha256 (for Idempotency-Key reuse),
                                         created, error (JSON), followed_at (unix ms: a follower on another replica
-                                        last read it), opener (a token of the call that opened it)
+                                        last read it)
   <p>:t:{T}:idem:<kid>:<key>     STRING the response id an API key's Idempotency-Key made
 All of them expire `ttl_s` after the answer's last write.
 """
@@ -55,15 +55,11 @@ return 1
 """
 
 _OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  -- A retry of this very open (its reply was lost) finds its own journal: opened, not another call's.
-  if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'opener') == ARGV[6] then return 1 end
-  return 0
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'status', 'running', 'epoch', '1', 'last_seq', '0', 'lease_until', now + tonumber(ARGV[1]),
-  'request', ARGV[2], 'caller', ARGV[3], 'body_sha256', ARGV[4], 'created', t[1], 'opener', ARGV[6])
+  'request', ARGV[2], 'caller', ARGV[3], 'body_sha256', ARGV[4], 'created', t[1])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
@@ -151,14 +147,11 @@ class Journal:
         return f"{base}:meta", base
 
     # --- the writer ---------------------------------------------------------------------------------
-    async def open(
-        self, tenant: str, response_id: str, request: dict, caller: dict, body_sha256: str = "", opener: str = ""
-    ) -> int:
+    async def open(self, tenant: str, response_id: str, request: dict, caller: dict, body_sha256: str = "") -> int:
         """Start the journal of a new answer; returns the writer's epoch (1), or 0 when the answer has a journal
-        already (another call opened it first: follow that one, or take it over). `opener`: a token of the call,
-        with which a retry of an open that did happen returns 1 again."""
+        already (another call opened it first: follow that one, or take it over)."""
         meta, _ = self._keys(tenant, response_id)
-        args = [self.lease_ms, json.dumps(request), json.dumps(caller), body_sha256, self.ttl_s, opener]
+        args = [self.lease_ms, json.dumps(request), json.dumps(caller), body_sha256, self.ttl_s]
         return 1 if await self._open(keys=[meta], args=args) else 0
 
     async def append(

@@ -72,6 +72,14 @@ async def started(s: RunServices, response_id: str, max_tokens: int = 8) -> Answ
     return run
 
 
+async def ended(run: AnswerRun, within_s: float = 5.0) -> None:
+    """Until the run is done (a run nobody follows ends after its grace), for at most `within_s`."""
+    for _ in range(int(within_s / 0.1)):
+        if run.done:
+            return
+        await asyncio.sleep(0.1)
+
+
 def text_of(events: list[Event]) -> str:
     return "".join((c.get("delta") or {}).get("content") or "" for e in events for c in e.chunk.get("choices", []))
 
@@ -301,7 +309,7 @@ def test_a_run_that_opens_its_own_journal_lets_nothing_out_before_it_is_open(red
             async def opening() -> int:
                 asked.append(await s.journal.meta(TENANT, "chatcmpl-open"))  # (nothing journaled yet)
                 await gate.wait()
-                return await s.journal.open(TENANT, "chatcmpl-open", t.record(), t.caller.model_dump(), opener="x")
+                return await s.journal.open(TENANT, "chatcmpl-open", t.record(), t.caller.model_dump())
 
             run = AnswerRun(t, s, opening=opening)
             run.start(on_done=lambda _: None)
@@ -326,7 +334,7 @@ def test_a_run_whose_journal_another_call_opened_first_writes_nothing(redis_pref
             await reserve(s.limiter, "r-chatcmpl-raced")
             t = turn("chatcmpl-raced")
             assert await s.journal.open(TENANT, "chatcmpl-raced", t.record(), t.caller.model_dump()) == 1
-            opening = lambda: s.journal.open(TENANT, "chatcmpl-raced", t.record(), {}, opener="late")  # noqa: E731
+            opening = lambda: s.journal.open(TENANT, "chatcmpl-raced", t.record(), {})  # noqa: E731
             run = AnswerRun(t, s, opening=opening)
             run.start(on_done=lambda _: None)
             assert await run.opened() is False  # the orchestrator follows the other call's journal instead
@@ -435,10 +443,7 @@ def test_an_answer_nobody_follows_is_cancelled_after_its_grace(redis_prefix):
             run = await started(s, "chatcmpl-4", max_tokens=50)
             async for _ in run.follow():
                 break  # the client read one batch and left
-            for _ in range(50):
-                if run.done:
-                    break
-                await asyncio.sleep(0.1)
+            await ended(run)
             assert run.done and statuses == ["cancelled"]
             assert (await s.journal.meta(TENANT, "chatcmpl-4"))["status"] == "cancelled"
             assert await s.conversations.history(TENANT, "conv-1") == []  # not whole: not stored
@@ -462,10 +467,7 @@ def test_an_answer_whose_caller_left_before_following_it_is_cancelled_after_its_
             run = AnswerRun(t, s, opening=opening)
             run.start(on_done=lambda _: None)
             run.unattended()  # (what the orchestrator does when its caller is cancelled)
-            for _ in range(50):
-                if run.done:
-                    break
-                await asyncio.sleep(0.1)
+            await ended(run)
             assert run.done and statuses == ["cancelled"]
             assert (await s.journal.meta(TENANT, "chatcmpl-left"))["status"] == "cancelled"
             assert await s.limiter.inflight(TENANT, KEY) == 0  # the run settled it, with what it generated

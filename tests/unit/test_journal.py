@@ -145,18 +145,3 @@ def test_a_journal_is_opened_once_a_second_open_gets_zero(redis_prefix):
             assert (meta["request"], meta["last_seq"], meta["epoch"]) == ({"request": {"a": 1}}, 1, 1)
 
     run(go())
-
-
-def test_a_retried_open_finds_its_own_journal_another_call_still_gets_zero(redis_prefix):
-    """An open whose reply was lost is retried: the retry (same opener token) is told it opened the journal, and
-    a different call is not."""
-
-    async def go():
-        async with _journal(redis_prefix) as (_, journal):
-            assert await journal.open(T, R, {"a": 1}, {}, opener="call-1") == 1
-            assert await journal.open(T, R, {"a": 1}, {}, opener="call-1") == 1  # the retry
-            assert await journal.open(T, R, {"b": 2}, {}, opener="call-2") == 0
-            assert await journal.open(T, R, {"b": 2}, {}) == 0  # no token: never taken for the opener
-            assert (await journal.meta(T, R))["request"] == {"a": 1}
-
-    run(go())
