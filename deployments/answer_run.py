@@ -32,10 +32,9 @@ from core.models import ChatChunk, ChunkChoice, Delta, Usage
 from deployments import journaled
 from deployments.answer_turn import RunServices, Turn
 from deployments.handles import detached
-from deployments.providers.base import EngineDelta
 from deployments.providers.router import RoutedStream, continuing, interrupted
 from observability import tracing
-from state.journal import Event
+from state.journal import Built, Event
 from state.outage import retry_through_outage
 from state.script_call import ScriptCall
 
@@ -265,7 +264,7 @@ class AnswerRun:
         except BaseException as exc:
             await queue.put(exc)
 
-    async def _chunks(self) -> AsyncIterator[list[ChatChunk]]:
+    async def _chunks(self) -> AsyncIterator[list[ChatChunk | Built]]:
         turn, routed = self.turn, self.routed
         whole = self.finish_reason is not None and len(journaled.finished(self.events)) >= (turn.params.n or 1)
         if whole:  # a takeover of an answer that was whole already
@@ -289,7 +288,7 @@ class AnswerRun:
         affinity = f"{turn.caller.tenant}:{turn.conversation_id}" if turn.conversation_id else None
         stream = self._s.router.stream(turn.request.model, prompt, params, engine_request_id, routed, affinity)
         async for deltas in stream:
-            out: list[ChatChunk] = []
+            out: list[ChatChunk | Built] = []
             if first:
                 turn.timing.first_token = time.perf_counter()
                 out.append(
@@ -306,14 +305,14 @@ class AnswerRun:
                 first = False
             for d in deltas:
                 if d.output or d.finish_reason or d.logprobs:
-                    out.append(turn.chunk(choices=[_choice(d)]))
+                    out.append(turn.delta_chunk(d))
             if out:
                 yield out
         if first:
             raise ServiceUnavailable("the engine ended the stream without output")
         yield [turn.chunk(usage=self._usage(), provider="+".join(routed.providers), cost_usd=self._cost())]
 
-    async def _write(self, chunks: list[ChatChunk], end: object | None) -> None:
+    async def _write(self, chunks: list[ChatChunk | Built], end: object | None) -> None:
         """Journal, then commit and settle where due, then hand to the followers."""
         events = []
         for chunk in chunks:
@@ -483,10 +482,3 @@ async def _stop(task: asyncio.Task) -> None:
     """Cancel the producer and wait until it stopped (its engine call closed and counted)."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-
-
-def _choice(d: EngineDelta) -> ChunkChoice:
-    delta = {"content": d.text or None, "tool_calls": d.tool_calls}
-    return ChunkChoice.model_validate(
-        {"index": d.index, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
-    )

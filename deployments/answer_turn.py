@@ -3,18 +3,19 @@ services every run of an orchestrator replica shares."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.models import Caller, ChatChunk, ChatRequest, Citation
+from core.models import Caller, ChatChunk, ChatRequest, ChunkChoice, Citation
 from core.tokens import TokenCounter
-from deployments.providers.base import GenerationParams
+from deployments.providers.base import EngineDelta, GenerationParams
 from deployments.providers.router import ProviderRouter, RoutedStream
 from deployments.run_metrics import Timing
 from state.conversations import ConversationStore
-from state.journal import Journal
+from state.journal import Built, Journal
 from state.limits import Limiter
 from state.response_cache import ResponseCache
 
@@ -40,6 +41,24 @@ class Turn:
 
     def chunk(self, **fields: Any) -> ChatChunk:
         return ChatChunk(id=self.chunk_id, created=self.created, model=self.request.model, **fields)
+
+    def delta_chunk(self, d: EngineDelta) -> ChatChunk | Built:
+        """One step of one choice as a chunk. A text step (nearly every token) is built as the dict and the JSON
+        that `ChatChunk.model_dump(_json)(exclude_none=True)` would give, without a model per token; a step with
+        tool calls or log probabilities goes through the models."""
+        if d.tool_calls or d.logprobs:
+            return self.chunk(choices=[_choice(d)])
+        choice: dict[str, Any] = {"index": d.index, "delta": {"content": d.text} if d.text else {}}
+        if d.finish_reason is not None:
+            choice["finish_reason"] = d.finish_reason
+        body = {
+            "id": self.chunk_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.request.model,
+            "choices": [choice],
+        }
+        return body, json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
     def record(self) -> dict[str, Any]:
         return {
@@ -78,3 +97,10 @@ class RunServices:
     grace_s: float = 30.0
     retry_s: float = 120.0  # how long a Redis write (journal, commit, settle) is retried before it is given up
     coalesce_s: float = 0.0  # chunks within this of the previous journal write wait to go with the next one
+
+
+def _choice(d: EngineDelta) -> ChunkChoice:
+    delta = {"content": d.text or None, "tool_calls": d.tool_calls}
+    return ChunkChoice.model_validate(
+        {"index": d.index, "delta": delta, "logprobs": d.logprobs, "finish_reason": d.finish_reason}
+    )

@@ -48,4 +48,7 @@ def output(chunk: dict) -> bool:
 
 def finish(chunk: dict) -> str | None:
     """The first choice's finish reason (the answer is whole, for the conversation, when it is)."""
-    return next((c.get("finish_reason") for c in first_choices(chunk) if c.get("finish_reason")), None)
+    for c in chunk.get("choices") or ():  # (a loop: this runs for every token)
+        if not c.get("index") and c.get("finish_reason"):
+            return c["finish_reason"]
+    return None

@@ -108,6 +108,10 @@ return {status, tonumber(lease_until or '0') < now and 1 or 0}
 """
 
 
+# A chunk built as its dict and its JSON at once (no model on the token path).
+Built = tuple[dict[str, Any], str]
+
+
 @dataclass(frozen=True)
 class Event:
     """One chunk of an answer with its sequence number (the SSE event id)."""
@@ -121,8 +125,11 @@ class Event:
             object.__setattr__(self, "text", json.dumps(self.chunk, ensure_ascii=False, separators=(",", ":")))
 
     @classmethod
-    def of(cls, seq: int, chunk: BaseModel) -> Event:
-        """A new chunk's event; its JSON is pydantic's own, what the SSE frame carries byte for byte."""
+    def of(cls, seq: int, chunk: BaseModel | Built) -> Event:
+        """A new chunk's event: a model's JSON is pydantic's own; a chunk built as its dict and JSON already (a
+        token's text, `Turn.delta_chunk`) goes as it is. The JSON is what the SSE frame carries byte for byte."""
+        if isinstance(chunk, tuple):
+            return cls(seq, *chunk)
         return cls(seq, chunk.model_dump(mode="json", exclude_none=True), chunk.model_dump_json(exclude_none=True))
 
 
