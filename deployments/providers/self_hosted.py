@@ -120,6 +120,14 @@ class ServeLLMEngine:
         self._adapters = adapters or {}
         self._health_name = health_name
         self._waking: asyncio.Task | None = None
+        # vLLM's request classes, imported as the provider is made (in the replica's constructor), not at the first
+        # request: Serve freezes what exists when the constructor returns out of the GC's scans, and this import
+        # pulls in torch, sympy and scipy (~400k objects that every full collection would walk: 200-300 ms each,
+        # every ~10 s under load, with the event loop stopped).
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+        from vllm.exceptions import VLLMClientError
+
+        self._requests = ChatCompletionRequest, CompletionRequest, VLLMClientError
 
     def serves(self, model: str) -> bool:
         return model == self.model or model in self._adapters
@@ -162,10 +170,7 @@ class ServeLLMEngine:
     ) -> AsyncIterator[list[EngineDelta]]:
         """`affinity`: the conversation the request belongs to (the LLM deployment's router keeps its turns on one
         replica, deployments/llm_router.py)."""
-        # Imported here: the module pulls in vLLM's protocol classes, which only replicas need.
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-        from vllm.exceptions import VLLMClientError
-
+        ChatCompletionRequest, CompletionRequest, VLLMClientError = self._requests
         handle, engine_model = self._target(model)
         if affinity:
             handle = handle.options(session_id=affinity)
