@@ -122,7 +122,7 @@ class ServeLLMEngine:
         self._waking: asyncio.Task | None = None
         # vLLM's request classes, imported as the provider is made (in the replica's constructor), not at the first
         # request: Serve freezes what exists when the constructor returns out of the GC's scans, and this import
-        # pulls in torch, sympy and scipy (~400k objects that every full collection would walk: 200-300 ms each,
+        # pulls in torch, sympy and scipy (~600k objects that every full collection would walk: 200-350 ms each,
         # every ~10 s under load, with the event loop stopped).
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
         from vllm.exceptions import VLLMClientError
