@@ -43,7 +43,8 @@ BUCKETS = [
     ("metrics and tracing", ("opentelemetry", "prometheus", "observability/", "ray/util/metrics")),
     ("HTTP server", ("uvicorn", "starlette", "h11", "httptools", "fastapi")),
     ("event loop", ("asyncio/",)),
-    ("our code", ("/deployments/", "/core/", "/state/")),
+    # (py-spy names a file under the working directory by its relative path: "(deployments/...")
+    ("our code", ("/deployments/", "/core/", "/state/", "(deployments/", "(core/", "(state/")),
 ]
 
 
