@@ -1,6 +1,6 @@
 """Serve freezes what a replica's constructor made out of the GC's scans (RAY_SERVE_FREEZE_GC_ON_STARTUP). What
 the first request imports is not frozen: every full collection then walks it, with the event loop stopped. vLLM's
-request classes pull in torch, sympy and scipy (~600k objects: 200-350 ms per full collection, one every ~10 s at
+request classes pull in torch, sympy and scipy (~600k objects: 200-350 ms per full collection, one every 2-3 s at
 64 streams), so the self-hosted provider imports them as it is made."""
 
 import subprocess
